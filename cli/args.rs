@@ -1,0 +1,176 @@
+//! Command-line grammar (clap derive). Help text here is the user's manual.
+
+use std::path::PathBuf;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+
+/// A content-addressed, deduplicating store for container images.
+///
+/// Keeps one Singularity/Apptainer (SIF) or ext3 image per commit of your
+/// code; each new image costs only the bytes that changed. `imgstore get`
+/// gives back every image byte for byte.
+#[derive(Debug, Parser)]
+#[command(name = "imgstore", version, max_term_width = 100)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 unexpected error, 2 usage or bad input, 3 not found, \
+4 corrupt data, 5 busy or lease expired, 6 no space left, 7 store needs a newer imgstore.\n\
+See docs/CLI.md for details."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The store directory.
+    #[arg(long, short = 's', global = true, env = "IMGSTORE_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Where this host keeps the store's local index [default: ~/.cache/imgstore/<store-id>].
+    #[arg(long, global = true, env = "IMGSTORE_INDEX_DIR", value_name = "DIR")]
+    pub index_dir: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors (and data a command is asked for).
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new store in an empty or new directory.
+    Init(InitArgs),
+    /// Store an image under NAME:TAG.
+    Put(PutArgs),
+    /// Write an image back, byte for byte.
+    Get(GetArgs),
+    /// List names, tags and images.
+    Ls(LsArgs),
+    /// Show an image's size, chunks, labels and history facts.
+    Inspect(RefArg),
+    /// Print an image's definition file, without reading the image.
+    Deffile(RefArg),
+    /// Give an image another NAME:TAG (moves the tag if it exists).
+    Tag(TagArgs),
+    /// Remove tags. The data stays until garbage collection frees it.
+    Rm(RmArgs),
+    /// Show who put, tagged and removed what, and when.
+    Log(LsArgs),
+    /// Maintain this host's local index of the store.
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    Man,
+    /// Run a self-contained demonstration: two similar images, put, get, check.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The directory to create the store in (or --store / IMGSTORE_STORE).
+    pub dir: Option<PathBuf>,
+    /// Average chunk size: a power of two from 1KiB to 1MiB. Smaller finds
+    /// more shared bytes between images, larger keeps less metadata.
+    #[arg(long, default_value = "64KiB", value_name = "SIZE")]
+    pub chunk_size: ByteSize,
+    /// zstd level for new chunks (1-19). Chunks that do not shrink are stored raw.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// NAME:TAG to store the image under, e.g. lab/app:3f2c1e.
+    #[arg(value_name = "NAME:TAG")]
+    pub reference: String,
+    /// The image file, or - for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub file: PathBuf,
+    /// Definition file to keep with the image (a SIF's own is kept anyway).
+    #[arg(long, value_name = "FILE")]
+    pub deffile: Option<PathBuf>,
+    /// A label to keep with the image; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// A note kept with this put, e.g. the commit message.
+    #[arg(long, short = 'm')]
+    pub message: Option<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// NAME:TAG, or an image id (blake3:<hex>; a unique prefix of 6+ digits is enough).
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Output file (written beside it and renamed into place when complete), or - for stdout.
+    #[arg(long, short = 'o', value_name = "FILE|-")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only this name (and names below it).
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RefArg {
+    /// NAME:TAG or image id.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The image: NAME:TAG or image id.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// The new NAME:TAG.
+    #[arg(value_name = "NAME:TAG")]
+    pub new: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Tags to remove.
+    #[arg(value_name = "NAME:TAG", required = true)]
+    pub references: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Recreate the local index from the store's packs and segments.
+    Rebuild,
+    /// Catch up with what other hosts stored, and show where the index is.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Size of each generated image.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub size: ByteSize,
+    /// Work directory (default: a temporary one, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}

@@ -1,0 +1,184 @@
+//! `imgstore demo`: the whole job on generated data, nothing to download.
+//! Two similar images (the second is the first with a few edits and an
+//! insertion, as a new commit would be), put both, show what the second
+//! added, get it back and check it byte for byte.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use imgstore_store::{ImageRef, InitOptions, Input, Output, PutOptions, Store, TagRef};
+
+use crate::args::{DemoArgs, Global};
+use crate::output;
+use crate::progress::Bar;
+
+/// xorshift64*: a fast, seeded source of bytes for test images.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// Writes an image of `size` bytes: random blocks (like compressed squashfs
+/// data), text-like blocks (compressible, like scripts and ELF tables) and
+/// zero blocks (like unused ext3 space). `edits` changes it as a commit would.
+fn write_image(path: &Path, size: u64, seed: u64, edit: bool) -> Result<()> {
+    const BLOCK: usize = 64 * 1024;
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut layout = Rng(seed);
+    let mut content = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut edits = Rng(seed ^ 0xdead_beef);
+    let words: Vec<&[u8]> =
+        b"lib cuda kernel tensor float int void return static const struct module import def class self"
+            .split(|&b| b == b' ')
+            .collect();
+    let mut buf = vec![0u8; BLOCK];
+    let blocks = size.div_ceil(BLOCK as u64);
+    let mut written = 0u64;
+    for i in 0..blocks {
+        match layout.next() % 10 {
+            0..=4 => content.fill(&mut buf),
+            5..=8 => {
+                let mut n = 0;
+                while n < BLOCK {
+                    let w = words[(content.next() % words.len() as u64) as usize];
+                    let k = w.len().min(BLOCK - n);
+                    buf[n..n + k].copy_from_slice(&w[..k]);
+                    n += k;
+                    if n < BLOCK {
+                        buf[n] = if content.next() % 8 == 0 { b'\n' } else { b' ' };
+                        n += 1;
+                    }
+                }
+            }
+            _ => buf.fill(0),
+        }
+        // The second image: about 1 block in 100 rewritten, plus 10 KB
+        // inserted near the middle, which shifts everything after it.
+        if edit && edits.next() % 100 == 0 {
+            edits.fill(&mut buf[..4096]);
+        }
+        if edit && i == blocks / 2 {
+            let mut extra = vec![0u8; 10_000];
+            edits.fill(&mut extra);
+            out.write_all(&extra)?;
+        }
+        let k = (size - written).min(BLOCK as u64) as usize;
+        out.write_all(&buf[..k])?;
+        written += k as u64;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+fn file_hash(path: &Path) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(File::open(path)?)?;
+    Ok(h.finalize())
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs.max(1e-9)
+}
+
+pub fn run(g: &Global, a: &DemoArgs) -> Result<()> {
+    let tmp;
+    let dir: PathBuf = match &a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let size = a.size.as_u64();
+    let say = |s: String| {
+        if !g.quiet {
+            println!("{s}");
+        }
+    };
+    say(format!(
+        "demo in {}: two {} images, the second a small edit of the first",
+        dir.display(),
+        output::size(size)
+    ));
+    let (v1, v2) = (dir.join("app-v1.img"), dir.join("app-v2.img"));
+    write_image(&v1, size, 42, false)?;
+    write_image(&v2, size, 42, true)?;
+
+    let store_dir = dir.join("store");
+    if store_dir.exists() {
+        std::fs::remove_dir_all(&store_dir)?;
+    }
+    let store = Store::init(&store_dir, InitOptions::default(), Some(dir.join("index")))?;
+    let bar = Bar::new(g.quiet);
+
+    let t = Instant::now();
+    let mut cp_target = dir.join("cp-copy.img");
+    std::fs::copy(&v1, &cp_target)?;
+    File::open(&cp_target)?.sync_all()?;
+    let cp_secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&cp_target)?;
+    cp_target.clear();
+
+    let mut reports = Vec::new();
+    for (tag, path) in [("v1", &v1), ("v2", &v2)] {
+        let r = store.put(
+            &TagRef::parse(&format!("demo/app:{tag}"))?,
+            Input::File(path.to_path_buf()),
+            &PutOptions::default(),
+            &bar,
+        )?;
+        say(format!(
+            "put demo/app:{tag}: {} image, added {} on disk ({} new chunks, {} raw) in {:.2}s = {:.0} MB/s",
+            output::size(r.size),
+            output::size(r.added.stored_bytes),
+            r.added.chunks,
+            output::size(r.added.raw_bytes),
+            r.seconds,
+            mbps(r.size, r.seconds),
+        ));
+        reports.push(r);
+    }
+    let second = &reports[1];
+    say(format!(
+        "the second image cost {:.1}% of its size; `cp` of the first took {:.2}s = {:.0} MB/s",
+        100.0 * second.added.stored_bytes as f64 / second.size as f64,
+        cp_secs,
+        mbps(size, cp_secs)
+    ));
+
+    let back = dir.join("app-v2.restored.img");
+    let r = store.get(&ImageRef::parse("demo/app:v2")?, Output::File(back.clone()), &bar)?;
+    if file_hash(&back)? != file_hash(&v2)? {
+        bail!("restored image differs from the original: this is a bug, please report it");
+    }
+    say(format!(
+        "get demo/app:v2: {} in {:.2}s = {:.0} MB/s, byte-identical to the original (BLAKE3 {})",
+        output::size(r.size),
+        r.seconds,
+        mbps(r.size, r.seconds),
+        r.image
+    ));
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! One module per group of subcommands; each turns parsed arguments into
+//! library calls and output.
+
+mod admin;
+mod demo;
+mod get;
+mod put;
+mod query;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use imgstore_store::Store;
+
+use crate::args::{Cli, Command, Global};
+
+/// A mistake in how the command was called, found after parsing.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(a) => admin::init(g, a),
+        Command::Put(a) => put::run(g, a),
+        Command::Get(a) => get::run(g, a),
+        Command::Ls(a) => query::ls(g, a),
+        Command::Inspect(a) => query::inspect(g, a),
+        Command::Deffile(a) => query::deffile(g, a),
+        Command::Tag(a) => query::tag(g, a),
+        Command::Rm(a) => query::rm(g, a),
+        Command::Log(a) => query::log(g, a),
+        Command::Index(a) => admin::index(g, a),
+        Command::Completions(a) => admin::completions(a),
+        Command::Man => admin::man(),
+        Command::Demo(a) => demo::run(g, a),
+    }
+}
+
+/// The store directory from --store / IMGSTORE_STORE.
+fn store_dir(g: &Global) -> Result<PathBuf> {
+    g.store
+        .clone()
+        .ok_or_else(|| UsageError("no store given: use --store DIR or set IMGSTORE_STORE".into()).into())
+}
+
+/// Opens the store the global options name.
+fn open(g: &Global) -> Result<Store> {
+    Ok(Store::open(&store_dir(g)?, g.index_dir.clone())?)
+}

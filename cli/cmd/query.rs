@@ -1,0 +1,317 @@
+//! Commands that read or move refs: ls, inspect, deffile, tag, rm, log.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use imgstore_store::manifest::Entry;
+use imgstore_store::refs::Added;
+use imgstore_store::{ImageId, ImageRef, TagRef};
+use serde::Serialize;
+
+use crate::args::{Global, LsArgs, RefArg, RmArgs, TagArgs};
+use crate::output;
+
+#[derive(Serialize)]
+struct LsRow {
+    #[serde(rename = "ref")]
+    reference: String,
+    name: String,
+    tag: String,
+    image: ImageId,
+    size: u64,
+    created: u64,
+    user: String,
+    host: String,
+    added: Added,
+}
+
+#[derive(Serialize)]
+struct LsReport {
+    refs: Vec<LsRow>,
+}
+
+pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
+    let store = super::open(g)?;
+    let rows: Vec<LsRow> = store
+        .refs(a.name.as_deref())?
+        .into_iter()
+        .map(|(t, r)| LsRow {
+            reference: t.to_string(),
+            name: t.name,
+            tag: t.tag,
+            image: r.image,
+            size: r.size,
+            created: r.created,
+            user: r.user,
+            host: r.host,
+            added: r.added,
+        })
+        .collect();
+    if g.json {
+        return output::json(&LsReport { refs: rows });
+    }
+    let mut t = output::table(&["NAME", "TAG", "IMAGE", "SIZE", "ADDED", "CREATED", "BY"]);
+    for r in &rows {
+        t.add_row(vec![
+            r.name.clone(),
+            r.tag.clone(),
+            output::short_id(&r.image),
+            output::size(r.size),
+            output::size(r.added.stored_bytes),
+            output::date(r.created),
+            format!("{}@{}", r.user, r.host),
+        ]);
+    }
+    if !rows.is_empty() {
+        println!("{t}");
+    } else if !g.quiet {
+        eprintln!("no images");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InspectReport {
+    image: ImageId,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    size: u64,
+    chunks: usize,
+    unique_chunks: usize,
+    unique_chunk_bytes: u64,
+    zero_bytes: u64,
+    labels: BTreeMap<String, String>,
+    has_deffile: bool,
+    sif: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    added: Option<Added>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sif_descriptors: Option<Vec<imgstore_store::sif::SifDescriptor>>,
+}
+
+pub fn inspect(g: &Global, a: &RefArg) -> Result<()> {
+    let image = ImageRef::parse(&a.reference)?;
+    let store = super::open(g)?;
+    let resolved = store.resolve(&image)?;
+    let m = store.manifest(&resolved.id)?;
+    let (unique_chunks, unique_chunk_bytes) = m.unique_chunks();
+    let sif = m.meta.sif.as_ref();
+    let mut labels = sif.map(|s| s.labels.clone()).unwrap_or_default();
+    let rec = resolved.record.as_ref();
+    if let Some(r) = rec {
+        labels.extend(r.labels.clone());
+    }
+    let report = InspectReport {
+        image: m.id,
+        reference: resolved.tag.as_ref().map(|t| t.to_string()),
+        size: m.size,
+        chunks: m
+            .entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Chunk { .. }))
+            .count(),
+        unique_chunks,
+        unique_chunk_bytes,
+        zero_bytes: m
+            .entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Zero { .. }))
+            .map(|e| e.len())
+            .sum(),
+        labels,
+        has_deffile: rec.is_some_and(|r| r.deffile.is_some()) || sif.is_some_and(|s| s.deffile.is_some()),
+        sif: sif.is_some(),
+        created: rec.map(|r| r.created),
+        user: rec.map(|r| r.user.clone()),
+        host: rec.map(|r| r.host.clone()),
+        message: rec.and_then(|r| r.message.clone()),
+        added: rec.map(|r| r.added),
+        sif_descriptors: sif.map(|s| s.descriptors.clone()),
+    };
+    if g.json {
+        return output::json(&report);
+    }
+    let mut t = output::table(&["FIELD", "VALUE"]);
+    t.add_row(vec!["image".to_string(), report.image.to_string()]);
+    if let Some(r) = &report.reference {
+        t.add_row(vec!["ref".to_string(), r.clone()]);
+    }
+    t.add_row(vec![
+        "size".to_string(),
+        format!("{} ({} bytes)", output::size(report.size), report.size),
+    ]);
+    t.add_row(vec![
+        "chunks".to_string(),
+        format!(
+            "{} ({} unique, {})",
+            report.chunks,
+            report.unique_chunks,
+            output::size(report.unique_chunk_bytes)
+        ),
+    ]);
+    t.add_row(vec!["zero runs".to_string(), output::size(report.zero_bytes)]);
+    t.add_row(vec![
+        "format".to_string(),
+        if report.sif {
+            "SIF".into()
+        } else {
+            "raw image".into()
+        },
+    ]);
+    t.add_row(vec![
+        "deffile".to_string(),
+        if report.has_deffile {
+            "yes (imgstore deffile REF)".into()
+        } else {
+            "no".into()
+        },
+    ]);
+    if let (Some(c), Some(u), Some(h)) = (report.created, &report.user, &report.host) {
+        t.add_row(vec![
+            "created".to_string(),
+            format!("{} by {u}@{h}", output::date(c)),
+        ]);
+    }
+    if let Some(m) = &report.message {
+        t.add_row(vec!["message".to_string(), m.clone()]);
+    }
+    if let Some(a) = report.added {
+        t.add_row(vec![
+            "added by put".to_string(),
+            format!(
+                "{} ({} new chunks, {} raw)",
+                output::size(a.stored_bytes),
+                a.chunks,
+                output::size(a.raw_bytes)
+            ),
+        ]);
+    }
+    for (k, v) in &report.labels {
+        t.add_row(vec![format!("label {k}"), v.clone()]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub fn deffile(g: &Global, a: &RefArg) -> Result<()> {
+    let image = ImageRef::parse(&a.reference)?;
+    let store = super::open(g)?;
+    let resolved = store.resolve(&image)?;
+    let from_ref = resolved.record.as_ref().and_then(|r| r.deffile.clone());
+    let text = match from_ref {
+        Some(t) => Some(t),
+        None => store.manifest(&resolved.id)?.meta.sif.and_then(|s| s.deffile),
+    };
+    let text = text.ok_or_else(|| imgstore_store::Error::not_found(format!("definition file of {image}")))?;
+    if g.json {
+        #[derive(Serialize)]
+        struct D {
+            image: ImageId,
+            deffile: String,
+        }
+        return output::json(&D {
+            image: resolved.id,
+            deffile: text,
+        });
+    }
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
+pub fn tag(g: &Global, a: &TagArgs) -> Result<()> {
+    let image = ImageRef::parse(&a.reference)?;
+    let new = TagRef::parse(&a.new)?;
+    let store = super::open(g)?;
+    let record = store.tag(&image, &new)?;
+    if g.json {
+        #[derive(Serialize)]
+        struct T {
+            #[serde(rename = "ref")]
+            reference: String,
+            image: ImageId,
+        }
+        return output::json(&T {
+            reference: new.to_string(),
+            image: record.image,
+        });
+    }
+    if !g.quiet {
+        println!("tagged {} as {new}", record.image);
+    }
+    Ok(())
+}
+
+pub fn rm(g: &Global, a: &RmArgs) -> Result<()> {
+    let refs: Vec<TagRef> = a
+        .references
+        .iter()
+        .map(|r| TagRef::parse(r))
+        .collect::<Result<_, _>>()?;
+    let store = super::open(g)?;
+    #[derive(Serialize)]
+    struct Removed {
+        #[serde(rename = "ref")]
+        reference: String,
+        image: ImageId,
+    }
+    let mut removed = Vec::new();
+    for r in &refs {
+        let rec = store.rm(r)?;
+        if !g.quiet && !g.json {
+            println!(
+                "removed {r} (was {}); its space returns after garbage collection",
+                rec.image
+            );
+        }
+        removed.push(Removed {
+            reference: r.to_string(),
+            image: rec.image,
+        });
+    }
+    if g.json {
+        #[derive(Serialize)]
+        struct R {
+            removed: Vec<Removed>,
+        }
+        return output::json(&R { removed });
+    }
+    Ok(())
+}
+
+pub fn log(g: &Global, a: &LsArgs) -> Result<()> {
+    let store = super::open(g)?;
+    let events = store.events(a.name.as_deref())?;
+    if g.json {
+        #[derive(Serialize)]
+        struct L {
+            events: Vec<imgstore_store::eventlog::Event>,
+        }
+        return output::json(&L { events });
+    }
+    let mut t = output::table(&["TIME", "ACTION", "REF", "IMAGE", "ADDED", "BY"]);
+    for e in &events {
+        t.add_row(vec![
+            output::date(e.time),
+            e.action.clone(),
+            e.reference.clone(),
+            output::short_id(&e.image),
+            e.added.map(|a| output::size(a.stored_bytes)).unwrap_or_default(),
+            format!("{}@{}", e.user, e.host),
+        ]);
+    }
+    if !events.is_empty() {
+        println!("{t}");
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! The `imgstore` command: parse, run, map errors to documented exit codes.
+//! All storage logic lives in the `imgstore_store` library.
+
+mod args;
+mod cmd;
+mod exit;
+mod output;
+mod progress;
+
+use std::io::ErrorKind as IoKind;
+use std::process::ExitCode;
+
+use clap::Parser;
+use imgstore_store::Error as StoreError;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMGSTORE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match cmd::run(cli) {
+        Ok(()) => ExitCode::from(exit::OK as u8),
+        Err(err) => ExitCode::from(report(&err) as u8),
+    }
+}
+
+/// Prints `imgstore: <error chain>` and a hint on stderr; returns the exit code.
+fn report(err: &anyhow::Error) -> i32 {
+    // A reader that went away (`imgstore get -o - x | head`) is not a failure.
+    let broken_pipe = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == IoKind::BrokenPipe)
+            || matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Io { source, .. }) if source.kind() == IoKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return exit::OK;
+    }
+    let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+    let mut line = chain.join(": ");
+    // thiserror variants often repeat their source in the message.
+    for part in chain.iter().skip(1) {
+        let doubled = format!("{part}: {part}");
+        line = line.replace(&doubled, part);
+    }
+    eprintln!("imgstore: {line}");
+    let store_err = err.chain().find_map(|e| e.downcast_ref::<StoreError>());
+    if let Some(hint) = store_err.and_then(StoreError::hint) {
+        eprintln!("hint: {hint}");
+    }
+    if let Some(code) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<cmd::UsageError>())
+        .map(|_| exit::USAGE)
+    {
+        return code;
+    }
+    store_err.map_or(exit::OTHER, |e| exit::code(e.kind()))
+}

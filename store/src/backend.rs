@@ -1,0 +1,244 @@
+//! The one narrow door to the store's bytes.
+//!
+//! Everything the store keeps goes through [`Backend`]: write a whole file
+//! atomically, read it or a range of it, list a directory, delete. That is all
+//! object storage offers too, so a later S3 backend changes nothing above this
+//! module. Files are written once under a unique name or replaced whole; no
+//! safety argument rests on compare-and-swap or on file locks.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+
+/// Prefix of temporary files; listings skip them and `gc` removes stale ones.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// Random-access reads of one stored file.
+pub trait ReadAt: Send + Sync {
+    /// Fills `buf` from `offset`, or fails (a short file is an error).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// The file's length.
+    fn len(&self) -> Result<u64>;
+}
+
+/// Storage for the store's files, addressed by `/`-separated keys.
+pub trait Backend: Send + Sync {
+    /// Writes `data` as `key`, atomically: readers see the old file or the
+    /// whole new one, never a part. Durable when this returns.
+    fn write(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Reads the whole of `key`. `Ok(None)` if it does not exist.
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Opens `key` for range reads.
+    fn open(&self, key: &str) -> Result<Box<dyn ReadAt>>;
+    /// Names (not keys) of the entries directly under `dir`, sorted,
+    /// without temporary files. A missing directory lists as empty.
+    fn list(&self, dir: &str) -> Result<Vec<String>>;
+    /// Removes `key`; removing a missing key is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+    /// When `key` was last written, by the store's clock. `Ok(None)` if missing.
+    fn modified(&self, key: &str) -> Result<Option<SystemTime>>;
+}
+
+/// A store in a local or NFS-mounted directory.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root`, which must exist.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    /// The path a key maps to. Keys come from this crate, never from users,
+    /// but a key that could climb out of the root is refused all the same.
+    pub fn path(&self, key: &str) -> PathBuf {
+        debug_assert!(valid_key(key), "bad store key {key:?}");
+        self.root.join(key)
+    }
+
+    fn checked(&self, key: &str) -> Result<PathBuf> {
+        if valid_key(key) {
+            Ok(self.root.join(key))
+        } else {
+            Err(Error::BadInput {
+                reason: format!("store key {key:?} is not a plain relative path"),
+            })
+        }
+    }
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}
+
+/// A name unique to this process and moment, for temporary files.
+pub fn unique_suffix() -> String {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).expect("the OS random source is available");
+    format!("{}-{}", std::process::id(), hex::encode(r))
+}
+
+/// Fsyncs a directory so a rename or create in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io(dir, e))?;
+    match d.sync_all() {
+        Ok(()) => Ok(()),
+        // Some network filesystems refuse fsync on directories; their
+        // rename is already synchronous on the server.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Writes `data` to `path` atomically: temp file beside it, fsync, rename,
+/// fsync the directory. Creates missing parent directories.
+pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("store paths have a parent");
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if let Some(up) = dir.parent() {
+            sync_dir(up)?;
+        }
+    }
+    let tmp = dir.join(format!("{TMP_PREFIX}{}", unique_suffix()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(data).map_err(|e| Error::io(path, e))?;
+        f.sync_all().map_err(|e| Error::io(path, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(dir)
+}
+
+struct LocalFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl ReadAt for LocalFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Error::corrupt(
+                    format!("file {}", self.path.display()),
+                    format!("too short: {} bytes at offset {offset} are missing", buf.len()),
+                )
+            } else {
+                Error::io(&self.path, e)
+            }
+        })
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len())
+    }
+}
+
+impl Backend for LocalBackend {
+    fn write(&self, key: &str, data: &[u8]) -> Result<()> {
+        atomic_write(&self.checked(key)?, data)
+    }
+
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.checked(key)?;
+        match fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn open(&self, key: &str) -> Result<Box<dyn ReadAt>> {
+        let path = self.checked(key)?;
+        match File::open(&path) {
+            Ok(file) => Ok(Box::new(LocalFile { file, path })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(Error::corrupt(format!("store file {key}"), "missing"))
+            }
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let path = self.checked(dir)?;
+        let entries = match fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&path, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(TMP_PREFIX) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.checked(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("keys have a parent")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn modified(&self, key: &str) -> Result<Option<SystemTime>> {
+        let path = self.checked(key)?;
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.modified().map_err(|e| Error::io(&path, e))?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "a/./b"] {
+            assert!(!valid_key(bad), "{bad:?} accepted");
+        }
+        assert!(valid_key("refs/lab/app/@v1"));
+    }
+
+    #[test]
+    fn write_replaces_whole_and_lists_without_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.write("a/b/c", b"one").unwrap();
+        b.write("a/b/c", b"two").unwrap();
+        std::fs::write(dir.path().join("a/b/.tmp-junk"), b"x").unwrap();
+        assert_eq!(b.read("a/b/c").unwrap().unwrap(), b"two");
+        assert_eq!(b.list("a/b").unwrap(), vec!["c".to_string()]);
+        assert_eq!(b.read("a/b/missing").unwrap(), None);
+        b.delete("a/b/c").unwrap();
+        b.delete("a/b/c").unwrap();
+        assert!(b.list("nope").unwrap().is_empty());
+    }
+}

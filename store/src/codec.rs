@@ -1,0 +1,129 @@
+//! Per-chunk compression: zstd where it pays, raw bytes where it does not
+//! (squashfs data is already gzip-compressed and barely shrinks).
+
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+
+/// How a chunk's bytes are stored in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// Stored as is.
+    Raw = 0,
+    /// One zstd frame.
+    Zstd = 1,
+}
+
+impl Codec {
+    /// Decodes the codec byte of a pack frame or index entry.
+    pub fn from_u8(b: u8) -> Option<Codec> {
+        match b {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Compression keeps the zstd output only when it saves at least 1/32 of the
+/// chunk; below that, decoding costs more than the bytes saved.
+fn pays(raw: usize, compressed: usize) -> bool {
+    compressed + raw / 32 < raw
+}
+
+/// A reusable compressor, one per worker thread.
+pub struct Encoder {
+    zstd: zstd::bulk::Compressor<'static>,
+    check: zstd::bulk::Decompressor<'static>,
+}
+
+impl Encoder {
+    /// An encoder at zstd `level`.
+    pub fn new(level: i32) -> Encoder {
+        Encoder {
+            zstd: zstd::bulk::Compressor::new(level).expect("zstd level is validated"),
+            check: zstd::bulk::Decompressor::new().expect("zstd decoder allocates"),
+        }
+    }
+
+    /// Compresses `raw` if that pays, then decodes the result again and
+    /// checks it against `id` — a put never stores bytes it cannot read back.
+    pub fn encode(&mut self, id: &ChunkId, raw: &[u8]) -> Result<(Codec, Vec<u8>)> {
+        let compressed = self.zstd.compress(raw).map_err(|e| Error::BadInput {
+            reason: format!("zstd failed on chunk {id}: {e}"),
+        })?;
+        if !pays(raw.len(), compressed.len()) {
+            return Ok((Codec::Raw, raw.to_vec()));
+        }
+        let back = self
+            .check
+            .decompress(&compressed, raw.len())
+            .map_err(|e| Error::corrupt(format!("chunk {id}"), format!("zstd round trip failed: {e}")))?;
+        if ChunkId::of(&back) != *id {
+            return Err(Error::corrupt(
+                format!("chunk {id}"),
+                "zstd round trip changed the bytes",
+            ));
+        }
+        Ok((Codec::Zstd, compressed))
+    }
+}
+
+/// Decodes stored bytes to `raw_len` bytes and checks them against `id`.
+/// `what` names where they came from for the error message.
+pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<Vec<u8>> {
+    let raw = match codec {
+        Codec::Raw => stored.to_vec(),
+        Codec::Zstd => zstd::bulk::decompress(stored, raw_len)
+            .map_err(|e| Error::corrupt(what, format!("chunk {id}: zstd: {e}")))?,
+    };
+    if raw.len() != raw_len {
+        return Err(Error::corrupt(
+            what,
+            format!("chunk {id}: {} bytes decoded, {raw_len} expected", raw.len()),
+        ));
+    }
+    if ChunkId::of(&raw) != *id {
+        return Err(Error::corrupt(what, format!("chunk {id}: hash mismatch")));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_both_codecs() {
+        let mut enc = Encoder::new(3);
+        let text = b"hello world ".repeat(1000);
+        let id = ChunkId::of(&text);
+        let (codec, stored) = enc.encode(&id, &text).unwrap();
+        assert_eq!(codec, Codec::Zstd);
+        assert_eq!(decode(codec, &stored, text.len(), &id, "t").unwrap(), text);
+
+        let mut noise = vec![0u8; 4096];
+        getrandom::fill(&mut noise).unwrap();
+        let id = ChunkId::of(&noise);
+        let (codec, stored) = enc.encode(&id, &noise).unwrap();
+        assert_eq!(codec, Codec::Raw);
+        assert_eq!(decode(codec, &stored, noise.len(), &id, "t").unwrap(), noise);
+    }
+
+    #[test]
+    fn decode_detects_damage() {
+        let data = b"abc".repeat(500);
+        let id = ChunkId::of(&data);
+        let (codec, mut stored) = Encoder::new(3).encode(&id, &data).unwrap();
+        let n = stored.len();
+        stored[n / 2] ^= 1;
+        assert!(matches!(
+            decode(codec, &stored, data.len(), &id, "t"),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode(Codec::Raw, b"xyz", 3, &id, "t"),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,85 @@
+//! The store's history: who put, tagged or removed what, when, from where.
+//!
+//! Each event is its own small file, `log/<nanoseconds>-<unique>.json`, so
+//! writers on many hosts never append to a shared file (appends are not
+//! atomic on NFS or object storage). Names sort by time.
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::backend::{unique_suffix, Backend};
+use crate::error::{Error, Result};
+use crate::id::ImageId;
+use crate::refs::Added;
+use crate::session::{hostname, username};
+
+/// Store directory of the event log.
+pub const LOG_DIR: &str = "log";
+
+/// One thing that happened to a ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Seconds since the epoch, host clock.
+    pub time: u64,
+    /// `put`, `tag` or `rm`.
+    pub action: String,
+    /// The `name:tag` acted on.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The image the ref names after the event (`rm`: the one it named).
+    pub image: ImageId,
+    /// The image the ref named before, when it was moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ImageId>,
+    /// User.
+    pub user: String,
+    /// Host.
+    pub host: String,
+    /// What a put added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<Added>,
+}
+
+impl Event {
+    /// An event happening now, by this user on this host.
+    pub fn now(action: &str, reference: String, image: ImageId) -> Event {
+        Event {
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            action: action.into(),
+            reference,
+            image,
+            previous: None,
+            user: username(),
+            host: hostname(),
+            added: None,
+        }
+    }
+}
+
+/// Appends an event.
+pub fn append(backend: &dyn Backend, event: &Event) -> Result<()> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let key = format!("{LOG_DIR}/{nanos:020}-{}.json", unique_suffix());
+    backend.write(&key, &serde_json::to_vec(event).expect("event serializes"))
+}
+
+/// All events in time order.
+pub fn read_all(backend: &dyn Backend) -> Result<Vec<Event>> {
+    let mut events = Vec::new();
+    for name in backend.list(LOG_DIR)? {
+        let key = format!("{LOG_DIR}/{name}");
+        let Some(bytes) = backend.read(&key)? else {
+            continue;
+        };
+        let e = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("log entry {key}"), e.to_string()))?;
+        events.push(e);
+    }
+    Ok(events)
+}

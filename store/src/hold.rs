@@ -1,0 +1,40 @@
+//! Test-only hold and crash points at named steps of a put or get.
+//!
+//! `IMGSTORE_TEST_HOLD=<step>` makes the process create `<step>.held` in
+//! `IMGSTORE_TEST_HOLD_DIR` and wait until that file is removed;
+//! `IMGSTORE_TEST_CRASH=<step>` aborts the process at that step (as a kill
+//! would). Both are read once per step and cost nothing when unset. They let
+//! tests place a SIGKILL or a concurrent GC at an exact point instead of
+//! hoping a timer lands there.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Steps of a put, in order.
+pub const PUT_STEPS: &[&str] = &[
+    "put-after-lookup",
+    "put-after-pack",
+    "put-after-segment",
+    "put-after-manifest",
+    "put-before-ref",
+    "put-after-ref",
+];
+
+/// Called at each named step.
+pub fn point(step: &str) {
+    if std::env::var("IMGSTORE_TEST_CRASH").is_ok_and(|s| s == step) {
+        tracing::warn!(step, "test crash point");
+        std::process::abort();
+    }
+    if std::env::var("IMGSTORE_TEST_HOLD").is_ok_and(|s| s == step) {
+        let dir = std::env::var_os("IMGSTORE_TEST_HOLD_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let flag = dir.join(format!("{step}.held"));
+        if std::fs::write(&flag, std::process::id().to_string()).is_ok() {
+            while flag.exists() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Content ids: 32-byte BLAKE3 digests for chunks, images, packs and segments.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A 32-byte BLAKE3 digest shown as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// BLAKE3 of `data`.
+    pub fn of(data: &[u8]) -> Digest {
+        Digest(*blake3::hash(data).as_bytes())
+    }
+
+    /// Lowercase hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(s: &str) -> Result<Digest> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| Error::BadInput {
+            reason: format!("{s:?} is not a 64-digit hex digest"),
+        })?;
+        Ok(Digest(out))
+    }
+
+    /// Store key for an object of this id: `<dir>/<first two hex>/<hex>`.
+    pub fn key(&self, dir: &str) -> String {
+        let hex = self.to_hex();
+        format!("{dir}/{}/{hex}", &hex[..2])
+    }
+}
+
+impl From<blake3::Hash> for Digest {
+    fn from(h: blake3::Hash) -> Self {
+        Digest(*h.as_bytes())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+/// Names a chunk: BLAKE3 of its raw bytes.
+pub type ChunkId = Digest;
+/// Names a pack file: BLAKE3 of the whole file.
+pub type PackId = Digest;
+
+/// Names an image: BLAKE3 of the image's bytes. Shown as `blake3:<hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ImageId(pub Digest);
+
+impl ImageId {
+    /// The prefix every shown image id carries.
+    pub const PREFIX: &'static str = "blake3:";
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::PREFIX, self.0)
+    }
+}
+
+impl FromStr for ImageId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Digest::from_hex(s.strip_prefix(Self::PREFIX).unwrap_or(s)).map(ImageId)
+    }
+}
+
+impl serde::Serialize for ImageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,300 @@
+//! The local index: chunk id -> location, in RocksDB. The only module that
+//! imports `rocksdb`.
+//!
+//! The index is derived data. Its truth is the store's `index/` segments
+//! (and, for `index rebuild --from-packs`, the packs' footers), so it lives on
+//! local disk, never on the shared store, and each command first catches up
+//! with segments other hosts wrote.
+//!
+//! RocksDB allows one read-write process per directory. Writers here hold the
+//! primary open only for a catch-up (milliseconds to seconds), under a flock
+//! on `writer.lock`; lookups during a long put or get go through a RocksDB
+//! *secondary* instance, which needs no lock. So concurrent puts on one host
+//! never wait for each other for longer than a catch-up.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use crate::backend::{unique_suffix, Backend};
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+use crate::pack::Location;
+use crate::segment::{self, INDEX_DIR};
+
+const CF_CHUNKS: &str = "chunks";
+const CF_SEGMENTS: &str = "segments";
+const CF_META: &str = "meta";
+const META_STORE_ID: &[u8] = b"store_id";
+const META_SCHEMA: &[u8] = b"schema";
+const SCHEMA: &[u8] = b"1";
+const DB_DIR: &str = "db";
+const SECONDARY_DIR: &str = "secondary";
+
+/// The local index directory of a store, unless `--index-dir` overrides it:
+/// `$XDG_CACHE_HOME/imgstore/<store-id>` or `~/.cache/imgstore/<store-id>`.
+pub fn default_dir(store_id: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::env::temp_dir().join("imgstore-cache"));
+    base.join("imgstore").join(store_id)
+}
+
+fn index_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Index {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_paranoid_checks(true);
+    opts.set_keep_log_file_num(2);
+    opts.set_max_log_file_size(1 << 20);
+    // Secondaries keep every SST open so a primary's compaction cannot pull
+    // a file from under them.
+    opts.set_max_open_files(-1);
+    opts
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    let mut chunks = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    chunks.set_block_based_table_factory(&table);
+    chunks.optimize_for_point_lookup(64);
+    vec![
+        ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
+        ColumnFamilyDescriptor::new(CF_SEGMENTS, Options::default()),
+        ColumnFamilyDescriptor::new(CF_META, Options::default()),
+    ]
+}
+
+/// Exclusive right to open the primary; a flock held for one catch-up.
+struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    fn acquire(dir: &Path) -> Result<WriterLock> {
+        let path = dir.join("writer.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(WriterLock { _file: file })
+    }
+}
+
+/// What a catch-up did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchUp {
+    /// Segments newly applied.
+    pub segments: usize,
+    /// Chunk locations written.
+    pub chunks: usize,
+}
+
+fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
+    let db_path = dir.join(DB_DIR);
+    let fresh = !db_path.join("CURRENT").exists();
+    if !fresh
+        && !db_path.join("IDENTITY").exists()
+        && fs::read_dir(&db_path).map(|d| d.count()).unwrap_or(0) == 0
+    {
+        return Err(index_err(&db_path, "index directory is empty"));
+    }
+    let mut opts = db_options();
+    if !fresh {
+        // An existing index must open as what it is: a damaged one is an
+        // error, never silently a new empty index.
+        opts.create_if_missing(false);
+    }
+    let db =
+        DB::open_cf_descriptors(&opts, &db_path, cf_descriptors()).map_err(|e| index_err(&db_path, e))?;
+    let meta = db.cf_handle(CF_META).expect("cf exists");
+    match db
+        .get_cf(meta, META_STORE_ID)
+        .map_err(|e| index_err(&db_path, e))?
+    {
+        Some(id) if id == store_id.as_bytes() => {}
+        Some(other) => {
+            return Err(index_err(
+                &db_path,
+                format!(
+                    "belongs to store {}, not {store_id}",
+                    String::from_utf8_lossy(&other)
+                ),
+            ))
+        }
+        None if fresh => {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, META_STORE_ID, store_id.as_bytes());
+            batch.put_cf(meta, META_SCHEMA, SCHEMA);
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
+        }
+        None => return Err(index_err(&db_path, "has no store id: it is damaged")),
+    }
+    Ok(db)
+}
+
+/// Brings the index in `dir` up to date with the store's segments.
+/// Builds it from scratch when `dir` holds none yet (a new host).
+pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<CatchUp> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let _lock = WriterLock::acquire(dir)?;
+    let db = open_primary(dir, store_id)?;
+    let db_path = dir.join(DB_DIR);
+    let seg_cf = db.cf_handle(CF_SEGMENTS).expect("cf exists");
+    let chunk_cf = db.cf_handle(CF_CHUNKS).expect("cf exists");
+    let mut done = CatchUp::default();
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    for shard in backend.list(INDEX_DIR)? {
+        for name in backend.list(&format!("{INDEX_DIR}/{shard}"))? {
+            let key = format!("{INDEX_DIR}/{shard}/{name}");
+            if db
+                .get_pinned_cf(seg_cf, name.as_bytes())
+                .map_err(|e| index_err(&db_path, e))?
+                .is_some()
+            {
+                continue;
+            }
+            let Some(bytes) = backend.read(&key)? else {
+                continue;
+            };
+            let entries = segment::decode(&bytes, &format!("index segment {key}"))?;
+            let mut batch = WriteBatch::default();
+            for (id, loc) in &entries {
+                batch.put_cf(chunk_cf, id.0, loc.encode());
+            }
+            batch.put_cf(seg_cf, name.as_bytes(), b"");
+            db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
+            done.segments += 1;
+            done.chunks += entries.len();
+        }
+    }
+    if done.segments > 0 {
+        tracing::debug!(segments = done.segments, chunks = done.chunks, "index caught up");
+    }
+    Ok(done)
+}
+
+/// Recreates the index in `dir` from `entries` (e.g. every pack's footer),
+/// replacing whatever was there, then catches up with segments.
+pub fn rebuild(
+    dir: &Path,
+    store_id: &str,
+    backend: &dyn Backend,
+    entries: impl Iterator<Item = Result<(ChunkId, Location)>>,
+) -> Result<CatchUp> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let lock = WriterLock::acquire(dir)?;
+    let db_path = dir.join(DB_DIR);
+    if db_path.exists() {
+        fs::remove_dir_all(&db_path).map_err(|e| Error::io(&db_path, e))?;
+    }
+    let mut added = 0;
+    {
+        let db = open_primary(dir, store_id)?;
+        let chunk_cf = db.cf_handle(CF_CHUNKS).expect("cf exists");
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let (id, loc) = entry?;
+            batch.put_cf(chunk_cf, id.0, loc.encode());
+            added += 1;
+            if batch.len() >= 10_000 {
+                db.write(std::mem::take(&mut batch))
+                    .map_err(|e| index_err(&db_path, e))?;
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
+    }
+    drop(lock);
+    let mut done = catch_up(dir, store_id, backend)?;
+    done.chunks += added;
+    Ok(done)
+}
+
+/// A lock-free read view for lookups (a RocksDB secondary instance).
+pub struct Reader {
+    db: DB,
+    secondary: PathBuf,
+}
+
+impl Reader {
+    /// Opens a view of the index in `dir` as of now. Call [`catch_up`] first.
+    pub fn open(dir: &Path) -> Result<Reader> {
+        let db_path = dir.join(DB_DIR);
+        let sec_root = dir.join(SECONDARY_DIR);
+        fs::create_dir_all(&sec_root).map_err(|e| Error::io(&sec_root, e))?;
+        remove_stale_secondaries(&sec_root);
+        let secondary = sec_root.join(unique_suffix());
+        let opts = db_options();
+        let db = DB::open_cf_descriptors_as_secondary(&opts, &db_path, &secondary, cf_descriptors())
+            .map_err(|e| index_err(&db_path, e))?;
+        db.try_catch_up_with_primary()
+            .map_err(|e| index_err(&db_path, e))?;
+        Ok(Reader { db, secondary })
+    }
+
+    /// Locations of `ids`, in order; `None` where the index has no entry.
+    pub fn lookup(&self, ids: &[ChunkId]) -> Result<Vec<Option<Location>>> {
+        let cf = self.db.cf_handle(CF_CHUNKS).expect("cf exists");
+        let keys: Vec<&[u8]> = ids.iter().map(|id| &id.0[..]).collect();
+        self.db
+            .batched_multi_get_cf(cf, keys.iter().copied(), false)
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| {
+                let value = r.map_err(|e| index_err(&self.secondary, e))?;
+                value
+                    .map(|v| {
+                        Location::decode(&v).ok_or_else(|| Error::Index {
+                            path: self.secondary.clone(),
+                            detail: format!("entry for chunk {id} is damaged"),
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.secondary);
+    }
+}
+
+/// Removes secondary directories of processes that died (SIGKILL skips Drop).
+/// The index is per host, so a pid that no longer exists here is dead.
+fn remove_stale_secondaries(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! imgstore's library: a content-addressed, deduplicating store for container
+//! images. See `docs/ARCHITECTURE.md` for the map and the invariants.
+//!
+//! The library never prints and never exits: it returns values and
+//! [`Error`]s with hints, and emits `tracing` events.
+
+pub mod backend;
+pub mod chunker;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod eventlog;
+pub mod hold;
+pub mod id;
+pub mod index;
+pub mod manifest;
+pub mod ops;
+pub mod pack;
+pub mod progress;
+pub mod refs;
+pub mod segment;
+pub mod session;
+pub mod sif;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use backend::{Backend, LocalBackend};
+pub use config::Config;
+pub use error::{Error, ErrorKind, Result};
+pub use id::{ChunkId, Digest, ImageId};
+pub use ops::get::{GetReport, Output};
+pub use ops::put::{Input, PutOptions, PutReport};
+pub use ops::refs::Resolved;
+pub use progress::{NoProgress, Progress};
+pub use refs::{ImageRef, RefRecord, TagRef};
+
+/// Top-level directories of a store, created at `init`.
+const DIRS: &[&str] = &["packs", "index", "manifests", "refs", "log", "sessions", "gc"];
+
+/// Settings chosen at `init`.
+#[derive(Debug, Clone, Copy)]
+pub struct InitOptions {
+    /// Average chunk size in bytes (a power of two).
+    pub avg_chunk: u32,
+    /// zstd level for new chunks.
+    pub zstd_level: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            avg_chunk: config::DEFAULT_AVG_CHUNK,
+            zstd_level: config::DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    backend: Arc<dyn Backend>,
+    config: Config,
+    index_dir: PathBuf,
+}
+
+impl Store {
+    /// Creates a store in `root` (created if missing; must be empty).
+    pub fn init(root: &Path, opts: InitOptions, index_dir: Option<PathBuf>) -> Result<Store> {
+        match fs::read_dir(root) {
+            Ok(mut entries) => {
+                if root.join(config::CONFIG_KEY).exists() {
+                    return Err(Error::AlreadyStore { path: root.into() });
+                }
+                if entries.next().is_some() {
+                    return Err(Error::NotEmpty { path: root.into() });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(Error::NotEmpty { path: root.into() });
+            }
+            Err(e) => return Err(Error::io(root, e)),
+        }
+        let config = Config::new(opts.avg_chunk, opts.zstd_level)?;
+        for d in DIRS {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        backend::sync_dir(root)?;
+        // The config goes last: a directory is a store once it has one.
+        let backend = LocalBackend::new(root);
+        backend.write(config::CONFIG_KEY, &config.to_bytes())?;
+        Self::open(root, index_dir)
+    }
+
+    /// Opens the store in `root`. `index_dir` overrides where the local
+    /// index lives (default: under the user's cache directory).
+    pub fn open(root: &Path, index_dir: Option<PathBuf>) -> Result<Store> {
+        if !root.is_dir() {
+            return Err(Error::NoStore { path: root.into() });
+        }
+        let backend = LocalBackend::new(root);
+        let config = Config::load(&backend)?.ok_or_else(|| Error::NoStore { path: root.into() })?;
+        let index_dir = index_dir.unwrap_or_else(|| index::default_dir(&config.store_id));
+        Ok(Store {
+            root: root.into(),
+            backend: Arc::new(backend),
+            config,
+            index_dir,
+        })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The store's frozen settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where this process keeps the local index.
+    pub fn index_dir(&self) -> &Path {
+        &self.index_dir
+    }
+
+    /// The storage backend (for tools that inspect files directly).
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Brings the local index up to date with the store.
+    pub fn index_catch_up(&self) -> Result<index::CatchUp> {
+        index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())
+    }
+
+    /// Recreates the local index from every pack's footer and every segment.
+    pub fn index_rebuild(&self) -> Result<index::CatchUp> {
+        let mut entries = Vec::new();
+        for shard in self.backend.list(pack::PACKS_DIR)? {
+            for name in self.backend.list(&format!("{}/{shard}", pack::PACKS_DIR))? {
+                let key = format!("{}/{shard}/{name}", pack::PACKS_DIR);
+                let id = Digest::from_hex(&name)
+                    .map_err(|_| Error::corrupt(format!("pack {key}"), "file name is not a pack id"))?;
+                let file = self.backend.open(&key)?;
+                for e in pack::read_footer(file.as_ref(), &format!("pack {key}"))? {
+                    entries.push(Ok((e.id, e.location(id))));
+                }
+            }
+        }
+        index::rebuild(
+            &self.index_dir,
+            &self.config.store_id,
+            self.backend.as_ref(),
+            entries.into_iter(),
+        )
+    }
+}

@@ -1,0 +1,350 @@
+//! `get`: ref -> manifest -> chunks, each checked against its id, the whole
+//! image checked against its id, and only then the output file appears.
+//!
+//! A fetch thread reads ahead: it looks up a batch of chunks, reads and
+//! decodes them in parallel (rayon) and hands them over in order, while this
+//! thread writes the previous batch. Zero runs become holes in a file.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::{sync_dir, unique_suffix, ReadAt};
+use crate::error::{Error, Result};
+use crate::hold;
+use crate::id::{ImageId, PackId};
+use crate::index;
+use crate::manifest::{Entry, Manifest};
+use crate::pack;
+use crate::progress::Progress;
+use crate::refs::ImageRef;
+use crate::session::Session;
+use crate::Store;
+
+/// Raw bytes per read-ahead batch.
+const BATCH_BYTES: u64 = 16 << 20;
+/// Open pack files kept between batches.
+const OPEN_PACKS: usize = 64;
+
+/// Where the image goes.
+pub enum Output {
+    /// A file, written beside its final name and renamed into place.
+    File(PathBuf),
+    /// A stream, e.g. stdout. Bytes are written as they are checked; the
+    /// whole-image check can only fail after they were written.
+    Stream(Box<dyn Write + Send>),
+}
+
+/// What a get did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GetReport {
+    /// The image.
+    pub image: ImageId,
+    /// Its size.
+    pub size: u64,
+    /// Chunks read.
+    pub chunks: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+enum Piece {
+    Data(Vec<u8>),
+    Zero(u64),
+}
+
+/// Open pack files, shared by the reading threads.
+struct Packs<'a> {
+    store: &'a Store,
+    open: Mutex<HashMap<PackId, Arc<dyn ReadAt>>>,
+}
+
+impl Packs<'_> {
+    fn get(&self, id: &PackId) -> Result<Arc<dyn ReadAt>> {
+        if let Some(f) = self.open.lock().expect("pack cache").get(id) {
+            return Ok(f.clone());
+        }
+        let f: Arc<dyn ReadAt> = Arc::from(self.store.backend.open(&pack::key(id))?);
+        let mut open = self.open.lock().expect("pack cache");
+        if open.len() >= OPEN_PACKS {
+            open.clear();
+        }
+        open.insert(*id, f.clone());
+        Ok(f)
+    }
+}
+
+/// Reads the chunks of `batch` in parallel, in order.
+fn fetch(packs: &Packs, lookup: &index::Reader, image: &ImageId, batch: &[Entry]) -> Result<Vec<Piece>> {
+    let ids: Vec<_> = batch
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Chunk { id, .. } => Some(*id),
+            Entry::Zero { .. } => None,
+        })
+        .collect();
+    let locations = lookup.lookup(&ids)?;
+    let mut located = ids.iter().zip(locations);
+    let jobs: Vec<_> = batch
+        .iter()
+        .map(|e| match e {
+            Entry::Zero { len } => Ok(Err(*len)),
+            Entry::Chunk { .. } => {
+                let (id, loc) = located.next().expect("one location per chunk");
+                loc.map(|l| Ok((*id, l))).ok_or_else(|| {
+                    Error::corrupt(
+                        format!("image {image}"),
+                        format!("chunk {id} is in no pack the index knows; run `imgstore index rebuild`, then `imgstore verify`"),
+                    )
+                })
+            }
+        })
+        .collect::<Result<_>>()?;
+    jobs.into_par_iter()
+        .map(|job| match job {
+            Err(len) => Ok(Piece::Zero(len)),
+            Ok((id, loc)) => {
+                let file = packs.get(&loc.pack)?;
+                pack::read_chunk(file.as_ref(), &id, &loc).map(Piece::Data)
+            }
+        })
+        .collect()
+}
+
+/// Removes a half-written output file unless the get completed.
+struct TmpFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+enum Sink {
+    File {
+        file: File,
+        tmp: TmpFile,
+        target: PathBuf,
+        pos: u64,
+    },
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Sink {
+    fn open(out: Output) -> Result<Sink> {
+        match out {
+            Output::Stream(w) => Ok(Sink::Stream(w)),
+            Output::File(target) => {
+                if target.is_dir() {
+                    return Err(Error::BadInput {
+                        reason: format!("{} is a directory; give a file name with -o", target.display()),
+                    });
+                }
+                let dir = match target.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let name = target.file_name().ok_or_else(|| Error::BadInput {
+                    reason: format!("{} is not a file name", target.display()),
+                })?;
+                let tmp = dir.join(format!(
+                    ".{}.imgstore-{}.tmp",
+                    name.to_string_lossy(),
+                    unique_suffix()
+                ));
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(|e| Error::io(&tmp, e))?;
+                Ok(Sink::File {
+                    file,
+                    tmp: TmpFile {
+                        path: tmp,
+                        keep: false,
+                    },
+                    target,
+                    pos: 0,
+                })
+            }
+        }
+    }
+
+    fn write(&mut self, piece: &Piece) -> Result<()> {
+        match (self, piece) {
+            (
+                Sink::File {
+                    file, target, pos, ..
+                },
+                Piece::Data(d),
+            ) => {
+                file.write_all_at(d, *pos)
+                    .map_err(|e| Error::io(target.as_path(), e))?;
+                *pos += d.len() as u64;
+            }
+            (Sink::File { pos, .. }, Piece::Zero(n)) => *pos += n,
+            (Sink::Stream(w), Piece::Data(d)) => w.write_all(d).map_err(|e| Error::io("<stdout>", e))?,
+            (Sink::Stream(w), Piece::Zero(n)) => {
+                let zeros = [0u8; 64 * 1024];
+                let mut left = *n;
+                while left > 0 {
+                    let k = left.min(zeros.len() as u64) as usize;
+                    w.write_all(&zeros[..k]).map_err(|e| Error::io("<stdout>", e))?;
+                    left -= k as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(self, size: u64) -> Result<()> {
+        match self {
+            Sink::Stream(mut w) => w.flush().map_err(|e| Error::io("<stdout>", e)),
+            Sink::File {
+                file,
+                mut tmp,
+                target,
+                ..
+            } => {
+                // set_len makes a trailing zero run a hole too.
+                file.set_len(size).map_err(|e| Error::io(&target, e))?;
+                file.sync_all().map_err(|e| Error::io(&target, e))?;
+                fs::rename(&tmp.path, &target).map_err(|e| Error::io(&target, e))?;
+                tmp.keep = true;
+                sync_dir(
+                    target
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new(".")),
+                )
+            }
+        }
+    }
+}
+
+fn hash_zeros(hasher: &mut blake3::Hasher, mut n: u64) {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+impl Store {
+    /// Writes the image `image` names to `out`, byte for byte.
+    pub fn get(&self, image: &ImageRef, out: Output, progress: &dyn Progress) -> Result<GetReport> {
+        let started = Instant::now();
+        let resolved = self.resolve(image)?;
+        let manifest = self.manifest(&resolved.id)?;
+        // A get's lease only spares it a "retry" error if GC removes packs
+        // under it; its bytes are checked either way. So a full store, where
+        // not even a lease fits, can still be read.
+        let session = match Session::start(self.backend.clone(), "get") {
+            Ok(s) => Some(s),
+            Err(Error::NoSpace { path }) => {
+                tracing::warn!("store is full ({}): reading without a lease", path.display());
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
+        let lookup = index::Reader::open(&self.index_dir)?;
+        let mut sink = Sink::open(out)?;
+        hold::point("get-after-open");
+        progress.start("get", Some(manifest.size));
+
+        let packs = Packs {
+            store: self,
+            open: Mutex::new(HashMap::new()),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut chunks = 0;
+        let written: Result<()> = std::thread::scope(|s| {
+            let (tx, rx) = sync_channel::<Result<Vec<Piece>>>(2);
+            let (packs, lookup, manifest) = (&packs, &lookup, &manifest);
+            s.spawn(move || {
+                for batch in batches(manifest) {
+                    let pieces = fetch(packs, lookup, &manifest.id, batch);
+                    let failed = pieces.is_err();
+                    if tx.send(pieces).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for pieces in rx {
+                for piece in pieces? {
+                    match &piece {
+                        Piece::Data(d) => {
+                            hasher.update(d);
+                            chunks += 1;
+                            progress.advance(d.len() as u64);
+                        }
+                        Piece::Zero(n) => {
+                            hash_zeros(&mut hasher, *n);
+                            progress.advance(*n);
+                        }
+                    }
+                    sink.write(&piece)?;
+                }
+            }
+            Ok(())
+        });
+        progress.finish();
+        written?;
+        let got = ImageId(hasher.finalize().into());
+        if got != manifest.id {
+            return Err(Error::corrupt(
+                format!("image {}", manifest.id),
+                format!("the chunks reassemble to {got}"),
+            ));
+        }
+        sink.commit(manifest.size)?;
+        if let Some(s) = session {
+            s.end()?;
+        }
+        Ok(GetReport {
+            image: manifest.id,
+            size: manifest.size,
+            chunks,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Splits a manifest into read-ahead batches of about [`BATCH_BYTES`] of chunks.
+fn batches(m: &Manifest) -> impl Iterator<Item = &[Entry]> {
+    let mut rest = &m.entries[..];
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        for e in rest {
+            n += 1;
+            if let Entry::Chunk { len, .. } = e {
+                bytes += u64::from(*len);
+            }
+            if bytes >= BATCH_BYTES || n >= 1024 {
+                break;
+            }
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}

@@ -1,0 +1,511 @@
+//! `put`: an image file or stream becomes chunks, packs, an index segment, a
+//! manifest and finally a ref — in that order, each durable before the next
+//! refers to it, so a crash at any point leaves no half-visible image.
+//!
+//! Pipeline: a reader thread fills large blocks; this thread cuts them with
+//! FastCDC while rayon hashes the chunks and the whole image; known chunks are
+//! looked up in the index in one batch per block; new chunks are compressed on
+//! rayon and appended to a pack, which a writer thread writes out. Memory is a
+//! few blocks plus one pack, whatever the image size (and ~80 bytes per chunk
+//! for the manifest being built).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::chunker::Chunker;
+use crate::codec::{Codec, Encoder};
+use crate::error::{Error, Result};
+use crate::eventlog::{self, Event};
+use crate::hold;
+use crate::id::{ChunkId, Digest, ImageId};
+use crate::index;
+use crate::manifest::{self, Entry, Manifest, ManifestMeta};
+use crate::pack::{self, Location, PackBuilder};
+use crate::progress::Progress;
+use crate::refs::{Added, RefRecord, TagRef};
+use crate::segment::{self, INDEX_DIR};
+use crate::session::{self, Session};
+use crate::sif;
+use crate::Store;
+
+/// Bytes read per block. Large enough that per-block costs (a lookup batch,
+/// a rayon fan-out) vanish; small enough that a few blocks in flight stay
+/// far below the memory budget.
+const BLOCK: usize = 8 << 20;
+/// Blocks in flight between the reader and the chunker.
+const BLOCKS_IN_FLIGHT: usize = 3;
+
+/// Where the image comes from.
+pub enum Input {
+    /// A regular file; checked for changes while being read, SIF metadata lifted.
+    File(PathBuf),
+    /// A stream of unknown length, e.g. stdin.
+    Stream(Box<dyn Read + Send>),
+}
+
+/// User-given metadata for a put.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// `--message`.
+    pub message: Option<String>,
+    /// `--label KEY=VALUE`.
+    pub labels: BTreeMap<String, String>,
+    /// `--deffile` contents.
+    pub deffile: Option<String>,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PutReport {
+    /// The ref written.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The image id.
+    pub image: ImageId,
+    /// Image size in bytes.
+    pub size: u64,
+    /// Chunks in the image (zero runs excluded).
+    pub chunks: u64,
+    /// Bytes of the image in zero runs (stored as nothing).
+    pub zero_bytes: u64,
+    /// What this put added to the store.
+    pub added: Added,
+    /// Pack files written.
+    pub packs: u64,
+    /// The image the ref named before, if it moved.
+    pub replaced: Option<ImageId>,
+    /// Whether SIF metadata was lifted from the image.
+    pub sif: bool,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+struct FileStat {
+    len: u64,
+    mtime: (i64, i64),
+    ino: u64,
+}
+
+fn stat(path: &Path, f: &File) -> Result<FileStat> {
+    let m = f.metadata().map_err(|e| Error::io(path, e))?;
+    Ok(FileStat {
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ino: m.ino(),
+    })
+}
+
+/// Opens the input, refusing what cannot be an image.
+fn open_input(path: &Path) -> Result<(File, FileStat)> {
+    let f = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::not_found(format!("input file {}", path.display())),
+        _ => Error::io(path, e),
+    })?;
+    let st = stat(path, &f)?;
+    let m = f.metadata().map_err(|e| Error::io(path, e))?;
+    if m.is_dir() {
+        return Err(Error::BadInput {
+            reason: format!("{} is a directory, not an image file", path.display()),
+        });
+    }
+    Ok((f, st))
+}
+
+fn read_sif(path: &Path, f: &File, len: u64) -> Result<Option<sif::SifInfo>> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 64];
+    let n = f.read_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
+    if !sif::is_sif(&head[..n]) {
+        return Ok(None);
+    }
+    let mut read_at = |off: u64, buf: &mut [u8]| f.read_exact_at(buf, off);
+    sif::parse(len, &mut read_at)
+        .map(Some)
+        .map_err(|source| Error::Sif {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A block of input, with room before the data for the previous block's tail.
+struct Block {
+    buf: Vec<u8>,
+    len: usize,
+    eof: bool,
+}
+
+/// Reads `input` into blocks from a pool; stops at EOF or on the first error.
+fn spawn_reader(
+    mut input: Box<dyn Read + Send>,
+    head: usize,
+    name: PathBuf,
+    full: SyncSender<Result<Block>>,
+    free: Receiver<Vec<u8>>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("imgstore-read".into())
+        .spawn(move || {
+            while let Ok(mut buf) = free.recv() {
+                let mut len = 0;
+                let mut eof = false;
+                while head + len < buf.len() {
+                    match input.read(&mut buf[head + len..]) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => len += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = full.send(Err(Error::io(&name, e)));
+                            return;
+                        }
+                    }
+                }
+                if full.send(Ok(Block { buf, len, eof })).is_err() || eof {
+                    return;
+                }
+            }
+        })
+        .expect("threads can be spawned")
+}
+
+/// Writes finished packs; returns the locations of every chunk written.
+fn spawn_pack_writer(
+    backend: Arc<dyn Backend>,
+    packs: Receiver<PackBuilder>,
+) -> JoinHandle<Result<(Vec<(ChunkId, Location)>, u64)>> {
+    std::thread::Builder::new()
+        .name("imgstore-pack".into())
+        .spawn(move || {
+            let mut locations = Vec::new();
+            let mut count = 0;
+            for builder in packs {
+                let (id, bytes, entries) = builder.finish();
+                backend.write(&pack::key(&id), &bytes)?;
+                locations.extend(entries.iter().map(|e| (e.id, e.location(id))));
+                count += 1;
+            }
+            Ok((locations, count))
+        })
+        .expect("threads can be spawned")
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    // Compare in 16-byte words; the compiler vectorizes this.
+    let (words, rest) = data.split_at(data.len() & !15);
+    words
+        .chunks_exact(16)
+        .all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
+/// State of one put between blocks.
+struct Ingest<'a> {
+    chunker: &'a Chunker,
+    lookup: &'a index::Reader,
+    zstd_level: i32,
+    pack_size: usize,
+    image: blake3::Hasher,
+    entries: Vec<Entry>,
+    /// Chunks this put already stored, so an image repeating itself stores once.
+    written: HashSet<ChunkId>,
+    pack: PackBuilder,
+    packs: SyncSender<PackBuilder>,
+    added: Added,
+    chunks: u64,
+    zero_bytes: u64,
+}
+
+impl Ingest<'_> {
+    /// Cuts `data`, stores what is new, and returns how many bytes were
+    /// consumed; the rest (a chunk the block end may have cut short) is
+    /// carried into the next block unless `eof`.
+    fn block(&mut self, data: &[u8], eof: bool) -> Result<usize> {
+        let mut cuts: Vec<std::ops::Range<usize>> = self.chunker.chunks(data).collect();
+        if !eof {
+            cuts.pop();
+        }
+        let consumed = cuts.last().map_or(0, |r| r.end);
+        let (_, ids) = rayon::join(
+            || self.image.update(&data[..consumed]),
+            || {
+                cuts.par_iter()
+                    .map(|r| {
+                        let c = &data[r.clone()];
+                        (!is_zero(c)).then(|| ChunkId::of(c))
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        // Look up, in one batch, every chunk this put has not stored itself.
+        let mut ask: Vec<ChunkId> = ids
+            .iter()
+            .flatten()
+            .filter(|id| !self.written.contains(id))
+            .copied()
+            .collect();
+        ask.sort_unstable();
+        ask.dedup();
+        let found = self.lookup.lookup(&ask)?;
+        let known: HashSet<ChunkId> = ask
+            .iter()
+            .zip(found)
+            .filter(|(_, f)| f.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+
+        let mut new: Vec<(ChunkId, std::ops::Range<usize>)> = Vec::new();
+        for (r, id) in cuts.iter().zip(&ids) {
+            let len = (r.end - r.start) as u64;
+            match id {
+                None => {
+                    self.zero_bytes += len;
+                    match self.entries.last_mut() {
+                        Some(Entry::Zero { len: run }) => *run += len,
+                        _ => self.entries.push(Entry::Zero { len }),
+                    }
+                }
+                Some(id) => {
+                    self.chunks += 1;
+                    self.entries.push(Entry::Chunk {
+                        id: *id,
+                        len: len as u32,
+                    });
+                    if !known.contains(id) && self.written.insert(*id) {
+                        new.push((*id, r.clone()));
+                    }
+                }
+            }
+        }
+        let level = self.zstd_level;
+        let encoded: Vec<(ChunkId, u32, Codec, Vec<u8>)> = new
+            .par_iter()
+            .map_init(
+                || Encoder::new(level),
+                |enc, (id, r)| {
+                    let (codec, stored) = enc.encode(id, &data[r.clone()])?;
+                    Ok((*id, (r.end - r.start) as u32, codec, stored))
+                },
+            )
+            .collect::<Result<_>>()?;
+        for (id, raw_len, codec, stored) in encoded {
+            self.added.chunks += 1;
+            self.added.raw_bytes += u64::from(raw_len);
+            self.added.stored_bytes += stored.len() as u64;
+            self.pack.add(id, raw_len, codec, &stored);
+            if self.pack.len() >= self.pack_size {
+                self.flush_pack()?;
+            }
+        }
+        Ok(consumed)
+    }
+
+    fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::take(&mut self.pack);
+        // A closed channel means the writer failed; its error comes from join.
+        self.packs.send(full).map_err(|_| Error::BadInput {
+            reason: "pack writer stopped".into(),
+        })
+    }
+}
+
+impl Store {
+    /// Stores an image under `reference`. The ref is written last: until
+    /// then no reader can see any part of this put.
+    pub fn put(
+        &self,
+        reference: &TagRef,
+        input: Input,
+        opts: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<PutReport> {
+        let started = Instant::now();
+        let (reader, total, file_check, sif_info): (Box<dyn Read + Send>, Option<u64>, _, _) = match input {
+            Input::File(path) => {
+                let (f, st) = open_input(&path)?;
+                let sif_info = read_sif(&path, &f, st.len)?;
+                let total = st.len;
+                let check = f.try_clone().map_err(|e| Error::io(&path, e))?;
+                (Box::new(f), Some(total), Some((path, check, st)), sif_info)
+            }
+            Input::Stream(r) => (r, None, None, None),
+        };
+        let input_name = file_check
+            .as_ref()
+            .map_or_else(|| PathBuf::from("<stdin>"), |(p, _, _)| p.clone());
+
+        let session = Session::start(self.backend.clone(), "put")?;
+        index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
+        let lookup = index::Reader::open(&self.index_dir)?;
+        let chunker = Chunker::new(self.config.chunker)?;
+
+        let head = chunker.max_len();
+        let (full_tx, full_rx) = sync_channel(BLOCKS_IN_FLIGHT);
+        let (free_tx, free_rx) = sync_channel(BLOCKS_IN_FLIGHT);
+        for _ in 0..BLOCKS_IN_FLIGHT {
+            free_tx.send(vec![0u8; head + BLOCK]).expect("channel has room");
+        }
+        let read_thread = spawn_reader(reader, head, input_name.clone(), full_tx, free_rx);
+        let (pack_tx, pack_rx) = sync_channel(1);
+        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx);
+
+        progress.start("put", total);
+        let mut ingest = Ingest {
+            chunker: &chunker,
+            lookup: &lookup,
+            zstd_level: self.config.compression.zstd_level,
+            pack_size: self.config.pack_size as usize,
+            image: blake3::Hasher::new(),
+            entries: Vec::new(),
+            written: HashSet::new(),
+            pack: PackBuilder::new(),
+            packs: pack_tx,
+            added: Added::default(),
+            chunks: 0,
+            zero_bytes: 0,
+        };
+        let mut size: u64 = 0;
+        let mut carry: Vec<u8> = Vec::with_capacity(head);
+        let ingested: Result<()> = (|| {
+            for block in &full_rx {
+                let Block { mut buf, len, eof } = block?;
+                let start = head - carry.len();
+                buf[start..head].copy_from_slice(&carry);
+                let data = &buf[start..head + len];
+                let consumed = ingest.block(data, eof)?;
+                carry.clear();
+                carry.extend_from_slice(&data[consumed..]);
+                size += len as u64;
+                progress.advance(len as u64);
+                let _ = free_tx.send(buf);
+                if eof {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })();
+        drop(free_tx);
+        drop(full_rx);
+        let _ = read_thread.join();
+        let flushed = ingested.and_then(|()| ingest.flush_pack());
+        let Ingest {
+            image,
+            entries,
+            packs,
+            added,
+            chunks,
+            zero_bytes,
+            ..
+        } = ingest;
+        drop(packs);
+        let written = pack_thread.join().expect("pack writer does not panic");
+        progress.finish();
+        // The writer's error (say, a full disk) is the cause; a failed
+        // hand-off to it is only the symptom.
+        let (locations, pack_count) = written?;
+        flushed?;
+        hold::point("put-after-lookup");
+        hold::point("put-after-pack");
+
+        if let Some((path, f, before)) = &file_check {
+            let after = stat(path, f)?;
+            if after.len != before.len
+                || after.mtime != before.mtime
+                || after.ino != before.ino
+                || size != before.len
+            {
+                return Err(Error::InputChanged { path: path.clone() });
+            }
+        }
+
+        if !locations.is_empty() {
+            let (seg_id, bytes) = segment::encode(&locations);
+            self.backend.write(&seg_id.key(INDEX_DIR), &bytes)?;
+        }
+        hold::point("put-after-segment");
+        index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
+
+        let id = ImageId(Digest::from(image.finalize()));
+        let manifest = Manifest {
+            size,
+            id,
+            entries,
+            meta: ManifestMeta { sif: sif_info },
+        };
+        let is_sif = manifest.meta.sif.is_some();
+        // Identical bytes give an identical manifest, so rewriting one that
+        // a concurrent put just wrote is harmless.
+        self.backend.write(&manifest::key(&id), &manifest.encode())?;
+        hold::point("put-after-manifest");
+
+        let previous = self.read_ref(reference)?.map(|r| r.image).filter(|p| *p != id);
+        let record = RefRecord {
+            format: "imgstore-ref".into(),
+            version: 1,
+            image: id,
+            size,
+            created: session::now_unix(),
+            user: session::username(),
+            host: session::hostname(),
+            message: opts.message.clone(),
+            labels: opts.labels.clone(),
+            deffile: opts.deffile.clone(),
+            added,
+        };
+        hold::point("put-before-ref");
+        session.check()?;
+        self.backend.write(&reference.key(), &record.to_bytes())?;
+        hold::point("put-after-ref");
+
+        let mut event = Event::now("put", reference.to_string(), id);
+        event.previous = previous;
+        event.added = Some(added);
+        if let Err(e) = eventlog::append(self.backend.as_ref(), &event) {
+            tracing::warn!("put is committed but its log entry was not written: {e}");
+        }
+        session.end()?;
+        Ok(PutReport {
+            reference: reference.to_string(),
+            image: id,
+            size,
+            chunks,
+            zero_bytes,
+            added,
+            packs: pack_count,
+            replaced: previous,
+            sif: is_sif,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 100]));
+        for i in 0..100 {
+            let mut v = vec![0u8; 100];
+            v[i] = 1;
+            assert!(!is_zero(&v), "{i}");
+        }
+    }
+}

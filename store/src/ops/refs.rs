@@ -1,0 +1,184 @@
+//! Reading and moving refs: resolve, list, tag, rm, and the event log.
+
+use std::fmt::Write as _;
+
+use crate::error::{Error, Result};
+use crate::eventlog::{self, Event};
+use crate::id::{Digest, ImageId};
+use crate::manifest::{self, Manifest, MANIFESTS_DIR};
+use crate::refs::{self, check_name, ImageRef, RefRecord, TagRef, REFS_DIR};
+use crate::session;
+use crate::Store;
+
+/// An image found from a user's ref.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The image.
+    pub id: ImageId,
+    /// The ref it was found through, when it was named by `name:tag`.
+    pub tag: Option<TagRef>,
+    /// That ref's record.
+    pub record: Option<RefRecord>,
+}
+
+impl Store {
+    /// Reads a ref's record; `Ok(None)` if the ref does not exist.
+    pub fn read_ref(&self, r: &TagRef) -> Result<Option<RefRecord>> {
+        let key = r.key();
+        self.backend
+            .read(&key)?
+            .map(|b| RefRecord::parse(&b, &format!("ref {r} ({key})")))
+            .transpose()
+    }
+
+    /// Finds the image a user's ref names.
+    pub fn resolve(&self, image: &ImageRef) -> Result<Resolved> {
+        match image {
+            ImageRef::Tag(t) => {
+                let record = self
+                    .read_ref(t)?
+                    .ok_or_else(|| Error::not_found(format!("ref {t}")))?;
+                Ok(Resolved {
+                    id: record.image,
+                    tag: Some(t.clone()),
+                    record: Some(record),
+                })
+            }
+            ImageRef::Id(prefix) => {
+                let shard = &prefix[..2];
+                let matches: Vec<String> = self
+                    .backend
+                    .list(&format!("{MANIFESTS_DIR}/{shard}"))?
+                    .into_iter()
+                    .filter(|n| n.starts_with(prefix.as_str()))
+                    .collect();
+                match matches.as_slice() {
+                    [] => Err(Error::not_found(format!("image {image}"))),
+                    [one] => Ok(Resolved {
+                        id: ImageId(Digest::from_hex(one).map_err(|_| {
+                            Error::corrupt(
+                                format!("manifest {MANIFESTS_DIR}/{shard}/{one}"),
+                                "file name is not an image id",
+                            )
+                        })?),
+                        tag: None,
+                        record: None,
+                    }),
+                    many => {
+                        let mut candidates = String::new();
+                        for m in many.iter().take(5) {
+                            let _ = write!(candidates, "blake3:{} ", &m[..16]);
+                        }
+                        Err(Error::Ambiguous {
+                            prefix: image.to_string(),
+                            candidates: format!("{}({} images)", candidates, many.len()),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and checks an image's manifest.
+    pub fn manifest(&self, id: &ImageId) -> Result<Manifest> {
+        let key = manifest::key(id);
+        let bytes = self
+            .backend
+            .read(&key)?
+            .ok_or_else(|| Error::corrupt(format!("image {id}"), format!("manifest {key} is missing")))?;
+        let m = Manifest::decode(&bytes, &format!("manifest {key}"))?;
+        if m.id != *id {
+            return Err(Error::corrupt(
+                format!("manifest {key}"),
+                format!("describes image {}", m.id),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Every ref, sorted, optionally only those of one name (and the names below it).
+    pub fn refs(&self, name: Option<&str>) -> Result<Vec<(TagRef, RefRecord)>> {
+        if let Some(n) = name {
+            check_name(n)?;
+        }
+        let start = match name {
+            Some(n) => format!("{REFS_DIR}/{n}"),
+            None => REFS_DIR.to_string(),
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            for entry in self.backend.list(&dir)? {
+                let key = format!("{dir}/{entry}");
+                if refs::is_tag_entry(&entry) {
+                    let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
+                    let Some(t) = refs::ref_from_path(&comps) else {
+                        continue;
+                    };
+                    let Some(bytes) = self.backend.read(&key)? else {
+                        continue;
+                    };
+                    out.push((t.clone(), RefRecord::parse(&bytes, &format!("ref {t} ({key})"))?));
+                } else {
+                    stack.push(key);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Points `new` at the image `image` names. The image's manifest must exist.
+    pub fn tag(&self, image: &ImageRef, new: &TagRef) -> Result<RefRecord> {
+        let resolved = self.resolve(image)?;
+        let manifest = self.manifest(&resolved.id)?;
+        let previous = self.read_ref(new)?.map(|r| r.image).filter(|p| *p != resolved.id);
+        let mut record = resolved.record.unwrap_or_else(|| RefRecord {
+            format: "imgstore-ref".into(),
+            version: 1,
+            image: resolved.id,
+            size: manifest.size,
+            created: 0,
+            user: String::new(),
+            host: String::new(),
+            message: None,
+            labels: Default::default(),
+            deffile: None,
+            added: Default::default(),
+        });
+        record.created = session::now_unix();
+        record.user = session::username();
+        record.host = session::hostname();
+        record.added = Default::default();
+        self.backend.write(&new.key(), &record.to_bytes())?;
+        let mut event = Event::now("tag", new.to_string(), resolved.id);
+        event.previous = previous;
+        eventlog::append(self.backend.as_ref(), &event)?;
+        Ok(record)
+    }
+
+    /// Removes a ref. The image's data stays until garbage collection.
+    pub fn rm(&self, r: &TagRef) -> Result<RefRecord> {
+        let record = self
+            .read_ref(r)?
+            .ok_or_else(|| Error::not_found(format!("ref {r}")))?;
+        self.backend.delete(&r.key())?;
+        eventlog::append(
+            self.backend.as_ref(),
+            &Event::now("rm", r.to_string(), record.image),
+        )?;
+        Ok(record)
+    }
+
+    /// The event log, oldest first, optionally only events about one name.
+    pub fn events(&self, name: Option<&str>) -> Result<Vec<Event>> {
+        if let Some(n) = name {
+            check_name(n)?;
+        }
+        let mut events = eventlog::read_all(self.backend.as_ref())?;
+        if let Some(n) = name {
+            events.retain(|e| e.reference.split_once(':').is_some_and(|(rn, _)| rn == n));
+        }
+        Ok(events)
+    }
+}

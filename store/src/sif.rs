@@ -1,0 +1,1090 @@
+//! Parser for the header and descriptor table of Singularity/Apptainer SIF
+//! images.
+//!
+//! The on-disk format is the one written by `github.com/apptainer/sif/v2`
+//! (`pkg/sif`): Go structs serialised with `encoding/binary` in little-endian
+//! order. `encoding/binary` never inserts padding, so both structures are
+//! packed:
+//!
+//! Global header (128 bytes, at offset 0):
+//!
+//! | offset | size | field                                       |
+//! |-------:|-----:|---------------------------------------------|
+//! |      0 |   32 | launch script (`#!/usr/bin/env ...`)        |
+//! |     32 |   10 | magic `"SIF_MAGIC\0"`                       |
+//! |     42 |    3 | spec version, `"01\0"`                      |
+//! |     45 |    3 | primary architecture code, e.g. `"02\0"`    |
+//! |     48 |   16 | image UUID                                  |
+//! |     64 |    8 | created-at (i64, Unix seconds)              |
+//! |     72 |    8 | modified-at (i64)                           |
+//! |     80 |    8 | free descriptors (i64)                      |
+//! |     88 |    8 | total descriptors (i64)                     |
+//! |     96 |    8 | descriptor table offset (i64)               |
+//! |    104 |    8 | descriptor table length in bytes (i64)      |
+//! |    112 |    8 | data section offset (i64)                   |
+//! |    120 |    8 | data section length (i64)                   |
+//!
+//! Raw descriptor (585 bytes each, `total descriptors` of them):
+//!
+//! | offset | size | field                                       |
+//! |-------:|-----:|---------------------------------------------|
+//! |      0 |    4 | data type (i32, `0x4001..`)                 |
+//! |      4 |    1 | used (bool, non-zero = true)                |
+//! |      5 |    4 | object ID (u32)                             |
+//! |      9 |    4 | group ID (u32)                              |
+//! |     13 |    4 | linked ID (u32)                             |
+//! |     17 |    8 | data offset in file (i64)                   |
+//! |     25 |    8 | data size (i64)                             |
+//! |     33 |    8 | size including alignment padding (i64)      |
+//! |     41 |    8 | created-at (i64)                            |
+//! |     49 |    8 | modified-at (i64)                           |
+//! |     57 |    8 | UID (i64, deprecated)                       |
+//! |     65 |    8 | GID (i64, deprecated)                       |
+//! |     73 |  128 | name (NUL padded)                           |
+//! |    201 |  384 | type specific extra data                    |
+//!
+//! The parser never trusts a length from the file: the descriptor count is
+//! capped, every offset/size is checked against the file length with checked
+//! arithmetic, and the only object contents read (definition file and labels)
+//! are size-capped.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// Data type of a definition file object.
+pub const DATA_DEFFILE: u32 = 0x4001;
+/// Data type of an environment variables object.
+pub const DATA_ENVVAR: u32 = 0x4002;
+/// Data type of a JSON labels object.
+pub const DATA_LABELS: u32 = 0x4003;
+/// Data type of a file system (partition) object.
+pub const DATA_PARTITION: u32 = 0x4004;
+/// Data type of a signing/verification object.
+pub const DATA_SIGNATURE: u32 = 0x4005;
+/// Data type of a generic JSON metadata object.
+pub const DATA_GENERIC_JSON: u32 = 0x4006;
+/// Data type of a generic / raw data object.
+pub const DATA_GENERIC: u32 = 0x4007;
+/// Data type of a cryptographic message object.
+pub const DATA_CRYPTO_MESSAGE: u32 = 0x4008;
+/// Data type of a software bill of materials object.
+pub const DATA_SBOM: u32 = 0x4009;
+/// Data type of a root OCI index object.
+pub const DATA_OCI_ROOT_INDEX: u32 = 0x400a;
+/// Data type of an OCI blob object.
+pub const DATA_OCI_BLOB: u32 = 0x400b;
+
+/// The SIF magic, `"SIF_MAGIC\0"`, found at [`MAGIC_OFFSET`].
+pub const SIF_MAGIC: &[u8; 10] = b"SIF_MAGIC\0";
+/// Byte offset of the magic within the file (right after the launch script).
+pub const MAGIC_OFFSET: usize = 32;
+/// Size in bytes of the SIF global header.
+pub const HEADER_LEN: usize = 128;
+/// Size in bytes of one on-disk (raw) descriptor.
+pub const DESCRIPTOR_LEN: usize = 585;
+/// Largest descriptor count [`parse`] accepts.
+pub const MAX_DESCRIPTORS: u64 = 1 << 16;
+/// Largest definition file [`parse`] reads, in bytes.
+pub const MAX_DEFFILE_LEN: u64 = 1 << 20;
+/// Largest labels object [`parse`] reads, in bytes.
+pub const MAX_LABELS_LEN: u64 = 1 << 20;
+
+/// The only SIF spec version in existence (`"01\0"`).
+const VERSION_01: [u8; 3] = *b"01\0";
+const LAUNCH_SCRIPT: &[u8] = b"#!/usr/bin/env run-singularity\n";
+
+// Global header field offsets.
+const H_VERSION: usize = 42;
+const H_ARCH: usize = 45;
+const H_DESCR_FREE: usize = 80;
+const H_DESCR_TOTAL: usize = 88;
+const H_DESCR_OFFSET: usize = 96;
+const H_DESCR_LEN: usize = 104;
+const H_DATA_OFFSET: usize = 112;
+const H_DATA_LEN: usize = 120;
+
+// Raw descriptor field offsets.
+const D_DATA_TYPE: usize = 0;
+const D_USED: usize = 4;
+const D_ID: usize = 5;
+const D_GROUP_ID: usize = 9;
+const D_OFFSET: usize = 17;
+const D_SIZE: usize = 25;
+const D_SIZE_WITH_PADDING: usize = 33;
+const D_NAME: usize = 73;
+const D_NAME_LEN: usize = 128;
+const D_EXTRA: usize = 201;
+
+/// Header architecture codes and the Go arch names they stand for.
+const ARCHES: &[(&[u8; 3], &str)] = &[
+    (b"01\0", "386"),
+    (b"02\0", "amd64"),
+    (b"03\0", "arm"),
+    (b"04\0", "arm64"),
+    (b"05\0", "ppc64"),
+    (b"06\0", "ppc64le"),
+    (b"07\0", "mips"),
+    (b"08\0", "mipsle"),
+    (b"09\0", "mips64"),
+    (b"10\0", "mips64le"),
+    (b"11\0", "s390x"),
+    (b"12\0", "riscv64"),
+    (b"13\0", "loong64"),
+];
+
+/// Metadata lifted from a SIF image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SifInfo {
+    /// Primary architecture from the global header as a Go arch name
+    /// (`"amd64"`, `"arm64"`, ...), or `"unknown"`.
+    pub arch: String,
+    /// The in-use descriptors, in table order.
+    pub descriptors: Vec<SifDescriptor>,
+    /// Contents of the first definition file object (lossy UTF-8), if any.
+    pub deffile: Option<String>,
+    /// Labels from the first JSON labels object; empty if there is none.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One in-use data object descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SifDescriptor {
+    /// Object ID (unique within the image, starts at 1).
+    pub id: u32,
+    /// Raw data type, one of the `DATA_*` constants for known types.
+    pub data_type: u32,
+    /// Short name of the data type (see [`data_type_name`]).
+    pub type_name: String,
+    /// Object name, with trailing NUL padding removed (lossy UTF-8).
+    pub name: String,
+    /// Byte offset of the object's data within the file.
+    pub offset: u64,
+    /// Size of the object's data in bytes.
+    pub size: u64,
+}
+
+/// Why a SIF image could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum SifError {
+    /// The magic `SIF_MAGIC` is not at byte offset 32.
+    #[error("not a SIF image: magic \"SIF_MAGIC\" not found at byte offset 32")]
+    NotSif,
+    /// The file ends before a structure that must be present.
+    #[error("SIF image truncated: {what} needs {needed} bytes but the file has {file_len}")]
+    Truncated {
+        /// The structure that is cut short.
+        what: &'static str,
+        /// File length the structure needs.
+        needed: u64,
+        /// Actual file length.
+        file_len: u64,
+    },
+    /// The header carries a spec version this parser does not know.
+    #[error("unsupported SIF version {version:?} (only \"01\" is supported)")]
+    UnsupportedVersion {
+        /// The version field, NULs trimmed, lossy UTF-8.
+        version: String,
+    },
+    /// A global header field is out of range or inconsistent.
+    #[error("bad SIF header: {reason}")]
+    BadHeader {
+        /// What is wrong.
+        reason: String,
+    },
+    /// An in-use descriptor is invalid (e.g. points past the end of the file).
+    #[error("bad SIF descriptor #{index}: {reason}")]
+    BadDescriptor {
+        /// Position of the descriptor in the descriptor table (0-based).
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A metadata object is larger than this parser is willing to read.
+    #[error("SIF {what} object (descriptor #{index}) is {size} bytes, over the {limit}-byte limit")]
+    ObjectTooLarge {
+        /// Position of the descriptor in the descriptor table (0-based).
+        index: usize,
+        /// Kind of object (`"definition file"`, `"labels"`).
+        what: &'static str,
+        /// Size claimed by the descriptor.
+        size: u64,
+        /// The limit it exceeds.
+        limit: u64,
+    },
+    /// The labels object is not a JSON object.
+    #[error("bad SIF labels object (descriptor #{index}): {reason}")]
+    BadLabels {
+        /// Position of the descriptor in the descriptor table (0-based).
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading from the file failed.
+    #[error("I/O error reading SIF {what} at offset {offset}: {source}")]
+    Io {
+        /// What was being read.
+        what: &'static str,
+        /// Offset of the failed read.
+        offset: u64,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Short, stable name of a SIF data type: `"deffile"`, `"envvar"`,
+/// `"labels"`, `"partition"`, `"signature"`, `"generic-json"`, `"generic"`,
+/// `"crypto-message"`, `"sbom"`, `"oci-root-index"`, `"oci-blob"`, or
+/// `"unknown"`.
+pub fn data_type_name(data_type: u32) -> &'static str {
+    match data_type {
+        DATA_DEFFILE => "deffile",
+        DATA_ENVVAR => "envvar",
+        DATA_LABELS => "labels",
+        DATA_PARTITION => "partition",
+        DATA_SIGNATURE => "signature",
+        DATA_GENERIC_JSON => "generic-json",
+        DATA_GENERIC => "generic",
+        DATA_CRYPTO_MESSAGE => "crypto-message",
+        DATA_SBOM => "sbom",
+        DATA_OCI_ROOT_INDEX => "oci-root-index",
+        DATA_OCI_BLOB => "oci-blob",
+        _ => "unknown",
+    }
+}
+
+/// True if the first bytes look like a SIF file (magic at the right offset).
+/// Cheap; reads nothing else. `head` needs at least 42 bytes to match.
+pub fn is_sif(head: &[u8]) -> bool {
+    head.get(MAGIC_OFFSET..MAGIC_OFFSET + SIF_MAGIC.len()) == Some(&SIF_MAGIC[..])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_le_bytes(a)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, after checking the range lies
+/// within `file_len`.
+fn read_checked(
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+    file_len: u64,
+    offset: u64,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), SifError> {
+    let needed = offset.saturating_add(buf.len() as u64);
+    if needed > file_len {
+        return Err(SifError::Truncated {
+            what,
+            needed,
+            file_len,
+        });
+    }
+    if buf.is_empty() {
+        return Ok(());
+    }
+    read_at(offset, buf).map_err(|source| {
+        if source.kind() == io::ErrorKind::UnexpectedEof {
+            SifError::Truncated {
+                what,
+                needed,
+                file_len,
+            }
+        } else {
+            SifError::Io { what, offset, source }
+        }
+    })
+}
+
+fn non_negative(value: i64, field: &str) -> Result<u64, SifError> {
+    u64::try_from(value).map_err(|_| SifError::BadHeader {
+        reason: format!("{field} is negative ({value})"),
+    })
+}
+
+/// Parse header + descriptor table, plus the definition file and labels
+/// objects if present.
+///
+/// `read_at(offset, buf)` must fill `buf` exactly from the file at `offset`
+/// or return an error (an [`io::ErrorKind::UnexpectedEof`] error is reported
+/// as [`SifError::Truncated`]); it is only ever called for ranges inside
+/// `0..file_len`. `file_len` is the file size.
+///
+/// Unused descriptors are skipped. If several definition file or labels
+/// objects exist, the first in table order is used (as apptainer does).
+pub fn parse(
+    file_len: u64,
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<SifInfo, SifError> {
+    // Header: read what is there (up to 128 bytes) so that a short file with
+    // the magic is reported as truncated rather than "not SIF".
+    let mut hdr = [0u8; HEADER_LEN];
+    let head_len = usize::try_from(file_len.min(HEADER_LEN as u64)).unwrap_or(HEADER_LEN);
+    read_checked(read_at, file_len, 0, &mut hdr[..head_len], "header")?;
+    if !is_sif(&hdr[..head_len]) {
+        return Err(SifError::NotSif);
+    }
+    if head_len < HEADER_LEN {
+        return Err(SifError::Truncated {
+            what: "header",
+            needed: HEADER_LEN as u64,
+            file_len,
+        });
+    }
+
+    let version = &hdr[H_VERSION..H_VERSION + 3];
+    if version != VERSION_01 {
+        let trimmed: &[u8] = version
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(&[], |end| &version[..=end]);
+        return Err(SifError::UnsupportedVersion {
+            version: String::from_utf8_lossy(trimmed).into_owned(),
+        });
+    }
+
+    let arch_code = &hdr[H_ARCH..H_ARCH + 3];
+    let arch = ARCHES
+        .iter()
+        .find(|(code, _)| code[..] == *arch_code)
+        .map_or("unknown", |(_, name)| name)
+        .to_owned();
+
+    let total = i64_at(&hdr, H_DESCR_TOTAL);
+    let table_off = non_negative(i64_at(&hdr, H_DESCR_OFFSET), "descriptor table offset")?;
+    let table_len = non_negative(i64_at(&hdr, H_DESCR_LEN), "descriptor table length")?;
+    let total = u64::try_from(total)
+        .ok()
+        .filter(|&t| t <= MAX_DESCRIPTORS)
+        .ok_or_else(|| SifError::BadHeader {
+            reason: format!("descriptor count {total} is out of range (0..={MAX_DESCRIPTORS})"),
+        })?;
+    // Cannot overflow: total <= 2^16.
+    let table_needed = total * DESCRIPTOR_LEN as u64;
+    if table_len < table_needed {
+        return Err(SifError::BadHeader {
+            reason: format!(
+                "descriptor table length {table_len} is too small for {total} descriptors \
+                 of {DESCRIPTOR_LEN} bytes"
+            ),
+        });
+    }
+    let table_end = table_off
+        .checked_add(table_needed)
+        .ok_or_else(|| SifError::BadHeader {
+            reason: format!("descriptor table offset {table_off} overflows"),
+        })?;
+    if table_end > file_len {
+        return Err(SifError::Truncated {
+            what: "descriptor table",
+            needed: table_end,
+            file_len,
+        });
+    }
+
+    let mut info = SifInfo {
+        arch,
+        ..SifInfo::default()
+    };
+    let mut deffile_at: Option<(usize, u64, u64)> = None;
+    let mut labels_at: Option<(usize, u64, u64)> = None;
+
+    let mut raw = [0u8; DESCRIPTOR_LEN];
+    for (index, at) in (table_off..table_end).step_by(DESCRIPTOR_LEN).enumerate() {
+        read_checked(read_at, file_len, at, &mut raw, "descriptor table")?;
+        if raw[D_USED] == 0 {
+            continue;
+        }
+        let bad = |reason: String| SifError::BadDescriptor { index, reason };
+        let data_type = u32_at(&raw, D_DATA_TYPE);
+        let raw_offset = i64_at(&raw, D_OFFSET);
+        let raw_size = i64_at(&raw, D_SIZE);
+        let offset = u64::try_from(raw_offset).map_err(|_| bad(format!("negative offset {raw_offset}")))?;
+        let size = u64::try_from(raw_size).map_err(|_| bad(format!("negative size {raw_size}")))?;
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| bad(format!("offset {offset} + size {size} overflows")))?;
+        if end > file_len {
+            return Err(bad(format!(
+                "object at offset {offset} with size {size} ends at {end}, \
+                 past the end of the file ({file_len} bytes)"
+            )));
+        }
+        let name = &raw[D_NAME..D_NAME + D_NAME_LEN];
+        let name_end = name.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let name = String::from_utf8_lossy(&name[..name_end]).into_owned();
+
+        match data_type {
+            DATA_DEFFILE if deffile_at.is_none() => deffile_at = Some((index, offset, size)),
+            DATA_LABELS if labels_at.is_none() => labels_at = Some((index, offset, size)),
+            _ => {}
+        }
+        info.descriptors.push(SifDescriptor {
+            id: u32_at(&raw, D_ID),
+            data_type,
+            type_name: data_type_name(data_type).to_owned(),
+            name,
+            offset,
+            size,
+        });
+    }
+
+    if let Some((index, offset, size)) = deffile_at {
+        let data = read_object(
+            read_at,
+            file_len,
+            index,
+            offset,
+            size,
+            "definition file",
+            MAX_DEFFILE_LEN,
+        )?;
+        info.deffile = Some(String::from_utf8_lossy(&data).into_owned());
+    }
+
+    if let Some((index, offset, size)) = labels_at {
+        let data = read_object(read_at, file_len, index, offset, size, "labels", MAX_LABELS_LEN)?;
+        info.labels = parse_labels(&data).map_err(|reason| SifError::BadLabels { index, reason })?;
+    }
+
+    Ok(info)
+}
+
+/// Reads a (size-capped, already range-checked) metadata object.
+fn read_object(
+    read_at: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+    file_len: u64,
+    index: usize,
+    offset: u64,
+    size: u64,
+    what: &'static str,
+    limit: u64,
+) -> Result<Vec<u8>, SifError> {
+    let len = usize::try_from(size)
+        .ok()
+        .filter(|_| size <= limit)
+        .ok_or(SifError::ObjectTooLarge {
+            index,
+            what,
+            size,
+            limit,
+        })?;
+    let mut data = vec![0u8; len];
+    read_checked(read_at, file_len, offset, &mut data, what)?;
+    Ok(data)
+}
+
+/// Decodes a labels object: a JSON object whose values are normally strings;
+/// any other value is kept as its compact JSON text.
+fn parse_labels(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let value: serde_json::Value = serde_json::from_slice(data).map_err(|e| format!("invalid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("not a JSON object".to_owned());
+    };
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
+/// Build a minimal valid SIF file in memory (header + descriptors + data), for
+/// tests here and in the integration tests: objects are
+/// `(data_type, name, bytes)`.
+///
+/// The layout mirrors what `sif.CreateContainer` writes with deterministic
+/// options (nil UUID, zero timestamps), except that the descriptor table sits
+/// right after the header, has exactly one slot per object, and data objects
+/// are packed without alignment. Object IDs are 1, 2, ...; every object is in
+/// group 1. A [`DATA_PARTITION`] object is recorded as a primary squashfs
+/// system partition for amd64 and sets the header architecture to `amd64`;
+/// without one the architecture is unknown (`"00"`).
+///
+/// # Panics
+///
+/// If a name is longer than 128 bytes.
+pub fn build_for_tests(objects: &[(u32, &str, &[u8])]) -> Vec<u8> {
+    const ARCH_AMD64: &[u8; 3] = b"02\0";
+    let table_len = objects.len() * DESCRIPTOR_LEN;
+    let data_off = HEADER_LEN + table_len;
+    let data_len: usize = objects.iter().map(|(_, _, d)| d.len()).sum();
+    let mut out = vec![0u8; data_off + data_len];
+    let put_i64 = |out: &mut [u8], at: usize, v: usize| {
+        out[at..at + 8].copy_from_slice(&(v as i64).to_le_bytes());
+    };
+
+    let has_partition = objects.iter().any(|(t, _, _)| *t == DATA_PARTITION);
+    out[..LAUNCH_SCRIPT.len()].copy_from_slice(LAUNCH_SCRIPT);
+    out[MAGIC_OFFSET..MAGIC_OFFSET + SIF_MAGIC.len()].copy_from_slice(SIF_MAGIC);
+    out[H_VERSION..H_VERSION + 3].copy_from_slice(&VERSION_01);
+    out[H_ARCH..H_ARCH + 3].copy_from_slice(if has_partition { ARCH_AMD64 } else { b"00\0" });
+    // UUID and timestamps stay zero.
+    put_i64(&mut out, H_DESCR_FREE, 0);
+    put_i64(&mut out, H_DESCR_TOTAL, objects.len());
+    put_i64(&mut out, H_DESCR_OFFSET, HEADER_LEN);
+    put_i64(&mut out, H_DESCR_LEN, table_len);
+    put_i64(&mut out, H_DATA_OFFSET, data_off);
+    put_i64(&mut out, H_DATA_LEN, data_len);
+
+    let mut at = data_off;
+    for (i, (data_type, name, data)) in objects.iter().enumerate() {
+        assert!(
+            name.len() <= D_NAME_LEN,
+            "SIF object name longer than {D_NAME_LEN} bytes: {name:?}"
+        );
+        let d = HEADER_LEN + i * DESCRIPTOR_LEN;
+        let desc = &mut out[d..d + DESCRIPTOR_LEN];
+        desc[D_DATA_TYPE..D_DATA_TYPE + 4].copy_from_slice(&data_type.to_le_bytes());
+        desc[D_USED] = 1;
+        desc[D_ID..D_ID + 4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
+        desc[D_GROUP_ID..D_GROUP_ID + 4].copy_from_slice(&0xf000_0001u32.to_le_bytes());
+        put_i64(desc, D_OFFSET, at);
+        put_i64(desc, D_SIZE, data.len());
+        put_i64(desc, D_SIZE_WITH_PADDING, data.len());
+        desc[D_NAME..D_NAME + name.len()].copy_from_slice(name.as_bytes());
+        if *data_type == DATA_PARTITION {
+            // Fstype squashfs (1), parttype primary system (2), arch.
+            desc[D_EXTRA..D_EXTRA + 4].copy_from_slice(&1i32.to_le_bytes());
+            desc[D_EXTRA + 4..D_EXTRA + 8].copy_from_slice(&2i32.to_le_bytes());
+            desc[D_EXTRA + 8..D_EXTRA + 11].copy_from_slice(ARCH_AMD64);
+        }
+        out[at..at + data.len()].copy_from_slice(data);
+        at += data.len();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_bytes(bytes: &[u8]) -> Result<SifInfo, SifError> {
+        parse(bytes.len() as u64, &mut |off, buf| {
+            let start = usize::try_from(off).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+            let src = start
+                .checked_add(buf.len())
+                .and_then(|end| bytes.get(start..end))
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+    }
+
+    fn set_i64(bytes: &mut [u8], at: usize, v: i64) {
+        bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn desc_at(i: usize) -> usize {
+        HEADER_LEN + i * DESCRIPTOR_LEN
+    }
+
+    const DEFFILE: &str = "Bootstrap: docker\nFrom: alpine:3.20\n\n%labels\n    OWNER Joana\n";
+    const LABELS: &str = r#"{"OWNER":"Joana","org.label-schema.schema-version":"1.0"}"#;
+
+    fn sample() -> Vec<u8> {
+        build_for_tests(&[
+            (DATA_DEFFILE, "", DEFFILE.as_bytes()),
+            (DATA_LABELS, "labels", LABELS.as_bytes()),
+            (DATA_GENERIC_JSON, "inspect-metadata.json", b"{}"),
+            (DATA_PARTITION, "rootfs", &[0x68, 0x73, 0x71, 0x73, 0, 0, 0, 0]),
+        ])
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample();
+        let info = parse_bytes(&bytes).unwrap();
+        assert_eq!(info.arch, "amd64");
+        assert_eq!(info.deffile.as_deref(), Some(DEFFILE));
+        let labels: Vec<_> = info
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [("OWNER", "Joana"), ("org.label-schema.schema-version", "1.0")]
+        );
+        let summary: Vec<_> = info
+            .descriptors
+            .iter()
+            .map(|d| (d.id, d.data_type, d.type_name.as_str(), d.name.as_str(), d.size))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, DATA_DEFFILE, "deffile", "", DEFFILE.len() as u64),
+                (2, DATA_LABELS, "labels", "labels", LABELS.len() as u64),
+                (3, DATA_GENERIC_JSON, "generic-json", "inspect-metadata.json", 2),
+                (4, DATA_PARTITION, "partition", "rootfs", 8),
+            ]
+        );
+        for d in &info.descriptors {
+            let (s, e) = (d.offset as usize, (d.offset + d.size) as usize);
+            assert!(e <= bytes.len());
+            if d.data_type == DATA_DEFFILE {
+                assert_eq!(&bytes[s..e], DEFFILE.as_bytes());
+            }
+        }
+        // Serde round trip of the result.
+        let json = serde_json::to_string(&info).unwrap();
+        assert_eq!(serde_json::from_str::<SifInfo>(&json).unwrap(), info);
+    }
+
+    #[test]
+    fn empty_image() {
+        let info = parse_bytes(&build_for_tests(&[])).unwrap();
+        assert_eq!(
+            info,
+            SifInfo {
+                arch: "unknown".into(),
+                ..SifInfo::default()
+            }
+        );
+    }
+
+    /// Byte-exact reproduction of apptainer/sif
+    /// `pkg/sif/testdata/TestCreateContainer/TwoDescriptors.golden` (written
+    /// by the Go implementation): a zero-filled 32770-byte file with these
+    /// non-zero runs.
+    #[test]
+    fn go_golden_two_descriptors() {
+        const RUNS: &[(usize, &str)] = &[
+            (32, "5349465f4d41474943003031003031"),
+            (65, "096e88f1ffffff00096e88f1ffffff2e"),
+            (88, "30"),
+            (97, "10"),
+            (104, "b06d"),
+            (112, "b07d"),
+            (120, "5202"),
+            (4096, "074000000101000000010000f0"),
+            (4113, "b07d"),
+            (4121, "02"),
+            (4129, "02"),
+            (4138, "096e88f1ffffff00096e88f1ffffff"),
+            (4681, "044000000102000000010000f0"),
+            (4699, "80"),
+            (4706, "02"),
+            (4714, "5002"),
+            (4723, "096e88f1ffffff00096e88f1ffffff"),
+            (4882, "01000000020000003031"),
+            (32176, "face"),
+            (32768, "feed"),
+        ];
+        let mut bytes = vec![0u8; 32770];
+        for (at, hex) in RUNS {
+            for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+                let s = std::str::from_utf8(pair).unwrap();
+                bytes[at + i] = u8::from_str_radix(s, 16).unwrap();
+            }
+        }
+        // 48 descriptor slots of 585 bytes at 4096; data right after.
+        assert_eq!(i64_at(&bytes, H_DESCR_TOTAL), 48);
+        assert_eq!(i64_at(&bytes, H_DESCR_LEN), 48 * DESCRIPTOR_LEN as i64);
+        assert_eq!(i64_at(&bytes, H_DATA_OFFSET), 4096 + 48 * 585);
+        let info = parse_bytes(&bytes).unwrap();
+        assert_eq!(info.arch, "386");
+        assert_eq!(info.deffile, None);
+        assert!(info.labels.is_empty());
+        assert_eq!(
+            info.descriptors,
+            [
+                SifDescriptor {
+                    id: 1,
+                    data_type: DATA_GENERIC,
+                    type_name: "generic".into(),
+                    name: String::new(),
+                    offset: 32176,
+                    size: 2,
+                },
+                SifDescriptor {
+                    id: 2,
+                    data_type: DATA_PARTITION,
+                    type_name: "partition".into(),
+                    name: String::new(),
+                    offset: 32768,
+                    size: 2,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn is_sif_checks_magic_only() {
+        let bytes = sample();
+        assert!(is_sif(&bytes));
+        assert!(is_sif(&bytes[..42]));
+        assert!(!is_sif(&bytes[..41]));
+        assert!(!is_sif(b""));
+        assert!(!is_sif(&[0u8; 128]));
+        let mut other = bytes.clone();
+        other[MAGIC_OFFSET + 9] = b'X';
+        assert!(!is_sif(&other));
+        assert!(matches!(parse_bytes(&other), Err(SifError::NotSif)));
+    }
+
+    #[test]
+    fn truncated_header_at_every_length() {
+        let bytes = sample();
+        for len in 0..HEADER_LEN {
+            let err = parse_bytes(&bytes[..len]).unwrap_err();
+            if len < MAGIC_OFFSET + SIF_MAGIC.len() {
+                assert!(matches!(err, SifError::NotSif), "len {len}: {err}");
+            } else {
+                assert!(
+                    matches!(err, SifError::Truncated { what: "header", .. }),
+                    "len {len}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_anywhere_is_an_error() {
+        let bytes = sample();
+        let table_end = desc_at(4);
+        for len in 0..bytes.len() {
+            let err = parse_bytes(&bytes[..len]).unwrap_err();
+            if (HEADER_LEN..table_end).contains(&len) {
+                assert!(
+                    matches!(
+                        err,
+                        SifError::Truncated {
+                            what: "descriptor table",
+                            ..
+                        }
+                    ),
+                    "len {len}: {err}"
+                );
+            } else if len >= table_end {
+                assert!(matches!(err, SifError::BadDescriptor { .. }), "len {len}: {err}");
+            }
+        }
+        assert!(parse_bytes(&bytes).is_ok());
+    }
+
+    #[test]
+    fn short_read_is_truncated_and_io_error_propagates() {
+        let bytes = sample();
+        // Caller claims a longer file than read_at can serve.
+        let mut short = |off: u64, buf: &mut [u8]| -> io::Result<()> {
+            let start = off as usize;
+            match bytes.get(start..start + buf.len()) {
+                Some(src) if start < 200 => {
+                    buf.copy_from_slice(src);
+                    Ok(())
+                }
+                _ => Err(io::ErrorKind::UnexpectedEof.into()),
+            }
+        };
+        let err = parse(bytes.len() as u64, &mut short).unwrap_err();
+        assert!(matches!(err, SifError::Truncated { .. }), "{err}");
+
+        let mut failing = |_: u64, _: &mut [u8]| -> io::Result<()> { Err(io::Error::other("disk on fire")) };
+        let err = parse(4096, &mut failing).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                SifError::Io {
+                    what: "header",
+                    offset: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("disk on fire"));
+    }
+
+    #[test]
+    fn descriptor_past_end() {
+        let mut bytes = sample();
+        let len = bytes.len() as i64;
+        set_i64(&mut bytes, desc_at(1) + D_OFFSET, len - 3);
+        let err = parse_bytes(&bytes).unwrap_err();
+        assert!(matches!(err, SifError::BadDescriptor { index: 1, .. }), "{err}");
+        assert!(err.to_string().contains("#1"), "{err}");
+    }
+
+    #[test]
+    fn descriptor_negative_or_overflowing() {
+        let cases: &[(usize, i64)] = &[
+            (D_OFFSET, -1),
+            (D_SIZE, -1),
+            (D_OFFSET, i64::MIN),
+            (D_SIZE, i64::MAX),
+            (D_OFFSET, i64::MAX),
+        ];
+        for &(field, v) in cases {
+            let mut bytes = sample();
+            set_i64(&mut bytes, desc_at(2) + field, v);
+            let err = parse_bytes(&bytes).unwrap_err();
+            assert!(
+                matches!(err, SifError::BadDescriptor { index: 2, .. }),
+                "{field} = {v}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unused_descriptors_are_skipped() {
+        let mut bytes = sample();
+        bytes[desc_at(0) + D_USED] = 0;
+        // An unused descriptor may hold garbage.
+        set_i64(&mut bytes, desc_at(0) + D_OFFSET, -5);
+        let info = parse_bytes(&bytes).unwrap();
+        assert_eq!(info.deffile, None);
+        let ids: Vec<_> = info.descriptors.iter().map(|d| d.id).collect();
+        assert_eq!(ids, [2, 3, 4]);
+    }
+
+    #[test]
+    fn bad_header_fields() {
+        let table_len = 4 * DESCRIPTOR_LEN as i64;
+        let cases: &[(usize, i64)] = &[
+            (H_DESCR_TOTAL, -1),
+            (H_DESCR_TOTAL, MAX_DESCRIPTORS as i64 + 1),
+            (H_DESCR_TOTAL, i64::MAX),
+            (H_DESCR_TOTAL, 5), // more than the table length allows
+            (H_DESCR_OFFSET, -128),
+            (H_DESCR_LEN, -1),
+            (H_DESCR_LEN, table_len - 1),
+        ];
+        for &(field, v) in cases {
+            let mut bytes = sample();
+            set_i64(&mut bytes, field, v);
+            let err = parse_bytes(&bytes).unwrap_err();
+            assert!(matches!(err, SifError::BadHeader { .. }), "{field} = {v}: {err}");
+        }
+        // Table placed past the end of the file.
+        let mut bytes = sample();
+        set_i64(&mut bytes, H_DESCR_OFFSET, i64::MAX);
+        assert!(matches!(
+            parse_bytes(&bytes),
+            Err(SifError::Truncated {
+                what: "descriptor table",
+                ..
+            })
+        ));
+        // A larger descriptor table length than needed is fine (spare slots).
+        let mut bytes = sample();
+        set_i64(&mut bytes, H_DESCR_LEN, table_len + 1000);
+        assert!(parse_bytes(&bytes).is_ok());
+    }
+
+    #[test]
+    fn unsupported_version() {
+        let mut bytes = sample();
+        bytes[H_VERSION..H_VERSION + 3].copy_from_slice(b"02\0");
+        let err = parse_bytes(&bytes).unwrap_err();
+        assert!(
+            matches!(&err, SifError::UnsupportedVersion { version } if version == "02"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn labels_non_string_values_and_errors() {
+        let json = br#"{"a":1,"b":true,"c":{"x":["y"]},"d":"s","e":null}"#;
+        let bytes = build_for_tests(&[(DATA_LABELS, "", json)]);
+        let info = parse_bytes(&bytes).unwrap();
+        let got: Vec<_> = info
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", "1"),
+                ("b", "true"),
+                ("c", r#"{"x":["y"]}"#),
+                ("d", "s"),
+                ("e", "null")
+            ]
+        );
+
+        for bad in [&b"{"[..], b"[\"a\"]", b"", b"\"str\"", b"{\"a\":1} x"] {
+            let bytes = build_for_tests(&[(DATA_DEFFILE, "", b"x"), (DATA_LABELS, "", bad)]);
+            let err = parse_bytes(&bytes).unwrap_err();
+            assert!(
+                matches!(err, SifError::BadLabels { index: 1, .. }),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_deffile_and_labels_win() {
+        let bytes = build_for_tests(&[
+            (DATA_DEFFILE, "", b"one"),
+            (DATA_LABELS, "", br#"{"k":"1"}"#),
+            (DATA_DEFFILE, "", b"two"),
+            (DATA_LABELS, "", b"not json"),
+        ]);
+        let info = parse_bytes(&bytes).unwrap();
+        assert_eq!(info.deffile.as_deref(), Some("one"));
+        assert_eq!(info.labels.get("k").map(String::as_str), Some("1"));
+        assert_eq!(info.descriptors.len(), 4);
+    }
+
+    #[test]
+    fn deffile_lossy_and_size_cap() {
+        let bytes = build_for_tests(&[(DATA_DEFFILE, "", b"ok \xff\xfe end")]);
+        let info = parse_bytes(&bytes).unwrap();
+        assert_eq!(info.deffile.as_deref(), Some("ok \u{fffd}\u{fffd} end"));
+
+        let at_cap = vec![b'#'; MAX_DEFFILE_LEN as usize];
+        let bytes = build_for_tests(&[(DATA_DEFFILE, "", &at_cap)]);
+        assert_eq!(
+            parse_bytes(&bytes).unwrap().deffile.map(|d| d.len()),
+            Some(at_cap.len())
+        );
+
+        let over = vec![b'#'; MAX_DEFFILE_LEN as usize + 1];
+        let bytes = build_for_tests(&[(DATA_GENERIC, "", b"x"), (DATA_DEFFILE, "", &over)]);
+        let err = parse_bytes(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SifError::ObjectTooLarge {
+                    index: 1,
+                    what: "definition file",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn names_and_type_names() {
+        let long = "n".repeat(128);
+        let bytes = build_for_tests(&[
+            (DATA_SBOM, &long, b""),
+            (0x7777, "weird", b""),
+            (DATA_OCI_BLOB, "blob", b"x"),
+        ]);
+        let info = parse_bytes(&bytes).unwrap();
+        assert_eq!(info.descriptors[0].name, long);
+        assert_eq!(info.descriptors[0].type_name, "sbom");
+        assert_eq!(info.descriptors[1].type_name, "unknown");
+        assert_eq!(info.descriptors[1].data_type, 0x7777);
+        assert_eq!(info.descriptors[2].type_name, "oci-blob");
+        assert_eq!(data_type_name(DATA_ENVVAR), "envvar");
+        assert_eq!(data_type_name(DATA_SIGNATURE), "signature");
+        assert_eq!(data_type_name(DATA_CRYPTO_MESSAGE), "crypto-message");
+        assert_eq!(data_type_name(DATA_OCI_ROOT_INDEX), "oci-root-index");
+    }
+
+    #[test]
+    fn error_messages_are_single_lines() {
+        let errors = [
+            SifError::NotSif,
+            SifError::Truncated {
+                what: "header",
+                needed: 128,
+                file_len: 50,
+            },
+            SifError::UnsupportedVersion { version: "02".into() },
+            SifError::BadHeader { reason: "x".into() },
+            SifError::BadDescriptor {
+                index: 3,
+                reason: "y".into(),
+            },
+            SifError::ObjectTooLarge {
+                index: 0,
+                what: "labels",
+                size: 9,
+                limit: 8,
+            },
+            SifError::BadLabels {
+                index: 0,
+                reason: "z".into(),
+            },
+            SifError::Io {
+                what: "header",
+                offset: 0,
+                source: io::Error::other("e"),
+            },
+        ];
+        for e in errors {
+            let msg = e.to_string();
+            assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_bytes(&bytes);
+        }
+
+        #[test]
+        fn never_panics_with_valid_magic(
+            mut bytes in proptest::collection::vec(any::<u8>(), HEADER_LEN..4096),
+            total in 0i64..8,
+            table_off in 0i64..4096,
+            extra_len in 0u64..1_000_000,
+        ) {
+            bytes[MAGIC_OFFSET..MAGIC_OFFSET + 10].copy_from_slice(SIF_MAGIC);
+            bytes[H_VERSION..H_VERSION + 3].copy_from_slice(&VERSION_01);
+            set_i64(&mut bytes, H_DESCR_TOTAL, total);
+            set_i64(&mut bytes, H_DESCR_OFFSET, table_off);
+            set_i64(&mut bytes, H_DESCR_LEN, total * DESCRIPTOR_LEN as i64);
+            let _ = parse_bytes(&bytes);
+            // Claimed length larger than what read_at can serve.
+            let claimed = bytes.len() as u64 + extra_len;
+            let _ = parse(claimed, &mut |off, buf| {
+                let start = usize::try_from(off).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+                let src = start
+                    .checked_add(buf.len())
+                    .and_then(|end| bytes.get(start..end))
+                    .ok_or(io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(src);
+                Ok(())
+            });
+        }
+
+        #[test]
+        fn never_panics_on_byte_flips(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..16),
+        ) {
+            let mut bytes = sample();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            let _ = parse_bytes(&bytes);
+        }
+
+        #[test]
+        fn flips_in_header_or_table_never_panic(
+            flips in proptest::collection::vec((0usize..HEADER_LEN + 4 * DESCRIPTOR_LEN, any::<u8>()), 1..8),
+        ) {
+            let mut bytes = sample();
+            for (i, v) in flips {
+                bytes[i] = v;
+            }
+            let _ = parse_bytes(&bytes);
+        }
+    }
+}

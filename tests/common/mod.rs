@@ -1,0 +1,192 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tempfile::TempDir;
+
+/// A fresh store, with its own local index directory, in a temp dir.
+pub struct Env {
+    pub dir: TempDir,
+}
+
+impl Env {
+    /// Creates and initializes a store.
+    pub fn new() -> Env {
+        Self::with_init(&[])
+    }
+
+    /// Creates a store with extra `init` arguments.
+    pub fn with_init(args: &[&str]) -> Env {
+        let env = Env::uninit();
+        env.cmd().arg("init").args(args).assert().success();
+        env
+    }
+
+    /// A temp dir with no store in it yet.
+    pub fn uninit() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `imgstore` with this env's store and index ("host a").
+    pub fn cmd(&self) -> Command {
+        self.cmd_host("a")
+    }
+
+    /// `imgstore` as if on another host: its own local index directory.
+    pub fn cmd_host(&self, host: &str) -> Command {
+        let mut c = Command::cargo_bin("imgstore").expect("binary built");
+        c.env("IMGSTORE_STORE", self.store())
+            .env(
+                "IMGSTORE_INDEX_DIR",
+                self.dir.path().join(format!("index-{host}")),
+            )
+            .env("IMGSTORE_HOSTNAME", format!("host-{host}"))
+            .env_remove("IMGSTORE_TEST_HOLD")
+            .env_remove("IMGSTORE_TEST_CRASH")
+            .env_remove("IMGSTORE_LEASE_SECS");
+        c
+    }
+
+    /// Writes `data` to a file in the env and returns its path.
+    pub fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, data).expect("write input");
+        p
+    }
+
+    /// `put` that must succeed; returns the parsed JSON report.
+    pub fn put(&self, reference: &str, file: &Path) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .args(["--json", "put", reference])
+            .arg(file)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).expect("put --json prints JSON")
+    }
+
+    /// `get` to a file that must succeed; returns the bytes.
+    pub fn get(&self, reference: &str) -> Vec<u8> {
+        let out = self.path("got.img");
+        let _ = std::fs::remove_file(&out);
+        self.cmd()
+            .args(["get", reference, "-o"])
+            .arg(&out)
+            .assert()
+            .success();
+        std::fs::read(&out).expect("output exists")
+    }
+
+    /// Total bytes of all files under the store's packs/.
+    pub fn pack_bytes(&self) -> u64 {
+        dir_bytes(&self.store().join("packs"))
+    }
+}
+
+/// Sum of file sizes below `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// Every file below `dir`, relative, sorted.
+pub fn list_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `n` seeded random (incompressible) bytes.
+pub fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// An image-like buffer: random, text-like and zero regions, seeded.
+pub fn image(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut v = vec![0u8; n];
+    let mut pos = 0;
+    while pos < n {
+        let len = rng.random_range(4096..200_000).min(n - pos);
+        match rng.random_range(0..10) {
+            0..=4 => rng.fill_bytes(&mut v[pos..pos + len]),
+            5..=8 => {
+                for b in &mut v[pos..pos + len] {
+                    *b = b"abcdefgh ijklmnop\n"[rng.random_range(0..18)];
+                }
+            }
+            _ => {}
+        }
+        pos += len;
+    }
+    v
+}
+
+/// `base` as the next commit would change it: `edits` small rewrites and
+/// one insertion that shifts everything after it.
+pub fn edit(base: &[u8], edits: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut v = base.to_vec();
+    for _ in 0..edits {
+        let at = rng.random_range(0..v.len().saturating_sub(4096).max(1));
+        let end = (at + 4096).min(v.len());
+        rng.fill_bytes(&mut v[at..end]);
+    }
+    let at = rng.random_range(0..v.len().max(1));
+    let mut ins = vec![0u8; 10_000];
+    rng.fill_bytes(&mut ins);
+    v.splice(at..at, ins);
+    v
+}
+
+/// The exit code of a finished command.
+pub fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}

@@ -1,0 +1,139 @@
+//! put/get round trips: sizes, zeros, stdin, dedup accounting.
+
+use crate::common::{self, Env};
+
+fn round_trip(env: &Env, name: &str, data: &[u8]) -> serde_json::Value {
+    let file = env.file(&format!("{}.img", name.replace([':', '/'], "_")), data);
+    let report = env.put(name, &file);
+    assert_eq!(report["size"], data.len() as u64);
+    assert_eq!(report["image"], format!("blake3:{}", blake3::hash(data).to_hex()));
+    let back = env.get(name);
+    assert!(back == data, "{name}: get returned different bytes");
+    report
+}
+
+#[test]
+fn sizes_from_empty_to_many_chunks() {
+    let env = Env::new();
+    round_trip(&env, "t/empty:v", &[]);
+    round_trip(&env, "t/one:v", b"x");
+    round_trip(&env, "t/small:v", &common::random(1000, 1));
+    round_trip(&env, "t/chunky:v", &common::image(3 << 20, 2));
+    round_trip(&env, "t/random:v", &common::random(5 << 20, 3));
+}
+
+#[test]
+fn zeros_are_stored_as_nothing_and_come_back_sparse() {
+    let env = Env::new();
+    let mut data = common::random(300_000, 4);
+    data.extend(vec![0u8; 8 << 20]);
+    data.extend(common::random(300_000, 5));
+    data.extend(vec![0u8; 2 << 20]);
+    let before = env.pack_bytes();
+    let report = round_trip(&env, "t/zeros:v", &data);
+    assert!(report["zero_bytes"].as_u64().unwrap() >= 9 << 20, "{report}");
+    assert!(env.pack_bytes() - before < 1 << 20, "zero runs were stored");
+    // The restored file is sparse: fewer blocks allocated than its length.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(env.path("got.img")).unwrap();
+    assert!(
+        m.blocks() * 512 < m.len() / 2,
+        "not sparse: {} blocks for {} bytes",
+        m.blocks(),
+        m.len()
+    );
+}
+
+#[test]
+fn stdin_of_unknown_length_and_stdout() {
+    let env = Env::new();
+    let data = common::image(2 << 20, 6);
+    let out = env
+        .cmd()
+        .args(["--json", "put", "t/pipe:v", "-"])
+        .write_stdin(data.clone())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["size"], data.len() as u64);
+    let got = env
+        .cmd()
+        .args(["get", "t/pipe:v", "-o", "-"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(got == data);
+}
+
+#[test]
+fn similar_image_costs_only_the_difference() {
+    let env = Env::new();
+    let v1 = common::image(16 << 20, 7);
+    let v2 = common::edit(&v1, 5, 8);
+    let r1 = round_trip(&env, "lab/app:v1", &v1);
+    let after_first = env.pack_bytes();
+    let r2 = round_trip(&env, "lab/app:v2", &v2);
+    let added = env.pack_bytes() - after_first;
+    // 5 edits of 4 KiB and one insertion touch at most ~12 chunks of <=256 KiB.
+    assert!(added < 3 << 20, "second image added {added} bytes to packs");
+    assert!(r1["added"]["raw_bytes"].as_u64().unwrap() > 10 << 20);
+    let reported = r2["added"]["stored_bytes"].as_u64().unwrap();
+    assert!(
+        reported <= added && reported > 0,
+        "report {reported} vs packs {added}"
+    );
+}
+
+#[test]
+fn same_image_twice_costs_nothing_new() {
+    let env = Env::new();
+    let data = common::image(4 << 20, 9);
+    round_trip(&env, "lab/app:a", &data);
+    let packs = common::list_files(&env.store().join("packs"));
+    let r = round_trip(&env, "lab/other:b", &data);
+    assert_eq!(r["added"]["chunks"], 0);
+    assert_eq!(common::list_files(&env.store().join("packs")), packs);
+    // A repeat inside one image is stored once.
+    let mut twice = common::random(2 << 20, 10);
+    twice.extend_from_within(..);
+    let r = round_trip(&env, "lab/twice:v", &twice);
+    let raw = r["added"]["raw_bytes"].as_u64().unwrap();
+    assert!(raw < (2 << 20) + (512 << 10), "repeat stored twice: {raw}");
+}
+
+#[test]
+fn get_by_image_id_and_prefix() {
+    let env = Env::new();
+    let data = common::image(1 << 20, 11);
+    let r = round_trip(&env, "lab/app:v1", &data);
+    let id = r["image"].as_str().unwrap().to_string();
+    assert!(env.get(&id) == data);
+    assert!(env.get(&id[..7 + 10]) == data);
+}
+
+#[test]
+fn get_overwrites_only_when_complete() {
+    let env = Env::new();
+    let data = common::image(1 << 20, 12);
+    let file = env.file("in.img", &data);
+    env.put("lab/app:v1", &file);
+    let target = env.file("target.img", b"old contents");
+    env.cmd()
+        .args(["get", "lab/app:v1", "-o"])
+        .arg(&target)
+        .assert()
+        .success();
+    assert!(std::fs::read(&target).unwrap() == data);
+    // No temporary files are left beside the target.
+    let names: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}

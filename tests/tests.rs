@@ -1,0 +1,21 @@
+//! imgstore's integration tests: the real binary (assert_cmd), a real
+//! RocksDB, real files, a fresh store per test. One test binary, because
+//! each links RocksDB statically.
+
+// Shared helpers: a store per test, seeded image generators.
+mod common;
+
+// put/get round trips: sizes, zeros, stdin, dedup accounting.
+mod roundtrip;
+// Names, refs and metadata commands: ls, inspect, deffile, tag, rm, log.
+mod refs;
+// Bad input and damaged stores: one-line errors and documented exit codes.
+mod errors;
+// Several puts at once, on one host and from "different hosts".
+mod concurrency;
+// SIGKILL and crash points during put: nothing half-visible, re-put works.
+mod crash;
+// SIF files built in the test: deffile and labels lifted into the manifest.
+mod sif;
+// completions, man page, demo.
+mod cli;
