@@ -2,7 +2,7 @@
 //! different average chunk sizes, and what the chunk metadata costs.
 //!
 //! ```text
-//! cargo bench --bench chunksize -- [--sizes 16,32,64,128] [--seed N] IMAGE...
+//! cargo bench --bench chunksize -- [--sizes 16,32,64,128] [--seed N] [--zstd LEVEL] IMAGE...
 //! ```
 //!
 //! IMAGEs are given in commit order (oldest first). Each one is read whole
@@ -15,7 +15,10 @@
 //!
 //! Metadata is modelled, not measured: a manifest entry costs
 //! [`MANIFEST_ENTRY_BYTES`] per chunk of every image, an index entry
-//! [`INDEX_ENTRY_BYTES`] per unique chunk.
+//! [`INDEX_ENTRY_BYTES`] per unique chunk. Each unique chunk is also
+//! compressed on its own with zstd (`--zstd LEVEL`, default 3, 0 = skip), as
+//! a store that compresses chunks one by one would keep it (never larger than
+//! the raw chunk).
 //!
 //! With no IMAGE (as under `cargo test --benches`) it prints its usage and
 //! exits 0.
@@ -35,7 +38,7 @@ const INDEX_ENTRY_BYTES: u64 = 60;
 /// Average chunk sizes studied when `--sizes` is not given, in KiB.
 const DEFAULT_SIZES_KIB: [u32; 4] = [16, 32, 64, 128];
 
-const USAGE: &str = "usage: chunksize [--sizes 16,32,64,128] [--seed N] IMAGE... \
+const USAGE: &str = "usage: chunksize [--sizes 16,32,64,128] [--seed N] [--zstd LEVEL] IMAGE... \
                      (images in commit order, oldest first)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,6 +75,8 @@ struct CommitStat {
     chunks: u64,
     added_bytes: u64,
     added_chunks: u64,
+    /// Sum over the added chunks of min(zstd size, raw size).
+    added_zstd: u64,
 }
 
 /// One format's history cut at one average chunk size.
@@ -79,6 +84,7 @@ struct Series {
     avg: u32,
     chunker: Chunker,
     seen: HashSet<[u8; 32]>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
     commits: Vec<CommitStat>,
     secs: f64,
 }
@@ -92,14 +98,20 @@ impl Series {
             chunks: 0,
             added_bytes: 0,
             added_chunks: 0,
+            added_zstd: 0,
         };
         for range in self.chunker.chunks(data) {
             let len = range.len() as u64;
-            let hash = blake3::hash(&data[range]);
+            let chunk = &data[range];
+            let hash = blake3::hash(chunk);
             stat.chunks += 1;
             if self.seen.insert(*hash.as_bytes()) {
                 stat.added_bytes += len;
                 stat.added_chunks += 1;
+                if let Some(c) = self.compressor.as_mut() {
+                    let z = c.compress(chunk).map_or(len, |v| v.len() as u64);
+                    stat.added_zstd += z.min(len);
+                }
             }
         }
         self.secs += start.elapsed().as_secs_f64();
@@ -111,6 +123,9 @@ impl Series {
     }
     fn unique(&self) -> u64 {
         self.commits.iter().map(|c| c.added_bytes).sum()
+    }
+    fn unique_zstd(&self) -> u64 {
+        self.commits.iter().map(|c| c.added_zstd).sum()
     }
     fn chunks(&self) -> u64 {
         self.commits.iter().map(|c| c.chunks).sum()
@@ -129,6 +144,7 @@ impl Series {
 struct History {
     format: Format,
     series: Vec<Series>,
+    zstd_level: i32,
 }
 
 fn mib(bytes: u64) -> String {
@@ -174,9 +190,14 @@ fn report(history: &History) -> String {
     let _ = writeln!(
         out,
         "| avg chunk | chunks (all images) | unique chunks | mean chunk | unique bytes | dedup | \
-         median added per later commit | manifests | index | metadata % of unique | dedup incl. metadata | chunk+hash MB/s |"
+         median added per later commit | manifests | index | metadata % of unique | dedup incl. metadata | \
+         unique after zstd-{z} | logical / (zstd unique + metadata) | MB/s (chunk+hash+zstd) |",
+        z = history.zstd_level
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for s in &history.series {
         let later = &s.commits[1.min(s.commits.len())..];
         let mut added: Vec<f64> = later.iter().map(|c| c.added_bytes as f64).collect();
@@ -187,9 +208,18 @@ fn report(history: &History) -> String {
         };
         let meta = s.manifest_bytes() + s.index_bytes();
         let unique = s.unique();
+        let (zstd_unique, stored_ratio) = if history.zstd_level == 0 {
+            ("—".to_string(), "—".to_string())
+        } else {
+            let z = s.unique_zstd();
+            (
+                format!("{} ({:.0}%)", mib(z), pct(z, unique)),
+                format!("{:.2}x", s.logical() as f64 / (z + meta).max(1) as f64),
+            )
+        };
         let _ = writeln!(
             out,
-            "| {} KiB | {} | {} | {:.1} KiB | {} | {:.2}x | {} | {} | {} | {:.3}% | {:.2}x | {:.0} |",
+            "| {} KiB | {} | {} | {:.1} KiB | {} | {:.2}x | {} | {} | {} | {:.3}% | {:.2}x | {} | {} | {:.0} |",
             s.avg / 1024,
             s.chunks(),
             s.unique_chunks(),
@@ -201,6 +231,8 @@ fn report(history: &History) -> String {
             mib(s.index_bytes()),
             pct(meta, unique),
             s.logical() as f64 / (unique + meta).max(1) as f64,
+            zstd_unique,
+            stored_ratio,
             s.logical() as f64 / 1e6 / s.secs.max(1e-9),
         );
     }
@@ -219,7 +251,12 @@ fn report(history: &History) -> String {
         let _ = write!(out, "| {} | {} |", c.name, mib(c.size));
         for s in &history.series {
             let ci = &s.commits[i];
-            let _ = write!(out, " {} ({:.1}%) |", mib(ci.added_bytes), pct(ci.added_bytes, ci.size));
+            let _ = write!(
+                out,
+                " {} ({:.1}%) |",
+                mib(ci.added_bytes),
+                pct(ci.added_bytes, ci.size)
+            );
         }
         let _ = writeln!(out);
     }
@@ -230,6 +267,7 @@ fn report(history: &History) -> String {
 struct Args {
     sizes_kib: Vec<u32>,
     seed: u64,
+    zstd_level: i32,
     images: Vec<String>,
 }
 
@@ -237,6 +275,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         sizes_kib: DEFAULT_SIZES_KIB.to_vec(),
         seed: 0,
+        zstd_level: 3,
         images: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -256,6 +295,10 @@ fn parse_args() -> Result<Args, String> {
                 let v = it.next().ok_or("--seed needs a value")?;
                 args.seed = v.parse().map_err(|e| format!("--seed {v:?}: {e}"))?;
             }
+            "--zstd" => {
+                let v = it.next().ok_or("--zstd needs a value")?;
+                args.zstd_level = v.parse().map_err(|e| format!("--zstd {v:?}: {e}"))?;
+            }
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             _ => args.images.push(arg),
         }
@@ -271,7 +314,11 @@ fn main() -> ExitCode {
                 eprintln!("chunksize: {msg}");
             }
             eprintln!("{USAGE}");
-            return if msg.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) };
+            return if msg.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
         }
     };
     if args.images.is_empty() {
@@ -308,18 +355,31 @@ fn main() -> ExitCode {
         let history = match histories.iter().position(|h| h.format == format) {
             Some(i) => &mut histories[i],
             None => {
+                let mut series = Vec::new();
+                for c in &chunkers {
+                    let compressor = match args.zstd_level {
+                        0 => None,
+                        level => match zstd::bulk::Compressor::new(level) {
+                            Ok(z) => Some(z),
+                            Err(e) => {
+                                eprintln!("chunksize: zstd level {level}: {e}");
+                                return ExitCode::from(2);
+                            }
+                        },
+                    };
+                    series.push(Series {
+                        avg: c.params().avg,
+                        chunker: c.clone(),
+                        seen: HashSet::new(),
+                        compressor,
+                        commits: Vec::new(),
+                        secs: 0.0,
+                    });
+                }
                 histories.push(History {
                     format,
-                    series: chunkers
-                        .iter()
-                        .map(|c| Series {
-                            avg: c.params().avg,
-                            chunker: c.clone(),
-                            seen: HashSet::new(),
-                            commits: Vec::new(),
-                            secs: 0.0,
-                        })
-                        .collect(),
+                    zstd_level: args.zstd_level,
+                    series,
                 });
                 histories.last_mut().expect("just pushed")
             }
@@ -342,8 +402,14 @@ fn main() -> ExitCode {
         "Chunker: FastCDC v2020 via imgstore_store::chunker, min/avg/max = avg/4, avg, 4*avg, seed {}; \
          BLAKE3 per chunk. Metadata model: {MANIFEST_ENTRY_BYTES} B per manifest entry (every chunk of \
          every image), {INDEX_ENTRY_BYTES} B per index entry (unique chunk). \"added\" = bytes of chunks \
-         not seen in any earlier image of the same format (nor earlier in the same image).\n",
-        args.seed
+         not seen in any earlier image of the same format (nor earlier in the same image). \
+         zstd: {} (each unique chunk compressed alone, kept raw when that is smaller).\n",
+        args.seed,
+        if args.zstd_level == 0 {
+            "off".to_string()
+        } else {
+            format!("level {}", args.zstd_level)
+        }
     );
     for h in &histories {
         out.push_str(&report(h));

@@ -403,6 +403,9 @@ def fallback_pool():
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode) and st.st_size >= 65536 and os.access(p, os.R_OK):
+                    with open(p, "rb") as f:
+                        if f.read(4) != b"\x7fELF":  # compiled code only
+                            continue
                     pool.append((p, st.st_size))
     return pool
 

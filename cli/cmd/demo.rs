@@ -4,90 +4,16 @@
 //! added, get it back and check it byte for byte.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use imgstore_store::testdata::write_image;
 use imgstore_store::{ImageRef, InitOptions, Input, Output, PutOptions, Store, TagRef};
 
 use crate::args::{DemoArgs, Global};
 use crate::output;
 use crate::progress::Bar;
-
-/// xorshift64*: a fast, seeded source of bytes for test images.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
-/// Writes an image of `size` bytes: random blocks (like compressed squashfs
-/// data), text-like blocks (compressible, like scripts and ELF tables) and
-/// zero blocks (like unused ext3 space). `edits` changes it as a commit would.
-fn write_image(path: &Path, size: u64, seed: u64, edit: bool) -> Result<()> {
-    const BLOCK: usize = 64 * 1024;
-    let mut out = BufWriter::with_capacity(
-        1 << 20,
-        File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    let mut layout = Rng(seed);
-    let mut content = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let mut edits = Rng(seed ^ 0xdead_beef);
-    let words: Vec<&[u8]> =
-        b"lib cuda kernel tensor float int void return static const struct module import def class self"
-            .split(|&b| b == b' ')
-            .collect();
-    let mut buf = vec![0u8; BLOCK];
-    let blocks = size.div_ceil(BLOCK as u64);
-    let mut written = 0u64;
-    for i in 0..blocks {
-        match layout.next() % 10 {
-            0..=4 => content.fill(&mut buf),
-            5..=8 => {
-                let mut n = 0;
-                while n < BLOCK {
-                    let w = words[(content.next() % words.len() as u64) as usize];
-                    let k = w.len().min(BLOCK - n);
-                    buf[n..n + k].copy_from_slice(&w[..k]);
-                    n += k;
-                    if n < BLOCK {
-                        buf[n] = if content.next() % 8 == 0 { b'\n' } else { b' ' };
-                        n += 1;
-                    }
-                }
-            }
-            _ => buf.fill(0),
-        }
-        // The second image: about 1 block in 100 rewritten, plus 10 KB
-        // inserted near the middle, which shifts everything after it.
-        if edit && edits.next() % 100 == 0 {
-            edits.fill(&mut buf[..4096]);
-        }
-        if edit && i == blocks / 2 {
-            let mut extra = vec![0u8; 10_000];
-            edits.fill(&mut extra);
-            out.write_all(&extra)?;
-        }
-        let k = (size - written).min(BLOCK as u64) as usize;
-        out.write_all(&buf[..k])?;
-        written += k as u64;
-    }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(())
-}
 
 fn file_hash(path: &Path) -> Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();

@@ -22,7 +22,7 @@ pub trait ReadAt: Send + Sync {
     /// Fills `buf` from `offset`, or fails (a short file is an error).
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// The file's length.
-    fn len(&self) -> Result<u64>;
+    fn size(&self) -> Result<u64>;
 }
 
 /// Storage for the store's files, addressed by `/`-separated keys.
@@ -147,7 +147,7 @@ impl ReadAt for LocalFile {
         })
     }
 
-    fn len(&self) -> Result<u64> {
+    fn size(&self) -> Result<u64> {
         Ok(self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len())
     }
 }

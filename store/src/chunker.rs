@@ -32,7 +32,7 @@ impl ChunkerParams {
         ChunkerParams {
             min: avg / 4,
             avg,
-            max: avg * 4,
+            max: avg.saturating_mul(4),
             seed,
         }
     }
@@ -132,5 +132,126 @@ impl Chunker {
     /// The largest chunk this chunker can produce.
     pub fn max_len(&self) -> usize {
         self.params.max as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic test bytes (xorshift64*), independent of any crate.
+    fn bytes(n: usize, mut s: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            v.extend_from_slice(&s.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn cuts(params: ChunkerParams, data: &[u8]) -> Vec<usize> {
+        Chunker::new(params)
+            .unwrap()
+            .chunks(data)
+            .map(|r| r.end)
+            .collect()
+    }
+
+    /// Cut points are part of the format. If this fails, existing stores
+    /// would stop deduplicating against new puts: do not update the vectors,
+    /// find out what changed (a fastcdc upgrade, a parameter mapping).
+    #[test]
+    fn golden_cut_points() {
+        let data = bytes(1 << 20, 0x1234_5678);
+        assert_eq!(cuts(ChunkerParams::with_avg(64 * 1024, 0), &data), GOLDEN_SEED0);
+        assert_eq!(
+            cuts(ChunkerParams::with_avg(16 * 1024, 42), &data),
+            GOLDEN_SEED42_16K
+        );
+    }
+
+    const GOLDEN_SEED0: &[usize] = &[
+        44305, 100225, 166206, 244538, 311063, 386355, 454728, 519567, 724920, 787876, 853467, 920707,
+        995899, 1021633, 1048576,
+    ];
+    const GOLDEN_SEED42_16K: &[usize] = &[
+        28406, 45819, 53067, 71532, 94316, 129297, 161765, 175976, 218307, 239783, 263348, 280456, 304740,
+        329508, 356239, 391250, 410838, 423460, 445200, 465066, 514374, 539733, 556232, 583500, 602074,
+        623410, 628838, 654732, 681154, 704684, 737760, 746027, 764623, 772124, 805573, 822696, 833552,
+        842201, 859045, 865020, 884274, 912214, 938451, 961080, 978584, 983481, 992857, 1004053, 1017855,
+        1044205, 1048576,
+    ];
+
+    /// Our cut loop agrees with the crate's own iterator.
+    #[test]
+    fn matches_fastcdc_reference_iterator() {
+        let data = bytes(1 << 20, 0x1234_5678);
+        let reference: Vec<usize> =
+            v2020::FastCDC::with_level_and_seed(&data, 4096, 16384, 65536, v2020::Normalization::Level1, 42)
+                .map(|c| c.offset + c.length)
+                .collect();
+        assert_eq!(cuts(ChunkerParams::with_avg(16 * 1024, 42), &data), reference);
+    }
+
+    #[test]
+    fn chunks_tile_the_input_within_bounds() {
+        let p = ChunkerParams::with_avg(4096, 7);
+        let data = bytes(300_000, 9);
+        let c = Chunker::new(p).unwrap();
+        let mut pos = 0;
+        let ranges: Vec<_> = c.chunks(&data).collect();
+        for (i, r) in ranges.iter().enumerate() {
+            assert_eq!(r.start, pos);
+            let len = r.end - r.start;
+            assert!(len <= p.max as usize);
+            assert!(len >= p.min as usize || i == ranges.len() - 1);
+            pos = r.end;
+        }
+        assert_eq!(pos, data.len());
+    }
+
+    #[test]
+    fn cutting_in_blocks_equals_cutting_whole() {
+        // The put pipeline cuts block by block and carries the last chunk
+        // over; that must give the same chunks as cutting the whole input.
+        let p = ChunkerParams::with_avg(4096, 3);
+        let c = Chunker::new(p).unwrap();
+        let data = bytes(500_000, 11);
+        let whole: Vec<_> = c.chunks(&data).collect();
+        for block in [20_000usize, 65_536, 99_999] {
+            let mut got = Vec::new();
+            let mut start = 0;
+            let mut fed = 0;
+            while start < data.len() {
+                fed = (fed + block).min(data.len());
+                let eof = fed == data.len();
+                let mut rs: Vec<_> = c.chunks(&data[start..fed]).collect();
+                if !eof {
+                    rs.pop();
+                }
+                for r in rs {
+                    got.push(start + r.start..start + r.end);
+                }
+                start = got.last().map_or(0, |r| r.end);
+            }
+            assert_eq!(got, whole, "block size {block}");
+        }
+    }
+
+    #[test]
+    fn bad_params_are_refused() {
+        assert!(ChunkerParams::with_avg(3000, 0).validate().is_err());
+        assert!(ChunkerParams {
+            min: 10,
+            avg: 1024,
+            max: 4096,
+            seed: 0
+        }
+        .validate()
+        .is_err());
+        assert!(ChunkerParams::with_avg(1 << 30, 0).validate().is_err());
     }
 }

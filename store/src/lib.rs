@@ -21,6 +21,7 @@ pub mod refs;
 pub mod segment;
 pub mod session;
 pub mod sif;
+pub mod testdata;
 
 use std::fs;
 use std::path::{Path, PathBuf};

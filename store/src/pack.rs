@@ -185,7 +185,7 @@ impl PackBuilder {
 /// Reads a pack's footer: the list of chunks it holds. Checks magic and the
 /// footer checksum, and that every entry lies inside the file.
 pub fn read_footer(file: &dyn ReadAt, what: &str) -> Result<Vec<PackEntry>> {
-    let len = file.len()?;
+    let len = file.size()?;
     if len < (HEADER_LEN + TAIL_LEN) as u64 {
         return Err(Error::corrupt(
             what,
@@ -302,7 +302,7 @@ mod tests {
             buf.copy_from_slice(src);
             Ok(())
         }
-        fn len(&self) -> Result<u64> {
+        fn size(&self) -> Result<u64> {
             Ok(self.0.len() as u64)
         }
     }

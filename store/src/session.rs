@@ -110,10 +110,17 @@ impl Session {
                         Err(RecvTimeoutError::Timeout) => {}
                         _ => return,
                     }
+                    let mut last = last.lock().expect("lease mutex");
+                    // Woken too late (the process was stopped, the machine
+                    // stalled): the lease already lapsed and GC may have acted
+                    // on that. Renewing now would hide it from check().
+                    if last.elapsed() > lease {
+                        return;
+                    }
                     // A failed renewal is not fatal here: check() notices the
                     // stale lease before anything is published.
                     if backend.write(&key, &bytes).is_ok() {
-                        *last.lock().expect("lease mutex") = Instant::now();
+                        *last = Instant::now();
                     }
                 })
                 .expect("threads can be spawned")

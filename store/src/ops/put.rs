@@ -182,10 +182,10 @@ fn spawn_reader(
 }
 
 /// Writes finished packs; returns the locations of every chunk written.
-fn spawn_pack_writer(
-    backend: Arc<dyn Backend>,
-    packs: Receiver<PackBuilder>,
-) -> JoinHandle<Result<(Vec<(ChunkId, Location)>, u64)>> {
+/// Every chunk a put wrote and where, plus the number of packs.
+type Written = (Vec<(ChunkId, Location)>, u64);
+
+fn spawn_pack_writer(backend: Arc<dyn Backend>, packs: Receiver<PackBuilder>) -> JoinHandle<Result<Written>> {
     std::thread::Builder::new()
         .name("imgstore-pack".into())
         .spawn(move || {
