@@ -74,3 +74,26 @@ fn lying_sif_descriptor_is_a_clear_error() {
         .assert()
         .failure();
 }
+
+#[test]
+fn labels_from_apptainer_inspect_metadata() {
+    let env = Env::new();
+    let inspect = br#"{"data":{"attributes":{"labels":{"org.label-schema.build-arch":"amd64","version":"1.2"},"deffile":"x"}}}"#;
+    let bytes = sif::build_for_tests(&[
+        (sif::DATA_GENERIC_JSON, sif::INSPECT_METADATA, inspect),
+        (sif::DATA_PARTITION, "", &common::random(100_000, 8)),
+    ]);
+    let f = env.file("app.sif", &bytes);
+    env.put("lab/app:v1", &f);
+    let out = env
+        .cmd()
+        .args(["--json", "inspect", "lab/app:v1"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["labels"]["version"], "1.2");
+    assert_eq!(v["labels"]["org.label-schema.build-arch"], "amd64");
+}

@@ -479,7 +479,7 @@ def ident(rng):
 
 def py_function(fname, fseed):
     r = random.Random(fseed)
-    args = ", ".join(rng_word for rng_word in r.sample(WORDS, r.randint(1, 4)))
+    args = ", ".join(r.sample(WORDS, r.randint(1, 4)))
     lines = [f"def {fname}({args}, *, scale={r.randint(1, 99)}):",
              f'    """{r.choice(WORDS).capitalize()} the {r.choice(WORDS)} of each {r.choice(WORDS)}.',
              "",

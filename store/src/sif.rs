@@ -398,6 +398,9 @@ pub fn parse(
     };
     let mut deffile_at: Option<(usize, u64, u64)> = None;
     let mut labels_at: Option<(usize, u64, u64)> = None;
+    // Current apptainer writes labels not as a labels object but inside a
+    // generic JSON object, at data.attributes.labels.
+    let mut inspect_at: Option<(usize, u64, u64)> = None;
 
     let mut raw = [0u8; DESCRIPTOR_LEN];
     for (index, at) in (table_off..table_end).step_by(DESCRIPTOR_LEN).enumerate() {
@@ -427,6 +430,9 @@ pub fn parse(
         match data_type {
             DATA_DEFFILE if deffile_at.is_none() => deffile_at = Some((index, offset, size)),
             DATA_LABELS if labels_at.is_none() => labels_at = Some((index, offset, size)),
+            DATA_GENERIC_JSON if inspect_at.is_none() && name == INSPECT_METADATA => {
+                inspect_at = Some((index, offset, size))
+            }
             _ => {}
         }
         info.descriptors.push(SifDescriptor {
@@ -455,9 +461,36 @@ pub fn parse(
     if let Some((index, offset, size)) = labels_at {
         let data = read_object(read_at, file_len, index, offset, size, "labels", MAX_LABELS_LEN)?;
         info.labels = parse_labels(&data).map_err(|reason| SifError::BadLabels { index, reason })?;
+    } else if let Some((index, offset, size)) = inspect_at {
+        let data = read_object(
+            read_at,
+            file_len,
+            index,
+            offset,
+            size,
+            "inspect metadata",
+            MAX_LABELS_LEN,
+        )?;
+        info.labels = parse_inspect_labels(&data).map_err(|reason| SifError::BadLabels { index, reason })?;
     }
 
     Ok(info)
+}
+
+/// Name of the generic JSON object in which apptainer keeps `inspect` data.
+pub const INSPECT_METADATA: &str = "inspect-metadata.json";
+
+/// Labels from apptainer's inspect metadata: `{"data":{"attributes":{"labels":{..}}}}`.
+/// A document without labels gives none; one that is not JSON is an error.
+fn parse_inspect_labels(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Some(labels) = v.pointer("/data/attributes/labels").and_then(|l| l.as_object()) else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect())
 }
 
 /// Reads a (size-capped, already range-checked) metadata object.
