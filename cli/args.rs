@@ -61,6 +61,15 @@ pub enum Command {
     Rm(RmArgs),
     /// Show who put, tagged and removed what, and when.
     Log(LsArgs),
+    /// Remove tags by a retention policy (space returns with `gc`).
+    Prune(PruneArgs),
+    /// Free the space of chunks no image refers to, safely on a live store.
+    ///
+    /// Runs in two phases across runs: a run condemns garbage, and a later
+    /// run (after --grace, and after every put/get that was running at
+    /// condemnation has ended) deletes it. Run it from cron; see
+    /// docs/OPERATIONS.md.
+    Gc(GcArgs),
     /// Maintain this host's local index of the store.
     #[command(subcommand)]
     Index(IndexCommand),
@@ -78,7 +87,7 @@ pub struct InitArgs {
     pub dir: Option<PathBuf>,
     /// Average chunk size: a power of two from 1KiB to 1MiB. Smaller finds
     /// more shared bytes between images, larger keeps less metadata.
-    #[arg(long, default_value = "64KiB", value_name = "SIZE")]
+    #[arg(long, default_value = "32KiB", value_name = "SIZE")]
     pub chunk_size: ByteSize,
     /// zstd level for new chunks (1-19). Chunks that do not shrink are stored raw.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -149,6 +158,40 @@ pub struct RmArgs {
     /// Tags to remove.
     #[arg(value_name = "NAME:TAG", required = true)]
     pub references: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Names to prune (default: every name).
+    pub names: Vec<String>,
+    /// Keep the newest N tags of each name.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep tags created within this long (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Keep tags matching this glob pattern (e.g. 'v*'); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub keep_tag: Vec<String>,
+    /// Show what would be kept and removed; remove nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Show what would be condemned and deleted; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Time between condemning garbage and deleting it.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+    /// If another gc is running, wait for it instead of exiting with code 5.
+    #[arg(long)]
+    pub wait: bool,
+    /// Stop deleting and repacking after this long; the next run continues.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -93,41 +93,17 @@ fn sigkill_at_random_moments() {
     assert!(env.get("lab/app:new") == new);
 }
 
-/// Starts a put held at `step`; returns the child once it is waiting there.
-fn spawn_held(env: &Env, step: &str, file: &std::path::Path, lease: Option<&str>) -> std::process::Child {
-    let bin = assert_cmd::cargo::cargo_bin("imgstore");
-    let mut cmd = Command::new(&bin);
-    cmd.env("IMGSTORE_STORE", env.store())
-        .env("IMGSTORE_INDEX_DIR", env.path("index-a"))
-        .env("IMGSTORE_TEST_HOLD", step)
-        .env("IMGSTORE_TEST_HOLD_DIR", env.dir.path())
-        .args(["put", "lab/app:new"])
-        .arg(file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(l) = lease {
-        cmd.env("IMGSTORE_LEASE_SECS", l);
-    }
-    let child = cmd.spawn().unwrap();
-    let flag = env.dir.path().join(format!("{step}.held"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !flag.exists() {
-        assert!(std::time::Instant::now() < deadline, "put never reached {step}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn release(env: &Env, step: &str) {
-    std::fs::remove_file(env.dir.path().join(format!("{step}.held"))).unwrap();
-}
-
 #[test]
 fn input_that_changes_during_put_is_refused() {
     let env = Env::new();
     let data = common::image(3 << 20, 5);
     let f = env.file("growing.img", &data);
-    let child = spawn_held(&env, "put-after-lookup", &f, None);
+    let child = common::spawn_held(
+        &env,
+        "put-after-lookup",
+        &["put", "lab/app:new", f.to_str().unwrap()],
+        &[],
+    );
     // A writer appends while the put is still working on the file.
     use std::io::Write;
     std::fs::OpenOptions::new()
@@ -136,7 +112,7 @@ fn input_that_changes_during_put_is_refused() {
         .unwrap()
         .write_all(b"more bytes")
         .unwrap();
-    release(&env, "put-after-lookup");
+    common::release(&env, "put-after-lookup");
     let out = child.wait_with_output().unwrap();
     assert_eq!(common::code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("changed while it was being read"));
@@ -150,10 +126,15 @@ fn input_that_changes_during_put_is_refused() {
 fn put_paused_past_its_lease_gives_up() {
     let env = Env::new();
     let f = env.file("x.img", &common::image(1 << 20, 6));
-    let child = spawn_held(&env, "put-after-manifest", &f, Some("2"));
+    let child = common::spawn_held(
+        &env,
+        "put-after-manifest",
+        &["put", "lab/app:new", f.to_str().unwrap()],
+        &[("IMGSTORE_LEASE_SECS", "2")],
+    );
     let pid = child.id().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    release(&env, "put-after-manifest");
+    common::release(&env, "put-after-manifest");
     std::thread::sleep(Duration::from_secs(4));
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let out = child.wait_with_output().unwrap();

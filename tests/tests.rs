@@ -15,6 +15,8 @@ mod errors;
 mod concurrency;
 // SIGKILL and crash points during put: nothing half-visible, re-put works.
 mod crash;
+// Garbage collection and prune on a live store, with puts and gets racing it.
+mod gc;
 // SIF files built in the test: deffile and labels lifted into the manifest.
 mod sif;
 // completions, man page, demo.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod gc;
 mod get;
 mod put;
 mod query;
@@ -39,6 +40,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tag(a) => query::tag(g, a),
         Command::Rm(a) => query::rm(g, a),
         Command::Log(a) => query::log(g, a),
+        Command::Prune(a) => gc::prune(g, a),
+        Command::Gc(a) => gc::gc(g, a),
         Command::Index(a) => admin::index(g, a),
         Command::Completions(a) => admin::completions(a),
         Command::Man => admin::man(),

@@ -41,6 +41,41 @@ pub trait Backend: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// When `key` was last written, by the store's clock. `Ok(None)` if missing.
     fn modified(&self, key: &str) -> Result<Option<SystemTime>>;
+    /// An advisory exclusive lock named `key`, held until the guard drops.
+    /// `Ok(None)` when another process holds it and `wait` is false. Locks
+    /// only avoid wasted work; no safety property rests on them.
+    fn lock(&self, key: &str, wait: bool) -> Result<Option<LockGuard>>;
+}
+
+/// Holds a [`Backend::lock`] until dropped.
+pub struct LockGuard {
+    _file: File,
+}
+
+/// Takes an exclusive `flock` on `path` (created if missing). `Ok(None)`
+/// when another process holds it and `wait` is false.
+pub fn lock_path(path: &Path, wait: bool) -> Result<Option<LockGuard>> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    // Opened for writing: NFS emulates flock with fcntl locks, which need a
+    // writable descriptor for an exclusive lock.
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    if wait {
+        file.lock().map_err(|e| Error::io(path, e))?;
+    } else {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(Some(LockGuard { _file: file }))
 }
 
 /// A store in a local or NFS-mounted directory.
@@ -203,6 +238,10 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+
+    fn lock(&self, key: &str, wait: bool) -> Result<Option<LockGuard>> {
+        lock_path(&self.checked(key)?, wait)
     }
 
     fn modified(&self, key: &str) -> Result<Option<SystemTime>> {

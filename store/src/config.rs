@@ -13,7 +13,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Key of the config file.
 pub const CONFIG_KEY: &str = "config";
 /// Default average chunk size (see docs/PERFORMANCE.md for the measurement).
-pub const DEFAULT_AVG_CHUNK: u32 = 64 * 1024;
+pub const DEFAULT_AVG_CHUNK: u32 = 32 * 1024;
 /// Default zstd level: 3 is zstd's own default and measured the best trade.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Default size at which a pack is closed and written.

@@ -12,20 +12,22 @@
 //! *secondary* instance, which needs no lock. So concurrent puts on one host
 //! never wait for each other for longer than a catch-up.
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::HashMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
-use crate::backend::{unique_suffix, Backend};
+use crate::backend::{lock_path, unique_suffix, Backend, LockGuard};
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
+use crate::id::{ChunkId, Digest, PackId};
 use crate::pack::Location;
 use crate::segment::{self, INDEX_DIR};
 
 const CF_CHUNKS: &str = "chunks";
 const CF_SEGMENTS: &str = "segments";
 const CF_META: &str = "meta";
+const CF_DELETED: &str = "deleted_packs";
 const META_STORE_ID: &[u8] = b"store_id";
 const META_SCHEMA: &[u8] = b"schema";
 const SCHEMA: &[u8] = b"1";
@@ -73,25 +75,19 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
         ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
         ColumnFamilyDescriptor::new(CF_SEGMENTS, Options::default()),
         ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ColumnFamilyDescriptor::new(CF_DELETED, Options::default()),
     ]
 }
 
 /// Exclusive right to open the primary; a flock held for one catch-up.
 struct WriterLock {
-    _file: File,
+    _guard: LockGuard,
 }
 
 impl WriterLock {
     fn acquire(dir: &Path) -> Result<WriterLock> {
-        let path = dir.join("writer.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        file.lock().map_err(|e| Error::io(&path, e))?;
-        Ok(WriterLock { _file: file })
+        let guard = lock_path(&dir.join("writer.lock"), true)?.expect("a waiting lock is always taken");
+        Ok(WriterLock { _guard: guard })
     }
 }
 
@@ -102,6 +98,8 @@ pub struct CatchUp {
     pub segments: usize,
     /// Chunk locations written.
     pub chunks: usize,
+    /// GC tombstones (deleted packs) newly applied.
+    pub tombstones: usize,
 }
 
 fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
@@ -149,8 +147,12 @@ fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
     Ok(db)
 }
 
-/// Brings the index in `dir` up to date with the store's segments.
-/// Builds it from scratch when `dir` holds none yet (a new host).
+/// Brings the index in `dir` up to date with the store's segments and GC
+/// tombstones. Builds it from scratch when `dir` holds none yet (a new host).
+///
+/// Segments go first, tombstones last, and a segment entry for a pack that
+/// has a tombstone is skipped: so however the listings interleave, the index
+/// never points into a pack GC deleted.
 pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<CatchUp> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let _lock = WriterLock::acquire(dir)?;
@@ -158,6 +160,13 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
     let db_path = dir.join(DB_DIR);
     let seg_cf = db.cf_handle(CF_SEGMENTS).expect("cf exists");
     let chunk_cf = db.cf_handle(CF_CHUNKS).expect("cf exists");
+    let del_cf = db.cf_handle(CF_DELETED).expect("cf exists");
+    let is_deleted = |pack: &PackId| -> Result<bool> {
+        Ok(db
+            .get_pinned_cf(del_cf, pack.0)
+            .map_err(|e| index_err(&db_path, e))?
+            .is_some())
+    };
     let mut done = CatchUp::default();
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
@@ -176,8 +185,15 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
             };
             let entries = segment::decode(&bytes, &format!("index segment {key}"))?;
             let mut batch = WriteBatch::default();
+            let mut deleted: HashMap<PackId, bool> = HashMap::new();
             for (id, loc) in &entries {
-                batch.put_cf(chunk_cf, id.0, loc.encode());
+                let gone = match deleted.get(&loc.pack) {
+                    Some(g) => *g,
+                    None => *deleted.entry(loc.pack).or_insert(is_deleted(&loc.pack)?),
+                };
+                if !gone {
+                    batch.put_cf(chunk_cf, id.0, loc.encode());
+                }
             }
             batch.put_cf(seg_cf, name.as_bytes(), b"");
             db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
@@ -185,10 +201,66 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
             done.chunks += entries.len();
         }
     }
+    for name in backend.list(segment::TOMBSTONES_DIR)? {
+        let Ok(pack) = Digest::from_hex(&name) else {
+            continue;
+        };
+        if is_deleted(&pack)? {
+            continue;
+        }
+        let key = format!("{}/{name}", segment::TOMBSTONES_DIR);
+        let Some(bytes) = backend.read(&key)? else {
+            continue;
+        };
+        let chunks = segment::decode_tombstone(&bytes, &format!("tombstone {key}"))?;
+        let mut batch = WriteBatch::default();
+        for (id, copy) in &chunks {
+            let here = db
+                .get_pinned_cf(chunk_cf, id.0)
+                .map_err(|e| index_err(&db_path, e))?
+                .and_then(|v| Location::decode(&v))
+                .is_some_and(|loc| loc.pack == pack);
+            if !here {
+                continue;
+            }
+            match surviving_copy(backend, id, *copy, &pack)? {
+                Some(loc) => batch.put_cf(chunk_cf, id.0, loc.encode()),
+                None => batch.delete_cf(chunk_cf, id.0),
+            }
+        }
+        batch.put_cf(del_cf, pack.0, b"");
+        db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
+        done.tombstones += 1;
+    }
     if done.segments > 0 {
         tracing::debug!(segments = done.segments, chunks = done.chunks, "index caught up");
     }
     Ok(done)
+}
+
+/// Follows a deleted pack's copy of `id` through later tombstones (a copy
+/// that was itself repacked and deleted) to a pack that still exists.
+fn surviving_copy(
+    backend: &dyn Backend,
+    id: &ChunkId,
+    mut copy: Option<Location>,
+    deleted: &PackId,
+) -> Result<Option<Location>> {
+    for _ in 0..16 {
+        let Some(loc) = copy else { return Ok(None) };
+        if loc.pack == *deleted {
+            return Ok(None);
+        }
+        let key = format!("{}/{}", segment::TOMBSTONES_DIR, loc.pack.to_hex());
+        let Some(bytes) = backend.read(&key)? else {
+            return Ok(Some(loc));
+        };
+        copy = segment::decode_tombstone(&bytes, &format!("tombstone {key}"))?
+            .into_iter()
+            .find(|(c, _)| c == id)
+            .and_then(|(_, l)| l);
+    }
+    Ok(None)
 }
 
 /// Recreates the index in `dir` from `entries` (e.g. every pack's footer),
@@ -249,6 +321,23 @@ impl Reader {
         db.try_catch_up_with_primary()
             .map_err(|e| index_err(&db_path, e))?;
         Ok(Reader { db, secondary })
+    }
+
+    /// RocksDB's estimate of the number of chunks in the index.
+    pub fn estimate_chunks(&self) -> u64 {
+        let cf = self.db.cf_handle(CF_CHUNKS).expect("cf exists");
+        self.db
+            .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Sees what catch-ups since this reader was opened wrote.
+    pub fn refresh(&self) -> Result<()> {
+        self.db
+            .try_catch_up_with_primary()
+            .map_err(|e| index_err(&self.secondary, e))
     }
 
     /// Locations of `ids`, in order; `None` where the index has no entry.

@@ -10,10 +10,12 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod eventlog;
+pub mod gc;
 pub mod hold;
 pub mod id;
 pub mod index;
 pub mod manifest;
+pub mod mark;
 pub mod ops;
 pub mod pack;
 pub mod progress;
@@ -92,8 +94,10 @@ impl Store {
             fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         }
         backend::sync_dir(root)?;
-        // The config goes last: a directory is a store once it has one.
         let backend = LocalBackend::new(root);
+        // Made now so that a `gc --dry-run` (which takes the lock) writes nothing.
+        backend.write(gc::LOCK_KEY, b"")?;
+        // The config goes last: a directory is a store once it has one.
         backend.write(config::CONFIG_KEY, &config.to_bytes())?;
         Self::open(root, index_dir)
     }

@@ -85,6 +85,16 @@ pub fn key(id: &ImageId) -> String {
     id.0.key(MANIFESTS_DIR)
 }
 
+/// The entry count from a manifest's header, without reading the rest.
+pub fn entry_count(file: &dyn crate::backend::ReadAt, what: &str) -> Result<u64> {
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, 0)?;
+    if &head[..8] != MAGIC {
+        return Err(Error::corrupt(what, "not a manifest (magic)"));
+    }
+    Ok(u64::from_le_bytes(head[56..64].try_into().expect("8 bytes")))
+}
+
 impl Manifest {
     /// Serialized bytes.
     pub fn encode(&self) -> Vec<u8> {

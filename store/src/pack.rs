@@ -1,7 +1,7 @@
 //! Pack files: many compressed chunks in one immutable, self-describing file.
 //!
 //! ```text
-//! header  16 B   magic "IMGSPACK", version u32, reserved u32
+//! header  32 B   magic "IMGSPACK", version u32, reserved u32, random nonce [16]
 //! frame   48 B   chunk id [32], raw_len u32, stored_len u32, codec u8, reserved [7]
 //!         ...    stored bytes, then the next frame
 //! footer  56 B   per chunk: chunk id [32], frame offset u64, raw_len u32,
@@ -10,7 +10,10 @@
 //!                magic "IMGSPEND"
 //! ```
 //! All integers little-endian. A pack's id is the BLAKE3 of the whole file,
-//! so `verify --read-data` can check a pack without any other file.
+//! so `verify --read-data` can check a pack without any other file. The
+//! nonce makes every pack's id unique even when two packs hold the same
+//! chunks: a put that stores a GC-condemned chunk anew must write a file GC
+//! will not delete, not the condemned file again under the same name.
 
 use crate::backend::ReadAt;
 use crate::codec::{self, Codec};
@@ -20,7 +23,7 @@ use crate::id::{ChunkId, Digest, PackId};
 const MAGIC: &[u8; 8] = b"IMGSPACK";
 const END_MAGIC: &[u8; 8] = b"IMGSPEND";
 const VERSION: u32 = 1;
-const HEADER_LEN: usize = 16;
+const HEADER_LEN: usize = 32;
 /// Bytes before each chunk's stored bytes.
 pub const FRAME_HEADER_LEN: usize = 48;
 const FOOTER_ENTRY_LEN: usize = 56;
@@ -125,6 +128,9 @@ impl PackBuilder {
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
         buf.extend_from_slice(&0u32.to_le_bytes());
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).expect("the OS random source is available");
+        buf.extend_from_slice(&nonce);
         PackBuilder {
             buf,
             entries: Vec::new(),
@@ -252,6 +258,12 @@ pub fn read_footer(file: &dyn ReadAt, what: &str) -> Result<Vec<PackEntry>> {
 /// Reads, decodes and checks the chunk `id` at `loc` in `file`.
 /// Every failure names the pack, the offset and the chunk.
 pub fn read_chunk(file: &dyn ReadAt, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+    read_checked(file, id, loc).map(|(raw, _)| raw)
+}
+
+/// Like [`read_chunk`], and also returns the stored bytes (for repacking
+/// without recompressing: only bytes that decode to their id are copied).
+pub fn read_checked(file: &dyn ReadAt, id: &ChunkId, loc: &Location) -> Result<(Vec<u8>, Vec<u8>)> {
     let what = format!("pack {}", key(&loc.pack));
     let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
     file.read_exact_at(&mut buf, loc.offset).map_err(|e| match e {
@@ -278,13 +290,15 @@ pub fn read_chunk(file: &dyn ReadAt, id: &ChunkId, loc: &Location) -> Result<Vec
             ),
         ));
     }
-    codec::decode(
+    let raw = codec::decode(
         loc.codec,
         stored,
         raw_len as usize,
         id,
         &format!("{what} at offset {}", loc.offset),
-    )
+    )?;
+    buf.drain(..FRAME_HEADER_LEN);
+    Ok((raw, buf))
 }
 
 #[cfg(test)]
@@ -340,7 +354,7 @@ mod tests {
                 .iter()
                 .all(|e| read_chunk(&file, &e.id, &e.location(id)).is_ok());
             // Reserved bytes are not checked; everything else must be.
-            let reserved = (12..16).contains(&i) || (bytes.len() - 44..bytes.len() - 40).contains(&i);
+            let reserved = (12..32).contains(&i) || (bytes.len() - 44..bytes.len() - 40).contains(&i);
             let in_frame_pad = entries.iter().any(|e| {
                 let o = e.offset as usize;
                 (o + 41..o + 48).contains(&i)

@@ -18,6 +18,10 @@ const VERSION: u32 = 1;
 const ENTRY_LEN: usize = 32 + Location::LEN;
 /// Store directory of segments.
 pub const INDEX_DIR: &str = "index";
+/// Store directory of GC tombstones: `gc/deleted/<pack-id>`, one per
+/// deleted pack, listing its chunks so every host's index drops them.
+pub const TOMBSTONES_DIR: &str = "gc/deleted";
+const TOMB_MAGIC: &[u8; 8] = b"IMGSTOMB";
 
 /// Encodes a segment; returns its id and bytes.
 pub fn encode(entries: &[(ChunkId, Location)]) -> (Digest, Vec<u8>) {
@@ -68,6 +72,73 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<Vec<(ChunkId, Location)>> {
         .collect()
 }
 
+/// Encodes a tombstone: the chunks a deleted pack held, each with the
+/// location of its surviving copy when GC knew one (a repack, or a copy a
+/// put stored elsewhere), so an index that pointed into the pack can be
+/// moved to the copy instead of forgetting the chunk.
+///
+/// ```text
+/// header  16 B   magic "IMGSTOMB", version u32, count u32
+/// entry   82 B   chunk id [32], has copy u8, Location [49] (zeros if none)
+/// trailer 32 B   BLAKE3 of everything before it
+/// ```
+pub fn encode_tombstone(chunks: &[(ChunkId, Option<Location>)]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16 + chunks.len() * TOMB_ENTRY_LEN + 32);
+    buf.extend_from_slice(TOMB_MAGIC);
+    buf.extend_from_slice(&VERSION.to_le_bytes());
+    buf.extend_from_slice(&u32::try_from(chunks.len()).expect("< 4G chunks").to_le_bytes());
+    for (id, copy) in chunks {
+        buf.extend_from_slice(&id.0);
+        match copy {
+            Some(loc) => {
+                buf.push(1);
+                buf.extend_from_slice(&loc.encode());
+            }
+            None => {
+                buf.push(0);
+                buf.extend_from_slice(&[0u8; Location::LEN]);
+            }
+        }
+    }
+    let sum = blake3::hash(&buf);
+    buf.extend_from_slice(sum.as_bytes());
+    buf
+}
+
+const TOMB_ENTRY_LEN: usize = 32 + 1 + Location::LEN;
+
+/// Decodes and checks a tombstone.
+pub fn decode_tombstone(bytes: &[u8], what: &str) -> Result<Vec<(ChunkId, Option<Location>)>> {
+    if bytes.len() < 48 || &bytes[..8] != TOMB_MAGIC {
+        return Err(Error::corrupt(what, "not a tombstone (magic or length)"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(Error::corrupt(what, "checksum mismatch"));
+    }
+    let count = u32::from_le_bytes(body[12..16].try_into().expect("4 bytes")) as usize;
+    let entries = &body[16..];
+    if entries.len() != count.saturating_mul(TOMB_ENTRY_LEN) {
+        return Err(Error::corrupt(what, "entry count does not match the length"));
+    }
+    entries
+        .chunks_exact(TOMB_ENTRY_LEN)
+        .enumerate()
+        .map(|(i, e)| {
+            let id = Digest(e[..32].try_into().expect("32 bytes"));
+            let copy = match e[32] {
+                0 => None,
+                1 => Some(
+                    Location::decode(&e[33..])
+                        .ok_or_else(|| Error::corrupt(what, format!("entry {i}: bad location")))?,
+                ),
+                b => return Err(Error::corrupt(what, format!("entry {i}: bad flag {b}"))),
+            };
+            Ok((id, copy))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,10 +160,25 @@ mod tests {
         assert_eq!(decode(&bytes, "s").unwrap(), entries);
     }
 
+    #[test]
+    fn tombstone_round_trip() {
+        let loc = Location {
+            pack: Digest::of(b"p"),
+            offset: 32,
+            raw_len: 10,
+            stored_len: 8,
+            codec: Codec::Raw,
+        };
+        let ids = vec![(Digest::of(b"a"), Some(loc)), (Digest::of(b"b"), None)];
+        assert_eq!(decode_tombstone(&encode_tombstone(&ids), "t").unwrap(), ids);
+        assert!(decode_tombstone(&encode_tombstone(&ids)[1..], "t").is_err());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode(&bytes, "s");
+            let _ = decode_tombstone(&bytes, "t");
         }
     }
 }

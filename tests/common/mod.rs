@@ -190,3 +190,34 @@ pub fn edit(base: &[u8], edits: usize, seed: u64) -> Vec<u8> {
 pub fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
+
+/// Spawns `imgstore ARGS` on host a, held at the named test step; returns
+/// once it waits there (see store/src/hold.rs).
+pub fn spawn_held(env: &Env, step: &str, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("imgstore"));
+    cmd.env("IMGSTORE_STORE", env.store())
+        .env("IMGSTORE_INDEX_DIR", env.path("index-a"))
+        .env("IMGSTORE_TEST_HOLD", step)
+        .env("IMGSTORE_TEST_HOLD_DIR", env.dir.path())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn imgstore");
+    let flag = env.dir.path().join(format!("{step}.held"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !flag.exists() {
+        assert!(Instant::now() < deadline, "never reached {step}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Lets a process held by [`spawn_held`] go on.
+pub fn release(env: &Env, step: &str) {
+    std::fs::remove_file(env.dir.path().join(format!("{step}.held"))).expect("held flag exists");
+}

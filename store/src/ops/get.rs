@@ -20,12 +20,13 @@ use serde::Serialize;
 use crate::backend::{sync_dir, unique_suffix, ReadAt};
 use crate::error::{Error, Result};
 use crate::hold;
-use crate::id::{ImageId, PackId};
+use crate::id::{ChunkId, ImageId, PackId};
 use crate::index;
 use crate::manifest::{Entry, Manifest};
-use crate::pack;
+use crate::pack::{self, Location};
 use crate::progress::Progress;
 use crate::refs::ImageRef;
+use crate::segment::TOMBSTONES_DIR;
 use crate::session::Session;
 use crate::Store;
 
@@ -111,12 +112,50 @@ fn fetch(packs: &Packs, lookup: &index::Reader, image: &ImageId, batch: &[Entry]
     jobs.into_par_iter()
         .map(|job| match job {
             Err(len) => Ok(Piece::Zero(len)),
-            Ok((id, loc)) => {
-                let file = packs.get(&loc.pack)?;
-                pack::read_chunk(file.as_ref(), &id, &loc).map(Piece::Data)
-            }
+            Ok((id, loc)) => read_or_relocate(packs, lookup, image, &id, &loc).map(Piece::Data),
         })
         .collect()
+}
+
+/// Reads a chunk; if GC deleted its pack meanwhile (a tombstone says so),
+/// catches the index up once and reads the chunk where it lives now. An
+/// image still named by a ref always has its chunks somewhere: GC deletes a
+/// pack only when its live chunks have copies elsewhere.
+fn read_or_relocate(
+    packs: &Packs,
+    lookup: &index::Reader,
+    image: &ImageId,
+    id: &ChunkId,
+    loc: &Location,
+) -> Result<Vec<u8>> {
+    let first = packs
+        .get(&loc.pack)
+        .and_then(|f| pack::read_chunk(f.as_ref(), id, loc));
+    let err = match first {
+        Ok(raw) => return Ok(raw),
+        Err(e) => e,
+    };
+    let store = packs.store;
+    let tomb = format!("{}/{}", TOMBSTONES_DIR, loc.pack.to_hex());
+    if store.backend.modified(&tomb)?.is_none() {
+        return Err(err);
+    }
+    index::catch_up(&store.index_dir, &store.config.store_id, store.backend.as_ref())?;
+    lookup.refresh()?;
+    match lookup.lookup(std::slice::from_ref(id))?.pop().flatten() {
+        Some(new) if new.pack != loc.pack => {
+            let f = packs.get(&new.pack)?;
+            pack::read_chunk(f.as_ref(), id, &new)
+        }
+        _ => Err(Error::Busy {
+            what: format!("image {image}"),
+            holder: format!(
+                "garbage collection deleted pack {} while it was being read (the image was removed); \
+                 run the get again",
+                loc.pack
+            ),
+        }),
+    }
 }
 
 /// Removes a half-written output file unless the get completed.

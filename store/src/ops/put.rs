@@ -28,7 +28,7 @@ use crate::codec::{Codec, Encoder};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
 use crate::hold;
-use crate::id::{ChunkId, Digest, ImageId};
+use crate::id::{ChunkId, Digest, ImageId, PackId};
 use crate::index;
 use crate::manifest::{self, Entry, Manifest, ManifestMeta};
 use crate::pack::{self, Location, PackBuilder};
@@ -215,6 +215,8 @@ fn is_zero(data: &[u8]) -> bool {
 struct Ingest<'a> {
     chunker: &'a Chunker,
     lookup: &'a index::Reader,
+    /// Packs a pending GC plan condemned: chunks found only there are stored anew.
+    condemned: &'a HashSet<PackId>,
     zstd_level: i32,
     pack_size: usize,
     image: blake3::Hasher,
@@ -262,7 +264,7 @@ impl Ingest<'_> {
         let known: HashSet<ChunkId> = ask
             .iter()
             .zip(found)
-            .filter(|(_, f)| f.is_some())
+            .filter(|(_, f)| f.is_some_and(|loc| !self.condemned.contains(&loc.pack)))
             .map(|(id, _)| *id)
             .collect();
 
@@ -349,7 +351,10 @@ impl Store {
             .as_ref()
             .map_or_else(|| PathBuf::from("<stdin>"), |(p, _, _)| p.clone());
 
+        // The session is written before the GC plan is read: a GC that
+        // condemns after this point lists the session and waits for it.
         let session = Session::start(self.backend.clone(), "put")?;
+        let condemned = self.condemned_packs()?;
         index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
         let lookup = index::Reader::open(&self.index_dir)?;
         let chunker = Chunker::new(self.config.chunker)?;
@@ -368,6 +373,7 @@ impl Store {
         let mut ingest = Ingest {
             chunker: &chunker,
             lookup: &lookup,
+            condemned: &condemned,
             zstd_level: self.config.compression.zstd_level,
             pack_size: self.config.pack_size as usize,
             image: blake3::Hasher::new(),

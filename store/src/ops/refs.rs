@@ -96,6 +96,18 @@ impl Store {
         Ok(m)
     }
 
+    /// How many entries an image's manifest has (reads only its header).
+    pub fn manifest_entry_count(&self, id: &ImageId) -> Result<u64> {
+        let key = manifest::key(id);
+        let file = self.backend.open(&key).map_err(|e| match e {
+            Error::Corrupt { .. } => {
+                Error::corrupt(format!("image {id}"), format!("manifest {key} is missing"))
+            }
+            other => other,
+        })?;
+        manifest::entry_count(file.as_ref(), &format!("manifest {key}"))
+    }
+
     /// Every ref, sorted, optionally only those of one name (and the names below it).
     pub fn refs(&self, name: Option<&str>) -> Result<Vec<(TagRef, RefRecord)>> {
         if let Some(n) = name {
@@ -132,6 +144,9 @@ impl Store {
     pub fn tag(&self, image: &ImageRef, new: &TagRef) -> Result<RefRecord> {
         let resolved = self.resolve(image)?;
         let manifest = self.manifest(&resolved.id)?;
+        if resolved.record.is_none() {
+            self.check_restorable(&manifest)?;
+        }
         let previous = self.read_ref(new)?.map(|r| r.image).filter(|p| *p != resolved.id);
         let mut record = resolved.record.unwrap_or_else(|| RefRecord {
             format: "imgstore-ref".into(),
@@ -157,15 +172,48 @@ impl Store {
         Ok(record)
     }
 
+    /// An image named only by id may have lost its ref, and GC may have
+    /// condemned or deleted its chunks: tag it only if every chunk is in a
+    /// pack that is not condemned.
+    fn check_restorable(&self, m: &Manifest) -> Result<()> {
+        crate::index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
+        let lookup = crate::index::Reader::open(&self.index_dir)?;
+        let condemned = self.condemned_packs()?;
+        let ids: Vec<_> = m
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                crate::manifest::Entry::Chunk { id, .. } => Some(*id),
+                crate::manifest::Entry::Zero { .. } => None,
+            })
+            .collect();
+        for (id, loc) in ids.iter().zip(lookup.lookup(&ids)?) {
+            if loc.is_none_or(|l| condemned.contains(&l.pack)) {
+                return Err(Error::BadInput {
+                    reason: format!(
+                        "image {} has no ref and its chunk {id} is condemned or deleted by gc; put the image again",
+                        m.id
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a ref. The image's data stays until garbage collection.
     pub fn rm(&self, r: &TagRef) -> Result<RefRecord> {
+        self.rm_as(r, "rm")
+    }
+
+    /// Removes a ref, logging it as `action` (`rm` or `prune`).
+    pub(crate) fn rm_as(&self, r: &TagRef, action: &str) -> Result<RefRecord> {
         let record = self
             .read_ref(r)?
             .ok_or_else(|| Error::not_found(format!("ref {r}")))?;
         self.backend.delete(&r.key())?;
         eventlog::append(
             self.backend.as_ref(),
-            &Event::now("rm", r.to_string(), record.image),
+            &Event::now(action, r.to_string(), record.image),
         )?;
         Ok(record)
     }

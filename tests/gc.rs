@@ -1,0 +1,415 @@
+//! Garbage collection on a live store: space comes back, nothing in use is lost.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, Env};
+
+fn gc(env: &Env, extra: &[&str]) -> serde_json::Value {
+    let out = env
+        .cmd()
+        .args(["--json", "gc", "--grace", "0s"])
+        .args(extra)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).expect("gc --json")
+}
+
+#[test]
+fn rm_then_gc_frees_exactly_what_the_removed_image_held() {
+    let env = Env::new();
+    let keep = common::image(4 << 20, 1);
+    let gone = common::random(4 << 20, 2);
+    env.put("lab/keep:v1", &env.file("keep.img", &keep));
+    let r = env.put("lab/gone:v1", &env.file("gone.img", &gone));
+    let added = r["added"]["stored_bytes"].as_u64().unwrap();
+    let chunks = r["added"]["chunks"].as_u64().unwrap();
+    let before = env.pack_bytes();
+    env.cmd().args(["rm", "lab/gone:v1"]).assert().success();
+
+    let first = gc(&env, &[]);
+    assert_eq!(first["packs_deleted"], 0, "{first}");
+    assert!(first["packs_condemned"].as_u64().unwrap() >= 1, "{first}");
+    assert_eq!(env.pack_bytes(), before, "the first run deleted something");
+    let second = gc(&env, &[]);
+    let freed = before - env.pack_bytes();
+    assert_eq!(second["bytes_freed"], freed, "{second}");
+    // Pack overhead: 48 B per frame + 56 B per footer entry + 64 B per pack.
+    let overhead = chunks * (48 + 56) + 64 * 4;
+    assert!(
+        freed >= added && freed <= added + overhead,
+        "freed {freed}, image held {added}"
+    );
+    assert!(env.get("lab/keep:v1") == keep);
+    // A third run has nothing left to do.
+    let third = gc(&env, &[]);
+    assert_eq!(third["packs_condemned"], 0, "{third}");
+}
+
+#[test]
+fn mostly_garbage_packs_are_repacked() {
+    let env = Env::new();
+    let x = common::random(8 << 20, 3);
+    let mut y = x[..2 << 20].to_vec();
+    y.extend(common::random(6 << 20, 4));
+    env.put("lab/x:v1", &env.file("x.img", &x));
+    env.put("lab/y:v1", &env.file("y.img", &y));
+    env.cmd().args(["rm", "lab/x:v1"]).assert().success();
+    let before = env.pack_bytes();
+    let first = gc(&env, &[]);
+    assert_eq!(first["packs_repacked"], 1, "{first}");
+    let second = gc(&env, &[]);
+    assert!(second["packs_deleted"].as_u64().unwrap() >= 1, "{second}");
+    let after = env.pack_bytes();
+    assert!(before - after > 5 << 20, "only {} freed", before - after);
+    assert!(env.get("lab/y:v1") == y);
+    // A host whose index predates the repack still finds every chunk.
+    let got = env
+        .cmd_host("z")
+        .args(["get", "lab/y:v1", "-o", "-"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(got == y);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let env = Env::new();
+    env.put("lab/a:v1", &env.file("a.img", &common::random(2 << 20, 5)));
+    env.cmd().args(["rm", "lab/a:v1"]).assert().success();
+    let files = common::list_files(&env.store());
+    let r = gc(&env, &["--dry-run"]);
+    assert_eq!(r["dry_run"], true);
+    assert!(r["packs_condemned"].as_u64().unwrap() >= 1);
+    assert_eq!(common::list_files(&env.store()), files);
+}
+
+#[test]
+fn put_holding_a_found_chunk_survives_rm_and_two_gcs() {
+    let env = Env::new();
+    let owner = common::random(3 << 20, 6);
+    env.put("lab/owner:v1", &env.file("owner.img", &owner));
+    // The held put's image is the owner's bytes plus a little: it finds the
+    // owner's chunks in the index and will reference them.
+    let mut next = owner.clone();
+    next.extend(common::random(100_000, 7));
+    let f = env.file("next.img", &next);
+    let put = common::spawn_held(
+        &env,
+        "put-after-lookup",
+        &["put", "lab/next:v1", f.to_str().unwrap()],
+        &[],
+    );
+    env.cmd().args(["rm", "lab/owner:v1"]).assert().success();
+    let g1 = gc(&env, &[]);
+    let g2 = gc(&env, &[]);
+    assert_eq!(
+        g2["packs_deleted"], 0,
+        "gc deleted while a put that needs the chunks ran: {g2}"
+    );
+    assert!(
+        g2["waiting"].as_str().unwrap_or("").contains("sessions/put-"),
+        "{g1} {g2}"
+    );
+    common::release(&env, "put-after-lookup");
+    let out = put.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.get("lab/next:v1") == next);
+    // Later gcs see the new ref and keep everything it needs.
+    gc(&env, &[]);
+    gc(&env, &[]);
+    assert!(env.get("lab/next:v1") == next);
+}
+
+#[test]
+fn put_after_condemnation_stores_condemned_chunks_anew() {
+    let env = Env::new();
+    let owner = common::random(3 << 20, 8);
+    env.put("lab/owner:v1", &env.file("owner.img", &owner));
+    env.cmd().args(["rm", "lab/owner:v1"]).assert().success();
+    let g1 = gc(&env, &[]);
+    assert!(g1["packs_condemned"].as_u64().unwrap() >= 1);
+    // The same bytes come back after condemnation: they must not lean on the
+    // condemned pack.
+    let r = env.put("lab/again:v1", &env.file("again.img", &owner));
+    assert!(r["added"]["raw_bytes"].as_u64().unwrap() >= 3 << 20, "{r}");
+    let g2 = gc(&env, &[]);
+    assert!(g2["packs_deleted"].as_u64().unwrap() >= 1, "{g2}");
+    assert!(env.get("lab/again:v1") == owner);
+}
+
+#[test]
+fn two_gcs_at_once_one_waits_or_is_busy() {
+    let env = Env::new();
+    env.put("lab/a:v1", &env.file("a.img", &common::random(1 << 20, 9)));
+    let held = common::spawn_held(&env, "gc-locked", &["gc", "--grace", "0s"], &[]);
+    let out = env.cmd().args(["gc", "--grace", "0s"]).output().unwrap();
+    assert_eq!(common::code(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another imgstore gc"));
+    let mut waiter = env.cmd().args(["gc", "--grace", "0s", "--wait"]).spawn_helper();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(waiter.try_wait().unwrap().is_none(), "--wait did not wait");
+    common::release(&env, "gc-locked");
+    assert!(held.wait_with_output().unwrap().status.success());
+    assert!(waiter.wait().unwrap().success());
+}
+
+trait SpawnHelper {
+    fn spawn_helper(&mut self) -> std::process::Child;
+}
+
+impl SpawnHelper for assert_cmd::Command {
+    fn spawn_helper(&mut self) -> std::process::Child {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("imgstore"));
+        for (k, v) in self.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.args(self.get_args())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+#[test]
+fn gc_paused_past_its_lease_aborts() {
+    let env = Env::new();
+    env.put("lab/a:v1", &env.file("a.img", &common::random(1 << 20, 10)));
+    env.cmd().args(["rm", "lab/a:v1"]).assert().success();
+    gc(&env, &[]);
+    let held = common::spawn_held(
+        &env,
+        "gc-after-remark",
+        &["gc", "--grace", "0s"],
+        &[("IMGSTORE_LEASE_SECS", "2")],
+    );
+    let pid = held.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    common::release(&env, "gc-after-remark");
+    std::thread::sleep(Duration::from_secs(4));
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let out = held.wait_with_output().unwrap();
+    assert_eq!(common::code(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lease expired"));
+}
+
+#[test]
+fn get_racing_gc_returns_right_bytes_or_a_retry_error() {
+    let env = Env::new();
+    let data = common::random(6 << 20, 11);
+    env.put("lab/a:v1", &env.file("a.img", &data));
+    let target = env.path("out.img");
+    // The get resolves the image, then is paused past its lease while the
+    // image is removed and two gcs delete its packs.
+    let get = common::spawn_held(
+        &env,
+        "get-after-open",
+        &["get", "lab/a:v1", "-o", target.to_str().unwrap()],
+        &[("IMGSTORE_LEASE_SECS", "1")],
+    );
+    let pid = get.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    common::release(&env, "get-after-open");
+    env.cmd().args(["rm", "lab/a:v1"]).assert().success();
+    std::thread::sleep(Duration::from_secs(2));
+    gc(&env, &[]);
+    let g2 = gc(&env, &[]);
+    assert!(g2["packs_deleted"].as_u64().unwrap() >= 1, "{g2}");
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let out = get.wait_with_output().unwrap();
+    if out.status.success() {
+        assert!(std::fs::read(&target).unwrap() == data, "wrong bytes returned");
+    } else {
+        assert_eq!(common::code(&out), 5, "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("run the get again"));
+        assert!(!target.exists(), "partial output left");
+    }
+}
+
+#[test]
+fn crashed_gc_is_finished_by_the_next_run() {
+    let env = Env::new();
+    let keep = common::image(2 << 20, 12);
+    env.put("lab/keep:v1", &env.file("keep.img", &keep));
+    env.put("lab/gone:v1", &env.file("gone.img", &common::random(2 << 20, 13)));
+    env.cmd().args(["rm", "lab/gone:v1"]).assert().success();
+    gc(&env, &[]);
+    for step in ["gc-after-remark", "gc-before-delete"] {
+        let out = env
+            .cmd()
+            .env("IMGSTORE_TEST_CRASH", step)
+            .args(["gc", "--grace", "0s"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{step} did not fire");
+        assert!(env.get("lab/keep:v1") == keep, "{step}");
+    }
+    let before = env.pack_bytes();
+    let r = gc(&env, &["--max-duration", "1h"]);
+    assert!(
+        r["packs_deleted"].as_u64().unwrap() >= 1 || env.pack_bytes() < before,
+        "{r}"
+    );
+    assert!(env.get("lab/keep:v1") == keep);
+    env.cmd().arg("ls").assert().success();
+}
+
+/// Several processes put, get and rm in a loop while gc runs with no grace.
+/// Counts every get: wrong bytes or a "corrupt" error fail the test.
+#[test]
+fn thrash_put_get_rm_with_gc() {
+    let env = Env::new();
+    let bin = assert_cmd::cargo::cargo_bin("imgstore");
+    let base = common::image(2 << 20, 14);
+    let seconds = 20;
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let gc_thread = {
+        let (bin, store, idx) = (bin.clone(), env.store(), env.path("index-gc"));
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while Instant::now() < stop {
+                let out = Command::new(&bin)
+                    .env("IMGSTORE_STORE", &store)
+                    .env("IMGSTORE_INDEX_DIR", &idx)
+                    .args(["gc", "--grace", "0s", "--wait"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "gc failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let workers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let (bin, store, dir) = (bin.clone(), env.store(), env.dir.path().to_path_buf());
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let idx = dir.join(format!("index-w{w}"));
+                let run = |args: &[&str]| {
+                    Command::new(&bin)
+                        .env("IMGSTORE_STORE", &store)
+                        .env("IMGSTORE_INDEX_DIR", &idx)
+                        .args(args)
+                        .output()
+                        .unwrap()
+                };
+                let (mut gets, mut corrupt, mut retries, mut i) = (0, 0, 0, 0u64);
+                while Instant::now() < stop {
+                    let data = common::edit(&base, 2, w * 1000 + i);
+                    let file = dir.join(format!("w{w}.img"));
+                    std::fs::write(&file, &data).unwrap();
+                    let tag = format!("t/w{w}:i{i}");
+                    let out = run(&["put", &tag, file.to_str().unwrap()]);
+                    assert!(
+                        out.status.success(),
+                        "put: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let got = run(&["get", &tag, "-o", "-"]);
+                    gets += 1;
+                    match common::code(&got) {
+                        0 if got.stdout == data => {}
+                        0 => corrupt += 1,
+                        5 => retries += 1,
+                        _ => corrupt += 1,
+                    }
+                    if i >= 1 {
+                        let out = run(&["rm", &format!("t/w{w}:i{}", i - 1)]);
+                        assert!(out.status.success());
+                    }
+                    i += 1;
+                }
+                (gets, corrupt, retries)
+            })
+        })
+        .collect();
+    let (mut gets, mut corrupt, mut retries) = (0, 0, 0);
+    for w in workers {
+        let (g, c, r) = w.join().unwrap();
+        gets += g;
+        corrupt += c;
+        retries += r;
+    }
+    let gcs = gc_thread.join().unwrap();
+    println!("thrash: {gets} gets, {corrupt} corrupt or wrong, {retries} retry errors, {gcs} gc runs in {seconds}s");
+    assert_eq!(corrupt, 0);
+    assert!(gets > 3 && gcs > 1, "too little happened: {gets} gets, {gcs} gcs");
+}
+
+#[test]
+fn prune_keeps_by_rule_and_says_why() {
+    let env = Env::new();
+    let f = env.file("a.img", &common::image(300_000, 15));
+    // Creation times have one-second resolution: space the newest two out.
+    for t in ["c1", "c2", "rel-1", "c3", "c4"] {
+        if t == "c3" || t == "c4" {
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        env.put(&format!("lab/app:{t}"), &f);
+    }
+    env.put("other/x:c1", &f);
+    let out = env.cmd().args(["prune", "lab/app"]).output().unwrap();
+    assert_eq!(common::code(&out), 2, "prune without a rule must refuse");
+    let dry = env
+        .cmd()
+        .args([
+            "--json",
+            "prune",
+            "lab/app",
+            "--keep-last",
+            "2",
+            "--keep-tag",
+            "rel-*",
+            "--dry-run",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let dry: serde_json::Value = serde_json::from_slice(&dry).unwrap();
+    let removed: Vec<&str> = dry["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .map(|d| d["ref"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed.len(), 2, "{dry}");
+    assert_eq!(
+        common::list_files(&env.store().join("refs/lab/app")).len(),
+        5,
+        "dry run removed refs"
+    );
+    env.cmd()
+        .args(["prune", "lab/app", "--keep-last", "2", "--keep-tag", "rel-*"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("tag matches"));
+    let left = common::list_files(&env.store().join("refs/lab/app"));
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().any(|f| f.contains("rel-1")));
+    for r in removed {
+        env.cmd().args(["get", r, "-o", "-"]).assert().failure();
+    }
+    // Other names are untouched.
+    env.cmd()
+        .args(["get", "other/x:c1", "-o", "-"])
+        .assert()
+        .success();
+}
