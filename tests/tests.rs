@@ -17,5 +17,7 @@ mod concurrency;
 mod crash;
 // SIF files built in the test: deffile and labels lifted into the manifest.
 mod sif;
+// Fault injection: verify, repair, index damage and rebuild.
+mod verify;
 // completions, man page, demo.
 mod cli;

@@ -114,12 +114,16 @@ pub struct CatchUp {
 
 fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
     let db_path = dir.join(DB_DIR);
-    let fresh = !db_path.join("CURRENT").exists();
-    if !fresh
-        && !db_path.join("IDENTITY").exists()
-        && fs::read_dir(&db_path).map(|d| d.count()).unwrap_or(0) == 0
-    {
-        return Err(index_err(&db_path, "index directory is empty"));
+    // Fresh only when the directory is missing or empty: a directory with
+    // files but no CURRENT is a damaged index, and letting RocksDB create a
+    // new database there would open it as empty.
+    let fresh = match fs::read_dir(&db_path) {
+        Ok(mut d) => d.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(Error::io(&db_path, e)),
+    };
+    if !fresh && !db_path.join("CURRENT").exists() {
+        return Err(index_err(&db_path, "CURRENT is missing: the index is damaged"));
     }
     let mut opts = db_options();
     if !fresh {
