@@ -11,6 +11,8 @@ pub mod config;
 pub mod error;
 pub mod eventlog;
 pub mod hold;
+#[cfg(test)]
+mod hostile;
 pub mod id;
 pub mod index;
 pub mod manifest;
