@@ -70,6 +70,12 @@ pub enum Command {
     /// condemnation has ended) deletes it. Run it from cron; see
     /// docs/OPERATIONS.md.
     Gc(GcArgs),
+    /// Check the store: structure always, every stored byte with --read-data.
+    /// Exits 0 only when clean; otherwise lists damaged images and exits 4.
+    Verify(VerifyArgs),
+    /// Quarantine proven-corrupt packs (salvaging their sound chunks) so a
+    /// later put of an affected image stores the lost chunks again.
+    Repair(RepairArgs),
     /// Maintain this host's local index of the store.
     #[command(subcommand)]
     Index(IndexCommand),
@@ -192,6 +198,28 @@ pub struct GcArgs {
     /// Stop deleting and repacking after this long; the next run continues.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub max_duration: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Read, decompress and hash every chunk (of the selected packs).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --read-data: read only packs whose id is N mod T, e.g.
+    /// `--subset $(( $(date +%j) % 7 ))/7` covers the store in a week.
+    #[arg(long, value_name = "N/T", requires = "read_data")]
+    pub subset: Option<String>,
+    /// With --read-data: stop reading after this long (e.g. 2h); the next run
+    /// starts with the packs verified longest ago.
+    #[arg(long, value_name = "DURATION", requires = "read_data", value_parser = humantime::parse_duration)]
+    pub max_duration: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Show what would be quarantined; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,6 +39,10 @@ fn report(err: &anyhow::Error) -> i32 {
     if broken_pipe {
         return exit::OK;
     }
+    if let Some(f) = err.downcast_ref::<cmd::Failed>() {
+        eprintln!("imgstore: {}", f.message);
+        return f.code;
+    }
     let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
     let mut line = chain.join(": ");
     // thiserror variants often repeat their source in the message.

@@ -44,9 +44,10 @@ fn rm_then_gc_frees_exactly_what_the_removed_image_held() {
         "freed {freed}, image held {added}"
     );
     assert!(env.get("lab/keep:v1") == keep);
-    // A third run has nothing left to do.
+    // A third run has nothing left to do, and the store verifies clean.
     let third = gc(&env, &[]);
     assert_eq!(third["packs_condemned"], 0, "{third}");
+    env.cmd().args(["verify", "--read-data"]).assert().success();
 }
 
 #[test]
@@ -76,6 +77,7 @@ fn mostly_garbage_packs_are_repacked() {
         .stdout
         .clone();
     assert!(got == y);
+    env.cmd_host("z").args(["verify", "--read-data"]).assert().success();
 }
 
 #[test]

@@ -19,5 +19,7 @@ mod crash;
 mod gc;
 // SIF files built in the test: deffile and labels lifted into the manifest.
 mod sif;
+// Fault injection: verify, repair, index damage and rebuild.
+mod verify;
 // completions, man page, demo.
 mod cli;

@@ -7,6 +7,7 @@ mod gc;
 mod get;
 mod put;
 mod query;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,24 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// The command ran and reported what it found, which calls for a non-zero
+/// exit (e.g. `verify` found damage): `main` prints the message, no hint.
+#[derive(Debug)]
+pub struct Failed {
+    /// Exit code.
+    pub code: i32,
+    /// One line for stderr.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failed {}
+
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
@@ -42,6 +61,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Log(a) => query::log(g, a),
         Command::Prune(a) => gc::prune(g, a),
         Command::Gc(a) => gc::gc(g, a),
+        Command::Verify(a) => verify::verify(g, a),
+        Command::Repair(a) => verify::repair(g, a),
         Command::Index(a) => admin::index(g, a),
         Command::Completions(a) => admin::completions(a),
         Command::Man => admin::man(),

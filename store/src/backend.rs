@@ -25,6 +25,20 @@ pub trait ReadAt: Send + Sync {
     fn size(&self) -> Result<u64>;
 }
 
+/// What a directory entry is, as found without following links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory (or, in object storage, a common prefix).
+    Dir,
+    /// A symbolic link: never followed by `verify`.
+    Symlink,
+    /// Anything else (fifo, socket, device).
+    Other,
+}
+
 /// Storage for the store's files, addressed by `/`-separated keys.
 pub trait Backend: Send + Sync {
     /// Writes `data` as `key`, atomically: readers see the old file or the
@@ -37,6 +51,13 @@ pub trait Backend: Send + Sync {
     /// Names (not keys) of the entries directly under `dir`, sorted,
     /// without temporary files. A missing directory lists as empty.
     fn list(&self, dir: &str) -> Result<Vec<String>>;
+    /// Like [`Backend::list`], with what each entry is, found without
+    /// following symlinks (so `verify` can report links planted in the store).
+    /// An empty `dir` lists the store's root.
+    fn entries(&self, dir: &str) -> Result<Vec<(String, EntryKind)>>;
+    /// Moves `from` to `to` atomically (creating `to`'s directory), durable
+    /// when this returns. Used only to quarantine proven-corrupt files.
+    fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// Removes `key`; removing a missing key is not an error.
     fn delete(&self, key: &str) -> Result<()>;
     /// When `key` was last written, by the store's clock. `Ok(None)` if missing.
@@ -163,6 +184,25 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Names in `path`, sorted, without temporary files; missing lists as empty.
+fn list_dir(path: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(path, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(TMP_PREFIX) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 struct LocalFile {
     file: File,
     path: PathBuf,
@@ -213,22 +253,45 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
-        let path = self.checked(dir)?;
-        let entries = match fs::read_dir(&path) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(path, e)),
+        list_dir(&self.checked(dir)?)
+    }
+
+    fn entries(&self, dir: &str) -> Result<Vec<(String, EntryKind)>> {
+        let path = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.checked(dir)?
         };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&path, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(TMP_PREFIX) {
-                names.push(name);
+        let mut out = Vec::new();
+        for name in list_dir(&path)? {
+            let p = path.join(&name);
+            let kind = match fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => EntryKind::Symlink,
+                Ok(m) if m.is_dir() => EntryKind::Dir,
+                Ok(m) if m.is_file() => EntryKind::File,
+                Ok(_) => EntryKind::Other,
+                // Gone between the listing and the stat: a concurrent delete.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(p, e)),
+            };
+            out.push((name, kind));
+        }
+        Ok(out)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let src = self.checked(from)?;
+        let dst = self.checked(to)?;
+        let dir = dst.parent().expect("keys have a parent");
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            if let Some(up) = dir.parent() {
+                sync_dir(up)?;
             }
         }
-        names.sort();
-        Ok(names)
+        fs::rename(&src, &dst).map_err(|e| Error::io(&src, e))?;
+        sync_dir(dir)?;
+        sync_dir(src.parent().expect("keys have a parent"))
     }
 
     fn delete(&self, key: &str) -> Result<()> {

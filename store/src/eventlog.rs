@@ -69,6 +69,11 @@ pub fn append(backend: &dyn Backend, event: &Event) -> Result<()> {
     backend.write(&key, &serde_json::to_vec(event).expect("event serializes"))
 }
 
+/// Parses one event file; `key` names it in errors.
+pub fn parse(bytes: &[u8], key: &str) -> Result<Event> {
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("log entry {key}"), e.to_string()))
+}
+
 /// All events in time order.
 pub fn read_all(backend: &dyn Backend) -> Result<Vec<Event>> {
     let mut events = Vec::new();
@@ -77,9 +82,7 @@ pub fn read_all(backend: &dyn Backend) -> Result<Vec<Event>> {
         let Some(bytes) = backend.read(&key)? else {
             continue;
         };
-        let e = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("log entry {key}"), e.to_string()))?;
-        events.push(e);
+        events.push(parse(&bytes, &key)?);
     }
     Ok(events)
 }

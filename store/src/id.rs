@@ -54,6 +54,12 @@ impl fmt::Debug for Digest {
     }
 }
 
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Names a chunk: BLAKE3 of its raw bytes.
 pub type ChunkId = Digest;
 /// Names a pack file: BLAKE3 of the whole file.

@@ -12,7 +12,7 @@
 //! *secondary* instance, which needs no lock. So concurrent puts on one host
 //! never wait for each other for longer than a catch-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,12 @@ const CF_META: &str = "meta";
 const CF_DELETED: &str = "deleted_packs";
 const META_STORE_ID: &[u8] = b"store_id";
 const META_SCHEMA: &[u8] = b"schema";
+/// Meta key prefix: a quarantined pack whose entries this index has dropped.
+const META_QUARANTINED: &str = "quarantined:";
+/// Store directory of quarantined packs and their records (see `repair`).
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// Suffix of a quarantine record: `quarantine/<pack-hex>.json`.
+pub const QUARANTINE_RECORD: &str = ".json";
 const SCHEMA: &[u8] = b"1";
 const DB_DIR: &str = "db";
 const SECONDARY_DIR: &str = "secondary";
@@ -104,12 +110,16 @@ pub struct CatchUp {
 
 fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
     let db_path = dir.join(DB_DIR);
-    let fresh = !db_path.join("CURRENT").exists();
-    if !fresh
-        && !db_path.join("IDENTITY").exists()
-        && fs::read_dir(&db_path).map(|d| d.count()).unwrap_or(0) == 0
-    {
-        return Err(index_err(&db_path, "index directory is empty"));
+    // Fresh only when the directory is missing or empty: a directory with
+    // files but no CURRENT is a damaged index, and letting RocksDB create a
+    // new database there would open it as empty.
+    let fresh = match fs::read_dir(&db_path) {
+        Ok(mut d) => d.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(Error::io(&db_path, e)),
+    };
+    if !fresh && !db_path.join("CURRENT").exists() {
+        return Err(index_err(&db_path, "CURRENT is missing: the index is damaged"));
     }
     let mut opts = db_options();
     if !fresh {
@@ -170,6 +180,7 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
     let mut done = CatchUp::default();
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
+    let quarantined = quarantined_packs(backend)?;
     for shard in backend.list(INDEX_DIR)? {
         for name in backend.list(&format!("{INDEX_DIR}/{shard}"))? {
             let key = format!("{INDEX_DIR}/{shard}/{name}");
@@ -191,7 +202,7 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
                     Some(g) => *g,
                     None => *deleted.entry(loc.pack).or_insert(is_deleted(&loc.pack)?),
                 };
-                if !gone {
+                if !gone && !quarantined.contains(&loc.pack) {
                     batch.put_cf(chunk_cf, id.0, loc.encode());
                 }
             }
@@ -232,6 +243,7 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
         db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
         done.tombstones += 1;
     }
+    drop_quarantined(&db, &db_path, &quarantined)?;
     if done.segments > 0 {
         tracing::debug!(segments = done.segments, chunks = done.chunks, "index caught up");
     }
@@ -261,6 +273,52 @@ fn surviving_copy(
             .and_then(|(_, l)| l);
     }
     Ok(None)
+}
+
+/// Pack ids with a quarantine record in the store.
+fn quarantined_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
+    Ok(backend
+        .list(QUARANTINE_DIR)?
+        .iter()
+        .filter_map(|n| n.strip_suffix(QUARANTINE_RECORD))
+        .filter_map(|hex| Digest::from_hex(hex).ok())
+        .collect())
+}
+
+/// Removes the entries of newly quarantined packs (once per pack and index:
+/// a full scan of the chunks, so it is remembered in `meta`).
+fn drop_quarantined(db: &DB, db_path: &Path, quarantined: &HashSet<PackId>) -> Result<()> {
+    let meta = db.cf_handle(CF_META).expect("cf exists");
+    let mut todo = HashSet::new();
+    for p in quarantined {
+        let key = format!("{META_QUARANTINED}{p}");
+        if db
+            .get_pinned_cf(meta, key.as_bytes())
+            .map_err(|e| index_err(db_path, e))?
+            .is_none()
+        {
+            todo.insert(*p);
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let chunk_cf = db.cf_handle(CF_CHUNKS).expect("cf exists");
+    let mut batch = WriteBatch::default();
+    for item in db.iterator_cf(chunk_cf, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| index_err(db_path, e))?;
+        if Location::decode(&v).is_some_and(|l| todo.contains(&l.pack)) {
+            batch.delete_cf(chunk_cf, k);
+        }
+    }
+    for p in &todo {
+        batch.put_cf(meta, format!("{META_QUARANTINED}{p}").as_bytes(), b"");
+    }
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo).map_err(|e| index_err(db_path, e))?;
+    tracing::info!(packs = todo.len(), "dropped index entries of quarantined packs");
+    Ok(())
 }
 
 /// Recreates the index in `dir` from `entries` (e.g. every pack's footer),
@@ -338,6 +396,22 @@ impl Reader {
         self.db
             .try_catch_up_with_primary()
             .map_err(|e| index_err(&self.secondary, e))
+    }
+
+    /// Every chunk whose indexed location is in `pack`. A full scan of the
+    /// index: memory is proportional to that one pack's chunks.
+    pub fn pack_entries(&self, pack: &PackId) -> Result<Vec<(ChunkId, Location)>> {
+        let cf = self.db.cf_handle(CF_CHUNKS).expect("cf exists");
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| index_err(&self.secondary, e))?;
+            if let (Ok(id), Some(loc)) = (<[u8; 32]>::try_from(&k[..]), Location::decode(&v)) {
+                if loc.pack == *pack {
+                    out.push((Digest(id), loc));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Locations of `ids`, in order; `None` where the index has no entry.

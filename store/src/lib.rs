@@ -12,6 +12,8 @@ pub mod error;
 pub mod eventlog;
 pub mod gc;
 pub mod hold;
+#[cfg(test)]
+mod hostile;
 pub mod id;
 pub mod index;
 pub mod manifest;
@@ -20,10 +22,12 @@ pub mod ops;
 pub mod pack;
 pub mod progress;
 pub mod refs;
+pub mod repair;
 pub mod segment;
 pub mod session;
 pub mod sif;
 pub mod testdata;
+pub mod verify;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,8 @@ pub use ops::put::{Input, PutOptions, PutReport};
 pub use ops::refs::Resolved;
 pub use progress::{NoProgress, Progress};
 pub use refs::{ImageRef, RefRecord, TagRef};
+pub use repair::{RepairOptions, RepairReport};
+pub use verify::{Subset, VerifyOptions, VerifyReport};
 
 /// Top-level directories of a store, created at `init`.
 const DIRS: &[&str] = &["packs", "index", "manifests", "refs", "log", "sessions", "gc"];

@@ -1,0 +1,137 @@
+//! `verify` and `repair`: check the store, quarantine what is proven corrupt.
+
+use anyhow::Result;
+use imgstore_store::verify::VerifyReport;
+use imgstore_store::{RepairOptions, Subset, VerifyOptions};
+
+use crate::args::{Global, RepairArgs, VerifyArgs};
+use crate::cmd::{Failed, UsageError};
+use crate::exit;
+use crate::output;
+use crate::progress::Bar;
+
+pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
+    let subset = a
+        .subset
+        .as_deref()
+        .map(Subset::parse)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    let store = super::open(g)?;
+    let opts = VerifyOptions {
+        read_data: a.read_data,
+        subset,
+        max_duration: a.max_duration,
+    };
+    let report = store.verify(&opts, &Bar::new(g.quiet))?;
+    if g.json {
+        output::json(&report)?;
+    } else {
+        print_verify(&report, g.quiet);
+    }
+    outcome(&report)
+}
+
+fn outcome(report: &VerifyReport) -> Result<()> {
+    if report.is_clean() {
+        return Ok(());
+    }
+    Err(Failed {
+        code: exit::CORRUPT,
+        message: format!(
+            "store is damaged: {} problems, {} damaged images",
+            report.problems.len(),
+            report.damaged.len()
+        ),
+    }
+    .into())
+}
+
+fn print_verify(r: &VerifyReport, quiet: bool) {
+    if !quiet {
+        let mut line = format!(
+            "checked {} refs, {} images, {} packs, {} segments",
+            r.refs, r.images, r.packs, r.segments
+        );
+        if r.read_data {
+            line += &format!(
+                "; read {} packs ({}), {} chunks",
+                r.packs_read,
+                output::size(r.bytes_read),
+                r.chunks_read
+            );
+            if let Some(s) = r.subset {
+                line += &format!(" [subset {s}]");
+            }
+            if r.packs_left > 0 {
+                line += &format!("; {} packs left for the next run (time limit)", r.packs_left);
+            }
+        }
+        println!("{line} in {:.1}s", r.seconds);
+    }
+    if !r.problems.is_empty() {
+        println!("problems:");
+        let mut t = output::table(&["KIND", "FILE", "DETAIL"]);
+        for p in &r.problems {
+            t.add_row(vec![
+                format!("{:?}", p.kind).to_lowercase(),
+                p.key.clone(),
+                p.detail.clone(),
+            ]);
+        }
+        println!("{t}");
+    }
+    if !r.damaged.is_empty() {
+        println!("damaged images:");
+        let mut t = output::table(&["REFS", "IMAGE", "DAMAGE"]);
+        for d in &r.damaged {
+            t.add_row(vec![
+                d.refs.join(" "),
+                d.image
+                    .as_ref()
+                    .map(output::short_id)
+                    .unwrap_or_else(|| "?".into()),
+                d.damage.join("; "),
+            ]);
+        }
+        println!("{t}");
+    } else if r.is_clean() && !quiet {
+        println!("ok: no damage found");
+    }
+}
+
+pub fn repair(g: &Global, a: &RepairArgs) -> Result<()> {
+    let store = super::open(g)?;
+    let report = store.repair(RepairOptions { dry_run: a.dry_run }, &Bar::new(g.quiet))?;
+    if g.json {
+        output::json(&report)?;
+    } else {
+        print_verify(&report.verify, g.quiet);
+        let verb = if a.dry_run {
+            "would quarantine"
+        } else {
+            "quarantined"
+        };
+        for q in &report.quarantined {
+            println!(
+                "{verb} {} ({}): {} chunks salvaged, {} lost",
+                q.pack,
+                q.reason,
+                q.salvaged_chunks,
+                q.lost_chunks.len()
+            );
+            if !q.affected_refs.is_empty() {
+                println!(
+                    "  put these images again to restore the lost chunks: {}",
+                    q.affected_refs.join(" ")
+                );
+            }
+        }
+        if report.quarantined.is_empty() && !g.quiet {
+            println!("nothing to quarantine");
+        }
+    }
+    // Damage repair cannot undo (lost chunks, corrupt refs or manifests)
+    // still exits 4, so a cron job notices.
+    outcome(&report.verify)
+}

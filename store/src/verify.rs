@@ -1,0 +1,753 @@
+//! `verify`: checks the store's structure and, with `read_data`, every
+//! stored byte, and maps whatever is damaged to the images (refs) that need it.
+//!
+//! Structure: every file is where the layout says and of the right kind (a
+//! symlink is reported and never followed), every pack's footer and its
+//! checksum are sound, every segment and manifest decodes, every ref parses
+//! and names a manifest, and every chunk a manifest lists has an index entry
+//! pointing at a pack that exists and is sound.
+//!
+//! Read data: each selected pack is read whole, its BLAKE3 compared with its
+//! name, and every chunk decoded and checked against its id. `--subset N/T`
+//! selects the packs whose id (first 8 bytes, little-endian) is N mod T, so
+//! `--subset $((day % 7))/7` covers the store in a week. Within the
+//! selection, packs verified longest ago go first, and the time each pack was
+//! last read clean is kept in the local index directory (`verify-state.json`),
+//! so a run cut short by `max_duration` resumes where the last one stopped.
+//!
+//! Memory is proportional to the number of packs (one small record each),
+//! the number of refs and images, and one manifest and one pack at a time —
+//! never to the number of chunks in the store: chunk locations are looked up
+//! in the RocksDB index, in batches.
+//!
+//! Listing order matters on a live store: a put writes packs, then its
+//! segment, then the manifest, then the ref. Verify lists refs, then
+//! manifests, then catches up the index, then lists packs, so everything a
+//! listed ref needs was durable before verify looked for it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::{atomic_write, EntryKind, ReadAt};
+use crate::config::CONFIG_KEY;
+use crate::error::{Error, Result};
+use crate::eventlog;
+use crate::id::{ChunkId, Digest, ImageId, PackId};
+use crate::index::{self, QUARANTINE_DIR};
+use crate::manifest::{self, Entry, Manifest, MANIFESTS_DIR};
+use crate::pack::{self, PackEntry, PACKS_DIR};
+use crate::progress::Progress;
+use crate::refs::{self, RefRecord, TagRef, REFS_DIR};
+use crate::segment::{self, INDEX_DIR};
+use crate::session::now_unix;
+use crate::Store;
+
+/// File in the local index directory: when each pack was last read clean.
+const STATE_FILE: &str = "verify-state.json";
+/// Chunks looked up in the index per batch.
+const LOOKUP_BATCH: usize = 4096;
+
+/// A deterministic share of the packs: those whose id is `n` mod `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Subset {
+    /// Which share, `0..t`.
+    pub n: u64,
+    /// How many shares.
+    pub t: u64,
+}
+
+impl Subset {
+    /// Parses `N/T` with `0 <= N < T`.
+    pub fn parse(s: &str) -> Result<Subset> {
+        let bad = || Error::BadInput {
+            reason: format!("subset {s:?} is not N/T with 0 <= N < T"),
+        };
+        let (n, t) = s.split_once('/').ok_or_else(bad)?;
+        let n: u64 = n.trim().parse().map_err(|_| bad())?;
+        let t: u64 = t.trim().parse().map_err(|_| bad())?;
+        if t == 0 || n >= t {
+            return Err(bad());
+        }
+        Ok(Subset { n, t })
+    }
+
+    /// True when `pack` belongs to this share.
+    pub fn contains(&self, pack: &PackId) -> bool {
+        let k = u64::from_le_bytes(pack.0[..8].try_into().expect("8 bytes"));
+        k % self.t == self.n
+    }
+}
+
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.n, self.t)
+    }
+}
+
+/// What to check.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Read, decompress and hash every chunk of the selected packs.
+    pub read_data: bool,
+    /// Read only this share of the packs (structure is always checked whole).
+    pub subset: Option<Subset>,
+    /// Stop reading packs once this much time has passed (resumed next run).
+    pub max_duration: Option<Duration>,
+}
+
+/// The kind of a problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProblemKind {
+    /// A file that should exist does not.
+    Missing,
+    /// A file's bytes fail their checks.
+    Corrupt,
+    /// A file or directory the layout has no place for.
+    Stray,
+    /// A symbolic link in the store (never followed).
+    Symlink,
+}
+
+/// One thing wrong with the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// What kind of problem.
+    pub kind: ProblemKind,
+    /// The store key of the file (or of what is missing).
+    pub key: String,
+    /// Where and how, e.g. `chunk 3f… at offset 4096: hash mismatch`.
+    pub detail: String,
+}
+
+/// An image that cannot be read back whole, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedImage {
+    /// The image, when known (a corrupt ref does not say).
+    pub image: Option<ImageId>,
+    /// Every ref that names it, as `name:tag`.
+    pub refs: Vec<String>,
+    /// What is damaged (the first few causes).
+    pub damage: Vec<String>,
+}
+
+/// A pack that verify proved damaged (input to `repair`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedPack {
+    /// The pack.
+    pub pack: PackId,
+    /// Its store key.
+    pub key: String,
+    /// The file is gone (the index still points at it).
+    pub missing: bool,
+    /// The footer cannot be read: no chunk in it can be trusted by offset.
+    pub footer_bad: bool,
+    /// Chunks whose frame fails its check (read_data only).
+    pub bad_chunks: Vec<ChunkId>,
+    /// The file's BLAKE3 does not match its name (read_data only).
+    pub hash_mismatch: bool,
+}
+
+/// What verify found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Refs checked.
+    pub refs: u64,
+    /// Distinct images (manifests) checked.
+    pub images: u64,
+    /// Packs whose footer was checked.
+    pub packs: u64,
+    /// Segments checked.
+    pub segments: u64,
+    /// Whether chunk data was read.
+    pub read_data: bool,
+    /// The share of packs read, when not all.
+    pub subset: Option<Subset>,
+    /// Packs read whole.
+    pub packs_read: u64,
+    /// Packs selected but not read because `max_duration` ran out.
+    pub packs_left: u64,
+    /// Chunks decoded and checked.
+    pub chunks_read: u64,
+    /// Pack bytes read.
+    pub bytes_read: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Everything wrong, sorted by key.
+    pub problems: Vec<Problem>,
+    /// Images that cannot be read back whole, sorted by ref.
+    pub damaged: Vec<DamagedImage>,
+    /// Packs proven damaged or missing.
+    pub damaged_packs: Vec<DamagedPack>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.damaged.is_empty()
+    }
+}
+
+/// One pack as verify knows it: memory per pack, not per chunk.
+struct PackInfo {
+    key: String,
+    size: u64,
+    damage: Option<DamagedPack>,
+}
+
+impl PackInfo {
+    fn damage(&mut self, id: PackId) -> &mut DamagedPack {
+        let key = self.key.clone();
+        self.damage.get_or_insert_with(|| DamagedPack {
+            pack: id,
+            key,
+            missing: false,
+            footer_bad: false,
+            bad_chunks: Vec::new(),
+            hash_mismatch: false,
+        })
+    }
+}
+
+struct Walk {
+    refs: Vec<String>,
+    manifests: Vec<String>,
+    segments: Vec<String>,
+    packs: Vec<String>,
+    logs: Vec<String>,
+}
+
+/// An in-memory pack for checking its chunks after one whole read.
+pub(crate) struct Mem<'a>(pub(crate) &'a [u8]);
+
+impl ReadAt for Mem<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| Error::corrupt("pack", format!("too short at offset {offset}")))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn size(&self) -> Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
+fn is_hex_id(name: &str) -> bool {
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Store {
+    /// Checks the store; see the module documentation. Returns `Err` only
+    /// when verification itself cannot proceed (I/O, a damaged local index);
+    /// damage found is in the report.
+    pub fn verify(&self, opts: &VerifyOptions, progress: &dyn Progress) -> Result<VerifyReport> {
+        let started = Instant::now();
+        let mut report = VerifyReport {
+            read_data: opts.read_data,
+            subset: opts.subset,
+            ..VerifyReport::default()
+        };
+        let mut problems = Vec::new();
+        let walk = self.walk(&mut problems)?;
+
+        // Refs -> images.
+        let mut images: BTreeMap<ImageId, Vec<String>> = BTreeMap::new();
+        let mut damage: BTreeMap<ImageId, Vec<String>> = BTreeMap::new();
+        let mut damaged = Vec::new();
+        for key in &walk.refs {
+            report.refs += 1;
+            let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
+            let Some(tag) = refs::ref_from_path(&comps) else {
+                continue;
+            };
+            match self.read_checked_ref(&tag, key) {
+                Ok(Some(r)) => images.entry(r.image).or_default().push(tag.to_string()),
+                Ok(None) => {}
+                Err(e) => {
+                    problems.push(Problem {
+                        kind: ProblemKind::Corrupt,
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    });
+                    damaged.push(DamagedImage {
+                        image: None,
+                        refs: vec![tag.to_string()],
+                        damage: vec![format!("ref {key} is corrupt")],
+                    });
+                }
+            }
+        }
+
+        // The index, caught up after the manifests were listed (see above).
+        self.index_catch_up()?;
+        let lookup = index::Reader::open(&self.index_dir)?;
+
+        // Packs: footers always; whole reads for the selection.
+        let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
+        for key in &walk.packs {
+            report.packs += 1;
+            let name = key.rsplit('/').next().expect("keys have a name");
+            let id = Digest::from_hex(name).expect("walk keeps only hex names");
+            let mut info = PackInfo {
+                key: key.clone(),
+                size: 0,
+                damage: None,
+            };
+            match self.backend.open(key).and_then(|f| {
+                info.size = f.size()?;
+                pack::read_footer(f.as_ref(), &format!("pack {key}"))
+            }) {
+                Ok(_) => {}
+                Err(e) => {
+                    info.damage(id).footer_bad = true;
+                    problems.push(Problem {
+                        kind: ProblemKind::Corrupt,
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+            packs.insert(id, info);
+        }
+        if opts.read_data {
+            self.read_packs(opts, &mut packs, &mut report, &mut problems, progress)?;
+        }
+
+        // Segments decode.
+        for key in &walk.segments {
+            report.segments += 1;
+            let result = self
+                .backend
+                .read(key)?
+                .map(|b| segment::decode(&b, &format!("index segment {key}")).map(|_| ()))
+                .unwrap_or(Ok(()));
+            if let Err(e) = result {
+                problems.push(Problem {
+                    kind: ProblemKind::Corrupt,
+                    key: key.clone(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+        for key in &walk.logs {
+            if let Some(bytes) = self.backend.read(key)? {
+                if let Err(e) = eventlog::parse(&bytes, key) {
+                    problems.push(Problem {
+                        kind: ProblemKind::Corrupt,
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+
+        // Manifests: one at a time; each chunk must be in a sound pack.
+        let listed: HashSet<&str> = walk.manifests.iter().map(String::as_str).collect();
+        let mut missing_packs: HashMap<PackId, DamagedPack> = HashMap::new();
+        for id in images.keys() {
+            report.images += 1;
+            let key = manifest::key(id);
+            if !listed.contains(key.as_str()) {
+                problems.push(Problem {
+                    kind: ProblemKind::Missing,
+                    key: key.clone(),
+                    detail: format!("manifest of image {id} is missing"),
+                });
+                damage
+                    .entry(*id)
+                    .or_default()
+                    .push(format!("manifest {key} is missing"));
+                continue;
+            }
+            let m = match self.manifest(id) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(Problem {
+                        kind: ProblemKind::Corrupt,
+                        key: key.clone(),
+                        detail: e.to_string(),
+                    });
+                    damage
+                        .entry(*id)
+                        .or_default()
+                        .push(format!("manifest {key} is corrupt"));
+                    continue;
+                }
+            };
+            let found = check_chunks(&m, &lookup, &packs, &mut missing_packs)?;
+            if !found.is_empty() {
+                damage.entry(*id).or_default().extend(found);
+            }
+        }
+        // Manifests no ref names still have to decode.
+        for key in &walk.manifests {
+            let hex = key.rsplit('/').next().expect("keys have a name");
+            let id = ImageId(Digest::from_hex(hex).expect("walk keeps only hex names"));
+            if images.contains_key(&id) {
+                continue;
+            }
+            if let Err(e) = self.manifest(&id) {
+                problems.push(Problem {
+                    kind: ProblemKind::Corrupt,
+                    key: key.clone(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+        for (pack, d) in &missing_packs {
+            problems.push(Problem {
+                kind: ProblemKind::Missing,
+                key: d.key.clone(),
+                detail: format!("pack {pack} is missing but the index locates chunks in it"),
+            });
+        }
+
+        for (id, mut why) in damage {
+            why.sort();
+            why.dedup();
+            let n = why.len();
+            why.truncate(5);
+            if n > 5 {
+                why.push(format!("... and {} more", n - 5));
+            }
+            damaged.push(DamagedImage {
+                image: Some(id),
+                refs: images.get(&id).cloned().unwrap_or_default(),
+                damage: why,
+            });
+        }
+        damaged.sort_by(|a, b| a.refs.cmp(&b.refs));
+        problems.sort_by(|a, b| a.key.cmp(&b.key).then(a.detail.cmp(&b.detail)));
+        report.problems = problems;
+        report.damaged = damaged;
+        let mut dp: Vec<DamagedPack> = packs.into_values().filter_map(|p| p.damage).collect();
+        dp.extend(missing_packs.into_values());
+        dp.sort_by(|a, b| a.key.cmp(&b.key));
+        report.damaged_packs = dp;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn read_checked_ref(&self, tag: &TagRef, key: &str) -> Result<Option<RefRecord>> {
+        self.backend
+            .read(key)?
+            .map(|b| RefRecord::parse(&b, &format!("ref {tag} ({key})")))
+            .transpose()
+    }
+
+    /// Lists the store in commit-safe order (refs, manifests, segments,
+    /// packs) and reports what does not belong. Never follows a symlink.
+    fn walk(&self, problems: &mut Vec<Problem>) -> Result<Walk> {
+        let mut w = Walk {
+            refs: Vec::new(),
+            manifests: Vec::new(),
+            segments: Vec::new(),
+            packs: Vec::new(),
+            logs: Vec::new(),
+        };
+        let mut stray = |kind: EntryKind, key: String, why: &str| {
+            let (kind, detail) = if kind == EntryKind::Symlink {
+                (
+                    ProblemKind::Symlink,
+                    "a symlink in the store (not followed)".to_string(),
+                )
+            } else {
+                (ProblemKind::Stray, format!("{kind:?} {why}").to_lowercase())
+            };
+            problems.push(Problem { kind, key, detail });
+        };
+        let top = self.backend.entries("")?;
+        let top_kind: HashMap<String, EntryKind> = top.iter().cloned().collect();
+        for (name, kind) in &top {
+            let known_dir = matches!(
+                name.as_str(),
+                PACKS_DIR | INDEX_DIR | MANIFESTS_DIR | REFS_DIR | "log" | "sessions" | "gc" | QUARANTINE_DIR
+            );
+            let ok =
+                (known_dir && *kind == EntryKind::Dir) || (name == CONFIG_KEY && *kind == EntryKind::File);
+            if !ok {
+                stray(*kind, name.clone(), "that the store layout has no place for");
+            }
+        }
+        let is_dir = |d: &str| top_kind.get(d) == Some(&EntryKind::Dir);
+
+        // refs/: directories are name components, files are @tags.
+        if is_dir(REFS_DIR) {
+            let mut stack = vec![REFS_DIR.to_string()];
+            while let Some(dir) = stack.pop() {
+                for (name, kind) in self.backend.entries(&dir)? {
+                    let key = format!("{dir}/{name}");
+                    match kind {
+                        EntryKind::File if refs::is_tag_entry(&name) => {
+                            let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
+                            let valid = refs::ref_from_path(&comps)
+                                .is_some_and(|t| TagRef::parse(&t.to_string()).is_ok());
+                            if valid {
+                                w.refs.push(key);
+                            } else {
+                                stray(kind, key, "that is not a valid name:tag");
+                            }
+                        }
+                        EntryKind::Dir if !refs::is_tag_entry(&name) => stack.push(key),
+                        _ => stray(kind, key, "that is not a ref"),
+                    }
+                }
+            }
+            w.refs.sort();
+        }
+        // Sharded content directories: <dir>/<xx>/<64 hex starting with xx>.
+        for (dir, out) in [(MANIFESTS_DIR, 0), (INDEX_DIR, 1), (PACKS_DIR, 2)] {
+            if !is_dir(dir) {
+                continue;
+            }
+            for (shard, kind) in self.backend.entries(dir)? {
+                let skey = format!("{dir}/{shard}");
+                let shard_ok = shard.len() == 2
+                    && shard
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+                if kind != EntryKind::Dir || !shard_ok {
+                    stray(kind, skey, "where only shard directories belong");
+                    continue;
+                }
+                for (name, kind) in self.backend.entries(&skey)? {
+                    let key = format!("{skey}/{name}");
+                    if kind == EntryKind::File && is_hex_id(&name) && name.starts_with(&shard) {
+                        match out {
+                            0 => w.manifests.push(key),
+                            1 => w.segments.push(key),
+                            _ => w.packs.push(key),
+                        }
+                    } else {
+                        stray(kind, key, "that is not named by its content id");
+                    }
+                }
+            }
+        }
+        // log/ and sessions/: flat directories of .json files.
+        for dir in ["log", "sessions"] {
+            if !is_dir(dir) {
+                continue;
+            }
+            for (name, kind) in self.backend.entries(dir)? {
+                let key = format!("{dir}/{name}");
+                if kind == EntryKind::File && name.ends_with(".json") {
+                    if dir == "log" {
+                        w.logs.push(key);
+                    }
+                } else {
+                    stray(kind, key, "that is not a .json record");
+                }
+            }
+        }
+        // gc/ and quarantine/ belong to their commands; only links are reported.
+        for dir in ["gc", QUARANTINE_DIR] {
+            if !is_dir(dir) {
+                continue;
+            }
+            let mut stack = vec![dir.to_string()];
+            while let Some(d) = stack.pop() {
+                for (name, kind) in self.backend.entries(&d)? {
+                    let key = format!("{d}/{name}");
+                    match kind {
+                        EntryKind::Dir => stack.push(key),
+                        EntryKind::Symlink => stray(kind, key, ""),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// Reads the selected packs whole, oldest-verified first, until the
+    /// deadline; records damage in `packs` and clean reads in the state file.
+    fn read_packs(
+        &self,
+        opts: &VerifyOptions,
+        packs: &mut HashMap<PackId, PackInfo>,
+        report: &mut VerifyReport,
+        problems: &mut Vec<Problem>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let state_path = self.index_dir.join(STATE_FILE);
+        let mut state = load_state(&state_path);
+        let mut order: Vec<(u64, PackId)> = packs
+            .iter()
+            .filter(|(id, p)| opts.subset.is_none_or(|s| s.contains(id)) && p.damage.is_none())
+            .map(|(id, _)| (state.get(&id.to_hex()).copied().unwrap_or(0), *id))
+            .collect();
+        order.sort();
+        let total: u64 = order.iter().map(|(_, id)| packs[id].size).sum();
+        progress.start("verify", Some(total));
+        let deadline = opts.max_duration.map(|d| Instant::now() + d);
+        let mut read_ok = 0;
+        for (i, (_, id)) in order.iter().enumerate() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                report.packs_left = (order.len() - i) as u64;
+                break;
+            }
+            let info = packs.get_mut(id).expect("pack listed");
+            let key = info.key.clone();
+            let bytes = match self.backend.read(&key)? {
+                Some(b) => b,
+                None => {
+                    info.damage(*id).missing = true;
+                    problems.push(Problem {
+                        kind: ProblemKind::Missing,
+                        key,
+                        detail: "pack vanished while verify ran".into(),
+                    });
+                    continue;
+                }
+            };
+            report.packs_read += 1;
+            report.bytes_read += bytes.len() as u64;
+            progress.advance(bytes.len() as u64);
+            let what = format!("pack {key}");
+            let mut clean = true;
+            if Digest::of(&bytes) != *id {
+                clean = false;
+                info.damage(*id).hash_mismatch = true;
+                problems.push(Problem {
+                    kind: ProblemKind::Corrupt,
+                    key: key.clone(),
+                    detail: "the file's BLAKE3 does not match its name".into(),
+                });
+            }
+            let entries: Vec<PackEntry> = match pack::read_footer(&Mem(&bytes), &what) {
+                Ok(e) => e,
+                Err(e) => {
+                    info.damage(*id).footer_bad = true;
+                    problems.push(Problem {
+                        kind: ProblemKind::Corrupt,
+                        key,
+                        detail: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let bad: Vec<(ChunkId, String)> = entries
+                .par_iter()
+                .filter_map(|e| {
+                    pack::read_chunk(&Mem(&bytes), &e.id, &e.location(*id))
+                        .err()
+                        .map(|err| (e.id, err.to_string()))
+                })
+                .collect();
+            report.chunks_read += entries.len() as u64;
+            for (chunk, detail) in bad {
+                clean = false;
+                info.damage(*id).bad_chunks.push(chunk);
+                problems.push(Problem {
+                    kind: ProblemKind::Corrupt,
+                    key: key.clone(),
+                    detail,
+                });
+            }
+            if clean {
+                state.insert(id.to_hex(), now_unix());
+                read_ok += 1;
+            }
+        }
+        progress.finish();
+        if read_ok > 0 {
+            // Forget packs that no longer exist so the state stays small.
+            state.retain(|k, _| Digest::from_hex(k).is_ok_and(|d| packs.contains_key(&d)));
+            save_state(&state_path, &state)?;
+        }
+        Ok(())
+    }
+}
+
+/// Damage found for the chunks of one manifest.
+fn check_chunks(
+    m: &Manifest,
+    lookup: &index::Reader,
+    packs: &HashMap<PackId, PackInfo>,
+    missing: &mut HashMap<PackId, DamagedPack>,
+) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let ids: Vec<ChunkId> = m
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Chunk { id, .. } => Some(*id),
+            Entry::Zero { .. } => None,
+        })
+        .collect();
+    for batch in ids.chunks(LOOKUP_BATCH) {
+        for (id, loc) in batch.iter().zip(lookup.lookup(batch)?) {
+            let Some(loc) = loc else {
+                found.push(format!("chunk {id} is in no pack the index knows"));
+                continue;
+            };
+            let key = pack::key(&loc.pack);
+            match packs.get(&loc.pack) {
+                None => {
+                    missing.entry(loc.pack).or_insert_with(|| DamagedPack {
+                        pack: loc.pack,
+                        key: key.clone(),
+                        missing: true,
+                        footer_bad: false,
+                        bad_chunks: Vec::new(),
+                        hash_mismatch: false,
+                    });
+                    found.push(format!("chunk {id}: pack {key} is missing"));
+                }
+                Some(PackInfo { damage: Some(d), .. }) if d.footer_bad || d.missing => {
+                    found.push(format!("chunk {id}: pack {key} is corrupt (footer)"));
+                }
+                Some(PackInfo { damage: Some(d), .. }) if d.bad_chunks.contains(id) => {
+                    found.push(format!(
+                        "chunk {id} in pack {key} at offset {} is corrupt",
+                        loc.offset
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn load_state(path: &Path) -> BTreeMap<String, u64> {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_state(path: &Path, state: &BTreeMap<String, u64>) -> Result<()> {
+    atomic_write(path, &serde_json::to_vec(state).expect("state serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_partition_the_packs() {
+        let t = 7;
+        for i in 0..200u32 {
+            let id = Digest::of(&i.to_le_bytes());
+            let hits = (0..t).filter(|n| Subset { n: *n, t }.contains(&id)).count();
+            assert_eq!(hits, 1);
+        }
+        assert!(Subset::parse("3/7").is_ok());
+        for bad in ["7/7", "1/0", "x", "1/", "-1/3"] {
+            assert!(Subset::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
