@@ -2,10 +2,11 @@
 //! manifest and finally a ref — in that order, each durable before the next
 //! refers to it, so a crash at any point leaves no half-visible image.
 //!
-//! Pipeline: a reader thread fills large blocks; this thread cuts them with
-//! FastCDC while rayon hashes the chunks and the whole image; known chunks are
-//! looked up in the index in one batch per block; new chunks are compressed on
-//! rayon and appended to a pack, which a writer thread writes out. Memory is a
+//! Pipeline: a reader thread fills large blocks; a cutter thread finds their
+//! FastCDC boundaries; this thread has rayon hash the chunks and the whole
+//! image, looks known chunks up in the index in one batch per block, has
+//! rayon compress the new ones, and appends them to a pack, which a writer
+//! thread writes out. Memory is a
 //! few blocks plus one pack, whatever the image size (and ~80 bytes per chunk
 //! for the manifest being built).
 
@@ -44,7 +45,7 @@ use crate::Store;
 /// far below the memory budget.
 const BLOCK: usize = 8 << 20;
 /// Blocks in flight between the reader and the chunker.
-const BLOCKS_IN_FLIGHT: usize = 3;
+const BLOCKS_IN_FLIGHT: usize = 4;
 
 /// Where the image comes from.
 pub enum Input {
@@ -181,6 +182,55 @@ fn spawn_reader(
         .expect("threads can be spawned")
 }
 
+/// A block with its chunk boundaries.
+struct Cut {
+    buf: Vec<u8>,
+    /// The part of `buf` that the cuts tile.
+    data: std::ops::Range<usize>,
+    /// Chunk ranges, relative to `data`.
+    cuts: Vec<std::ops::Range<usize>>,
+    /// Input bytes this block brought.
+    len: usize,
+    eof: bool,
+}
+
+/// Cuts blocks into chunks. The last chunk of a block may have been cut by
+/// the block's end rather than by content, so it is carried to the front of
+/// the next block and cut again there (a cut depends only on the bytes from
+/// the chunk's start, so this equals cutting the whole input at once).
+fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, out: SyncSender<Result<Cut>>) {
+    let mut carry: Vec<u8> = Vec::with_capacity(head);
+    for block in blocks {
+        let Block { mut buf, len, eof } = match block {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = out.send(Err(e));
+                return;
+            }
+        };
+        let start = head - carry.len();
+        buf[start..head].copy_from_slice(&carry);
+        let data = &buf[start..head + len];
+        let mut cuts: Vec<std::ops::Range<usize>> = chunker.chunks(data).collect();
+        if !eof {
+            cuts.pop();
+        }
+        let consumed = cuts.last().map_or(0, |r| r.end);
+        carry.clear();
+        carry.extend_from_slice(&data[consumed..]);
+        let cut = Cut {
+            buf,
+            data: start..start + consumed,
+            cuts,
+            len,
+            eof,
+        };
+        if out.send(Ok(cut)).is_err() || eof {
+            return;
+        }
+    }
+}
+
 /// Writes finished packs; returns the locations of every chunk written.
 /// Every chunk a put wrote and where, plus the number of packs.
 type Written = (Vec<(ChunkId, Location)>, u64);
@@ -213,7 +263,6 @@ fn is_zero(data: &[u8]) -> bool {
 
 /// State of one put between blocks.
 struct Ingest<'a> {
-    chunker: &'a Chunker,
     lookup: &'a index::Reader,
     /// Packs a pending GC plan condemned: chunks found only there are stored anew.
     condemned: &'a HashSet<PackId>,
@@ -231,15 +280,11 @@ struct Ingest<'a> {
 }
 
 impl Ingest<'_> {
-    /// Cuts `data`, stores what is new, and returns how many bytes were
-    /// consumed; the rest (a chunk the block end may have cut short) is
-    /// carried into the next block unless `eof`.
-    fn block(&mut self, data: &[u8], eof: bool) -> Result<usize> {
-        let mut cuts: Vec<std::ops::Range<usize>> = self.chunker.chunks(data).collect();
-        if !eof {
-            cuts.pop();
-        }
-        let consumed = cuts.last().map_or(0, |r| r.end);
+    /// Hashes the chunks `cuts` of `data` and stores what is new. `data`
+    /// ends where the last cut ends: the tail the block end may have cut
+    /// short was kept back by the cutter.
+    fn block(&mut self, data: &[u8], cuts: &[std::ops::Range<usize>]) -> Result<()> {
+        let consumed = data.len();
         let (_, ids) = rayon::join(
             || self.image.update(&data[..consumed]),
             || {
@@ -311,7 +356,7 @@ impl Ingest<'_> {
                 self.flush_pack()?;
             }
         }
-        Ok(consumed)
+        Ok(())
     }
 
     fn flush_pack(&mut self) -> Result<()> {
@@ -371,7 +416,6 @@ impl Store {
 
         progress.start("put", total);
         let mut ingest = Ingest {
-            chunker: &chunker,
             lookup: &lookup,
             condemned: &condemned,
             zstd_level: self.config.compression.zstd_level,
@@ -386,16 +430,24 @@ impl Store {
             zero_bytes: 0,
         };
         let mut size: u64 = 0;
-        let mut carry: Vec<u8> = Vec::with_capacity(head);
-        let ingested: Result<()> = (|| {
-            for block in &full_rx {
-                let Block { mut buf, len, eof } = block?;
-                let start = head - carry.len();
-                buf[start..head].copy_from_slice(&carry);
-                let data = &buf[start..head + len];
-                let consumed = ingest.block(data, eof)?;
-                carry.clear();
-                carry.extend_from_slice(&data[consumed..]);
+        // The cutter finds chunk boundaries in block N+1 while this thread
+        // hashes, looks up and compresses block N.
+        let ingested: Result<()> = std::thread::scope(|scope| {
+            // Owned here so that leaving early, on an error, also stops the
+            // reader (its pool closes) and with it the cutter.
+            let free_tx = free_tx;
+            let (cut_tx, cut_rx) = sync_channel::<Result<Cut>>(1);
+            let chunker = &chunker;
+            scope.spawn(move || cut_blocks(chunker, head, full_rx, cut_tx));
+            for cut in cut_rx {
+                let Cut {
+                    buf,
+                    data,
+                    cuts,
+                    len,
+                    eof,
+                } = cut?;
+                ingest.block(&buf[data], &cuts)?;
                 size += len as u64;
                 progress.advance(len as u64);
                 let _ = free_tx.send(buf);
@@ -404,9 +456,7 @@ impl Store {
                 }
             }
             Ok(())
-        })();
-        drop(free_tx);
-        drop(full_rx);
+        });
         let _ = read_thread.join();
         let flushed = ingested.and_then(|()| ingest.flush_pack());
         let Ingest {
