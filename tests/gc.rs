@@ -77,7 +77,10 @@ fn mostly_garbage_packs_are_repacked() {
         .stdout
         .clone();
     assert!(got == y);
-    env.cmd_host("z").args(["verify", "--read-data"]).assert().success();
+    env.cmd_host("z")
+        .args(["verify", "--read-data"])
+        .assert()
+        .success();
 }
 
 #[test]
