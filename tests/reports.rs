@@ -402,3 +402,112 @@ fn bytesize_iec(n: u64) -> String {
     }
     format!("{v:.1} {}", units[i])
 }
+
+/// Writes a store of `n` synthetic images straight into the store's files
+/// (a put per image through the binary would take hours): 50 commits per
+/// name, each image 64 chunks of 4 KiB, each commit replacing 6 chunks of
+/// the previous one and writing them in a pack of its own, as a put would.
+fn synthetic_store(env: &Env, n: usize) {
+    use imgstore_store::codec::Codec;
+    use imgstore_store::pack::PackBuilder;
+    use imgstore_store::refs::{Added, RefRecord, TagRef};
+    use imgstore_store::Digest;
+    let root = env.store();
+    let write = |key: &str, data: &[u8]| {
+        let p = root.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    let mut seed = 0u64;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    for i in 0..n {
+        let (name, commit) = (format!("lab/app{}", i / 50), i % 50);
+        let mut pack = PackBuilder::new();
+        let fresh = if commit == 0 {
+            0..64
+        } else {
+            (commit * 6 % 58)..(commit * 6 % 58 + 6)
+        };
+        if commit == 0 {
+            chunks = vec![Vec::new(); 64];
+        }
+        for slot in fresh {
+            seed += 1;
+            chunks[slot] = common::random(4096, seed);
+            pack.add(Digest::of(&chunks[slot]), 4096, Codec::Raw, &chunks[slot]);
+        }
+        let added = pack.len() as u64;
+        let (pack_id, bytes, _) = pack.finish();
+        write(&imgstore_store::pack::key(&pack_id), &bytes);
+        let id = ImageId(Digest::of(&chunks.concat()));
+        let m = Manifest {
+            size: 64 * 4096,
+            id,
+            entries: chunks
+                .iter()
+                .map(|c| Entry::Chunk {
+                    id: Digest::of(c),
+                    len: 4096,
+                })
+                .collect(),
+            meta: Default::default(),
+        };
+        write(&imgstore_store::manifest::key(&id), &m.encode());
+        let record = RefRecord {
+            format: "imgstore-ref".into(),
+            version: 1,
+            image: id,
+            size: m.size,
+            created: 1_700_000_000 + i as u64 * 60,
+            user: "bench".into(),
+            host: "bench".into(),
+            message: None,
+            labels: Default::default(),
+            deffile: None,
+            added: Added {
+                chunks: added,
+                raw_bytes: added * 4096,
+                stored_bytes: added * 4096,
+            },
+        };
+        let t = TagRef {
+            name,
+            tag: format!("c{commit}"),
+        };
+        write(&t.key(), &record.to_bytes());
+    }
+}
+
+/// Times `stats` and `du` on 1,000 (or IMGSTORE_SCALE_IMAGES) synthetic
+/// images, first with no report cache, then with it. For docs/PERFORMANCE.md:
+/// `IMGSTORE_SCALE_IMAGES=10000 cargo test -j1 --test tests reports::at_scale -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn at_scale() {
+    let n: usize = std::env::var("IMGSTORE_SCALE_IMAGES").map_or(1000, |v| v.parse().unwrap());
+    let env = Env::new();
+    let started = std::time::Instant::now();
+    synthetic_store(&env, n);
+    eprintln!(
+        "wrote {n} synthetic images in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let time = |args: &[&str]| {
+        let t = std::time::Instant::now();
+        let v = json(&env, "a", args);
+        (t.elapsed().as_secs_f64(), v)
+    };
+    let (cold, s) = time(&["stats"]);
+    assert_eq!(u(&s, "images"), n as u64);
+    let (warm, _) = time(&["stats"]);
+    let (du, d) = time(&["du"]);
+    assert_eq!(d["rows"].as_array().unwrap().len(), n.div_ceil(50));
+    let (du_tag, _) = time(&["du", "--by", "tag"]);
+    let (hist, _) = time(&["history", "lab/app0"]);
+    eprintln!(
+        "{n} images, {} chunks, {} packs: stats {cold:.3}s without cache, {warm:.3}s with; \
+         du {du:.3}s; du --by tag {du_tag:.3}s; history {hist:.3}s",
+        u(&s, "chunks"),
+        u(&s, "packs")
+    );
+}

@@ -65,6 +65,8 @@ pub struct Snapshot {
     images: HashMap<ImageId, Arc<ImageSummary>>,
     /// (id, summary, condemned by the pending plan).
     packs: Vec<(PackId, Arc<PackSummary>, bool)>,
+    /// Image -> number of refs naming it.
+    image_refs: HashMap<ImageId, u32>,
     /// Live distinct chunk -> number of live images that use it.
     chunk_images: HashMap<ChunkId, u32>,
     /// Chunk -> stored length of one copy (a non-condemned one if any).
@@ -366,7 +368,12 @@ impl Store {
                 tracing::debug!(error = %e, "report cache not written");
             }
         }
+        let mut image_refs: HashMap<ImageId, u32> = HashMap::new();
+        for (_, r) in &refs {
+            *image_refs.entry(r.image).or_default() += 1;
+        }
         Ok(Snapshot {
+            image_refs,
             refs,
             images,
             packs,
@@ -476,29 +483,25 @@ impl Snapshot {
 
     /// The figures of one set of refs (indices into [`Snapshot::refs`]).
     fn set_row(&self, group: String, members: &[usize]) -> DuRow {
-        let inside: HashSet<usize> = members.iter().copied().collect();
         let mut row = DuRow {
             group,
             refs: members.len() as u64,
             ..DuRow::default()
         };
         // An image is freed only if every ref naming it is in the set.
-        let mut set_images: BTreeSet<ImageId> = BTreeSet::new();
-        let mut held_outside: HashSet<ImageId> = HashSet::new();
-        for (i, (_, rec)) in self.refs.iter().enumerate() {
-            if inside.contains(&i) {
-                row.logical_bytes += rec.size;
-                set_images.insert(rec.image);
-            } else {
-                held_outside.insert(rec.image);
-            }
+        let mut set_images: BTreeMap<ImageId, u32> = BTreeMap::new();
+        for &i in members {
+            let rec = &self.refs[i].1;
+            row.logical_bytes += rec.size;
+            *set_images.entry(rec.image).or_default() += 1;
         }
+        let held_outside = |id: &ImageId, n: &u32| self.image_refs.get(id) != Some(n);
         row.images = set_images.len() as u64;
         // Per chunk: how many of the set's wholly-inside images use it.
         let mut counts: HashMap<ChunkId, (u32, u32)> = HashMap::new();
-        for id in &set_images {
+        for (id, n) in &set_images {
             let Some(s) = self.images.get(id) else { continue };
-            let inside_image = u32::from(!held_outside.contains(id));
+            let inside_image = u32::from(!held_outside(id, n));
             for (c, len) in &s.chunks {
                 let e = counts.entry(*c).or_insert((0, *len));
                 e.0 += inside_image;
