@@ -76,6 +76,19 @@ pub enum Command {
     /// Quarantine proven-corrupt packs (salvaging their sound chunks) so a
     /// later put of an affected image stores the lost chunks again.
     Repair(RepairArgs),
+    /// Show what the store holds and what it costs: logical, unique and
+    /// stored bytes, dedup and compression ratios, garbage waiting for gc.
+    Stats,
+    /// Show per name (or tag, or label) the logical size, the bytes shared
+    /// with others and the bytes only it holds: what deleting it would free.
+    Du(DuArgs),
+    /// Show a name's commits: date, size, bytes each put added, bytes each
+    /// still holds alone.
+    History(HistoryArgs),
+    /// Show the chunks and bytes two images have in common and apart.
+    Diff(DiffArgs),
+    /// Write a self-contained HTML report or a Prometheus textfile.
+    Report(ReportArgs),
     /// Maintain this host's local index of the store.
     #[command(subcommand)]
     Index(IndexCommand),
@@ -244,4 +257,42 @@ pub struct DemoArgs {
     /// Work directory (default: a temporary one, removed afterwards).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// Names (every tag of the name) or NAME:TAG refs to measure; all refs if none.
+    /// The total row treats them as one set: what removing all of them frees.
+    #[arg(value_name = "NAME|NAME:TAG")]
+    pub refs: Vec<String>,
+    /// Group by `name` (default), `tag` (one row per ref) or `label KEY`.
+    #[arg(long, num_args = 1..=2, value_names = ["name|tag|label", "KEY"])]
+    pub by: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The name, e.g. lab/app.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// First image: NAME:TAG or image id.
+    #[arg(value_name = "REF1")]
+    pub a: String,
+    /// Second image: NAME:TAG or image id.
+    #[arg(value_name = "REF2")]
+    pub b: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("out").required(true).multiple(true)))]
+pub struct ReportArgs {
+    /// Write one self-contained HTML file (tables and inline SVG charts).
+    #[arg(long, value_name = "FILE", group = "out")]
+    pub html: Option<PathBuf>,
+    /// Write a Prometheus node_exporter textfile-collector file (atomically).
+    #[arg(long, value_name = "FILE", group = "out")]
+    pub prometheus: Option<PathBuf>,
 }

@@ -21,5 +21,7 @@ mod gc;
 mod sif;
 // Fault injection: verify, repair, index damage and rebuild.
 mod verify;
+// Storage reports (stats, du, history, diff, report) against independent counts.
+mod reports;
 // completions, man page, demo.
 mod cli;

@@ -5,8 +5,10 @@ mod admin;
 mod demo;
 mod gc;
 mod get;
+mod html;
 mod put;
 mod query;
+mod report;
 mod verify;
 
 use std::path::PathBuf;
@@ -63,6 +65,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(a) => gc::gc(g, a),
         Command::Verify(a) => verify::verify(g, a),
         Command::Repair(a) => verify::repair(g, a),
+        Command::Stats => report::stats(g),
+        Command::Du(a) => report::du(g, a),
+        Command::History(a) => report::history(g, a),
+        Command::Diff(a) => report::diff(g, a),
+        Command::Report(a) => report::report(g, a),
         Command::Index(a) => admin::index(g, a),
         Command::Completions(a) => admin::completions(a),
         Command::Man => admin::man(),

@@ -26,6 +26,7 @@ pub mod repair;
 pub mod segment;
 pub mod session;
 pub mod sif;
+pub mod stats;
 pub mod testdata;
 pub mod verify;
 
