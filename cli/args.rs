@@ -111,6 +111,12 @@ pub struct InitArgs {
     /// zstd level for new chunks (1-19). Chunks that do not shrink are stored raw.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
+    /// A store shared by a group: make the directory group-writable and
+    /// setgid (chgrp it to the group first). Every file and directory
+    /// imgstore creates then follows the directory's permissions, whatever
+    /// each user's umask.
+    #[arg(long)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,8 @@ mod concurrency;
 mod crash;
 // Garbage collection and prune on a live store, with puts and gets racing it.
 mod gc;
+// A group-shared store used by users with different umasks (needs root).
+mod shared;
 // SIF files built in the test: deffile and labels lifted into the manifest.
 mod sif;
 // Fault injection: verify, repair, index damage and rebuild.

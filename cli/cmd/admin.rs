@@ -30,6 +30,7 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<()> {
         InitOptions {
             avg_chunk: avg,
             zstd_level: a.zstd_level,
+            shared: a.shared,
         },
         g.index_dir.clone(),
     )?;

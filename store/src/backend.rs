@@ -103,12 +103,67 @@ pub fn lock_path(path: &Path, wait: bool) -> Result<Option<LockGuard>> {
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    perms: Option<Perms>,
+}
+
+/// Permission bits for new files and directories, taken from the store's
+/// root directory so a group-shared store (`chmod 2775`, `imgstore init
+/// --shared`) stays shared whatever each writer's umask: directories get the
+/// root's bits (setgid included, so the group is inherited), files its read
+/// bits plus owner write.
+#[derive(Debug, Clone, Copy)]
+pub struct Perms {
+    dir: u32,
+    file: u32,
+}
+
+impl Perms {
+    /// The permissions the directory `root` prescribes, if it can be read.
+    pub fn of(root: &Path) -> Option<Perms> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(root).ok()?.permissions().mode() & 0o7777;
+        Some(Perms {
+            dir: mode,
+            file: (mode & 0o444) | 0o200,
+        })
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))
+}
+
+/// Creates `dir` and any missing parents, each with `perms` when given.
+/// Another process creating the same directory at once is fine.
+pub fn create_dirs(dir: &Path, perms: Option<Perms>) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent, perms)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            if let Some(p) = perms {
+                set_mode(dir, p.dir)?;
+            }
+            if let Some(up) = dir.parent() {
+                sync_dir(up)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
 }
 
 impl LocalBackend {
     /// A backend rooted at `root`, which must exist.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        let root = root.into();
+        let perms = Perms::of(&root);
+        LocalBackend { root, perms }
     }
 
     /// The path a key maps to. Keys come from this crate, never from users,
@@ -159,13 +214,13 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Writes `data` to `path` atomically: temp file beside it, fsync, rename,
 /// fsync the directory. Creates missing parent directories.
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
+    atomic_write_with(path, data, None)
+}
+
+/// [`atomic_write`] with the file and new directories given `perms`.
+pub fn atomic_write_with(path: &Path, data: &[u8], perms: Option<Perms>) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        if let Some(up) = dir.parent() {
-            sync_dir(up)?;
-        }
-    }
+    create_dirs(dir, perms)?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}", unique_suffix()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -173,6 +228,9 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
+        if let Some(p) = perms {
+            set_mode(&tmp, p.file)?;
+        }
         f.write_all(data).map_err(|e| Error::io(path, e))?;
         f.sync_all().map_err(|e| Error::io(path, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -229,7 +287,7 @@ impl ReadAt for LocalFile {
 
 impl Backend for LocalBackend {
     fn write(&self, key: &str, data: &[u8]) -> Result<()> {
-        atomic_write(&self.checked(key)?, data)
+        atomic_write_with(&self.checked(key)?, data, self.perms)
     }
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -284,7 +342,7 @@ impl Backend for LocalBackend {
         let dst = self.checked(to)?;
         let dir = dst.parent().expect("keys have a parent");
         if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            create_dirs(dir, self.perms)?;
             if let Some(up) = dir.parent() {
                 sync_dir(up)?;
             }

@@ -56,6 +56,9 @@ pub struct InitOptions {
     pub avg_chunk: u32,
     /// zstd level for new chunks.
     pub zstd_level: i32,
+    /// Make the store's root group-writable and setgid, so every member of
+    /// its group can put, get and gc whatever their umask.
+    pub shared: bool,
 }
 
 impl Default for InitOptions {
@@ -63,6 +66,7 @@ impl Default for InitOptions {
         InitOptions {
             avg_chunk: config::DEFAULT_AVG_CHUNK,
             zstd_level: config::DEFAULT_ZSTD_LEVEL,
+            shared: false,
         }
     }
 }
@@ -96,14 +100,36 @@ impl Store {
             Err(e) => return Err(Error::io(root, e)),
         }
         let config = Config::new(opts.avg_chunk, opts.zstd_level)?;
+        if opts.shared {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = fs::metadata(root).map_err(|e| Error::io(root, e))?;
+            let mode = meta.permissions().mode();
+            if mode & 0o2070 != 0o2070 {
+                fs::set_permissions(root, fs::Permissions::from_mode(mode | 0o2070))
+                    .map_err(|e| Error::io(root, e))?;
+            }
+        }
+        let perms = backend::Perms::of(root);
         for d in DIRS {
-            let p = root.join(d);
-            fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+            backend::create_dirs(&root.join(d), perms)?;
         }
         backend::sync_dir(root)?;
         let backend = LocalBackend::new(root);
-        // Made now so that a `gc --dry-run` (which takes the lock) writes nothing.
+        // Made now so that a `gc --dry-run` (which takes the lock) writes
+        // nothing; writable by whoever may write the store, since a flock
+        // on NFS needs a writable descriptor.
         backend.write(gc::LOCK_KEY, b"")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let lock = root.join(gc::LOCK_KEY);
+            let mode = fs::metadata(root)
+                .map_err(|e| Error::io(root, e))?
+                .permissions()
+                .mode();
+            let lock_mode = 0o644 | (mode & 0o020) | (mode & 0o002);
+            fs::set_permissions(&lock, fs::Permissions::from_mode(lock_mode))
+                .map_err(|e| Error::io(&lock, e))?;
+        }
         // The config goes last: a directory is a store once it has one.
         backend.write(config::CONFIG_KEY, &config.to_bytes())?;
         Self::open(root, index_dir)

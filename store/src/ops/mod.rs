@@ -17,6 +17,7 @@ mod tests {
         let opts = InitOptions {
             avg_chunk: 1024,
             zstd_level: 3,
+            shared: false,
         };
         let store = Store::init(&dir.path().join("s"), opts, Some(dir.path().join("idx"))).unwrap();
         (dir, store)
