@@ -274,15 +274,6 @@ impl Sink {
     }
 }
 
-fn hash_zeros(hasher: &mut blake3::Hasher, mut n: u64) {
-    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        hasher.update(&ZEROS[..k]);
-        n -= k as u64;
-    }
-}
-
 impl Store {
     /// Writes the image `image` names to `out`, byte for byte.
     pub fn get(&self, image: &ImageRef, out: Output, progress: &dyn Progress) -> Result<GetReport> {
@@ -333,7 +324,7 @@ impl Store {
                             progress.advance(d.len() as u64);
                         }
                         Piece::Zero(n) => {
-                            hash_zeros(&mut hasher, *n);
+                            crate::id::hash_zeros(&mut hasher, *n);
                             progress.advance(*n);
                         }
                     }

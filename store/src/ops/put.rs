@@ -139,11 +139,116 @@ fn read_sif(path: &Path, f: &File, len: u64) -> Result<Option<sif::SifInfo>> {
         })
 }
 
+/// What the reader thread reads from.
+enum Source {
+    File(File, u64),
+    Stream(Box<dyn Read + Send>),
+}
+
 /// A block of input, with room before the data for the previous block's tail.
 struct Block {
     buf: Vec<u8>,
     len: usize,
     eof: bool,
+    /// A hole of this many bytes follows the block's data (sparse files).
+    hole_after: u64,
+}
+
+/// Holes at least this long in a sparse input file are skipped without
+/// reading them; they become zero runs with a chunk boundary at each edge.
+const HOLE_MIN: u64 = 1 << 20;
+
+/// `lseek(fd, offset, whence)`, or `None` past the end (ENXIO) or on
+/// filesystems without SEEK_DATA/SEEK_HOLE.
+#[allow(unsafe_code)]
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> Option<u64> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: lseek only reads its integer arguments; a bad fd or offset is
+    // reported through the return value, which is checked.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    u64::try_from(r).ok()
+}
+
+/// Where the next hole of at least [`HOLE_MIN`] bytes at or after `pos`
+/// starts, and how long it is.
+fn next_hole(file: &File, pos: u64, file_len: u64) -> Option<(u64, u64)> {
+    let mut at = pos;
+    while at < file_len {
+        let start = seek(file, at, libc::SEEK_HOLE)?;
+        if start >= file_len {
+            return None;
+        }
+        let end = seek(file, start, libc::SEEK_DATA)
+            .unwrap_or(file_len)
+            .min(file_len);
+        if end - start >= HOLE_MIN {
+            return Some((start, end - start));
+        }
+        at = end;
+    }
+    None
+}
+
+/// Reads a regular file into blocks with positioned reads, skipping large
+/// holes. Stops at EOF or on the first error.
+fn spawn_file_reader(
+    file: File,
+    file_len: u64,
+    head: usize,
+    name: PathBuf,
+    full: SyncSender<Result<Block>>,
+    free: Receiver<Vec<u8>>,
+) -> JoinHandle<()> {
+    use std::os::unix::fs::FileExt;
+    std::thread::Builder::new()
+        .name("imgstore-read".into())
+        .spawn(move || {
+            let mut pos: u64 = 0;
+            let mut hole = next_hole(&file, 0, file_len);
+            while let Ok(mut buf) = free.recv() {
+                let room = buf.len() - head;
+                let limit = match hole {
+                    Some((start, _)) if start >= pos => (start - pos).min(room as u64) as usize,
+                    _ => room,
+                };
+                let mut len = 0;
+                let mut eof = false;
+                while len < limit {
+                    match file.read_at(&mut buf[head + len..head + limit], pos + len as u64) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => len += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = full.send(Err(Error::io(&name, e)));
+                            return;
+                        }
+                    }
+                }
+                pos += len as u64;
+                let mut hole_after = 0;
+                if let Some((start, hole_len)) = hole.filter(|(s, _)| *s == pos && !eof) {
+                    hole_after = hole_len;
+                    pos = start + hole_len;
+                    hole = next_hole(&file, pos, file_len);
+                }
+                if len == 0 && hole_after == 0 && limit > 0 {
+                    eof = true;
+                }
+                let block = Block {
+                    buf,
+                    len,
+                    eof,
+                    hole_after,
+                };
+                if full.send(Ok(block)).is_err() || eof {
+                    return;
+                }
+            }
+        })
+        .expect("threads can be spawned")
 }
 
 /// Reads `input` into blocks from a pool; stops at EOF or on the first error.
@@ -174,7 +279,13 @@ fn spawn_reader(
                         }
                     }
                 }
-                if full.send(Ok(Block { buf, len, eof })).is_err() || eof {
+                let block = Block {
+                    buf,
+                    len,
+                    eof,
+                    hole_after: 0,
+                };
+                if full.send(Ok(block)).is_err() || eof {
                     return;
                 }
             }
@@ -192,6 +303,8 @@ struct Cut {
     /// Input bytes this block brought.
     len: usize,
     eof: bool,
+    /// Zero bytes of a skipped hole that follow the block.
+    hole: u64,
 }
 
 /// Cuts blocks into chunks. The last chunk of a block may have been cut by
@@ -201,7 +314,12 @@ struct Cut {
 fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, out: SyncSender<Result<Cut>>) {
     let mut carry: Vec<u8> = Vec::with_capacity(head);
     for block in blocks {
-        let Block { mut buf, len, eof } = match block {
+        let Block {
+            mut buf,
+            len,
+            eof,
+            hole_after,
+        } = match block {
             Ok(b) => b,
             Err(e) => {
                 let _ = out.send(Err(e));
@@ -212,7 +330,8 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
         buf[start..head].copy_from_slice(&carry);
         let data = &buf[start..head + len];
         let mut cuts: Vec<std::ops::Range<usize>> = chunker.chunks(data).collect();
-        if !eof {
+        // Before a hole the data ends for real: no tail is carried over it.
+        if !eof && hole_after == 0 {
             cuts.pop();
         }
         let consumed = cuts.last().map_or(0, |r| r.end);
@@ -224,6 +343,7 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
             cuts,
             len,
             eof,
+            hole: hole_after,
         };
         if out.send(Ok(cut)).is_err() || eof {
             return;
@@ -359,6 +479,19 @@ impl Ingest<'_> {
         Ok(())
     }
 
+    /// A run of `len` zero bytes that was never read (a hole).
+    fn zero_run(&mut self, len: u64) {
+        if len == 0 {
+            return;
+        }
+        crate::id::hash_zeros(&mut self.image, len);
+        self.zero_bytes += len;
+        match self.entries.last_mut() {
+            Some(Entry::Zero { len: run }) => *run += len,
+            _ => self.entries.push(Entry::Zero { len }),
+        }
+    }
+
     fn flush_pack(&mut self) -> Result<()> {
         if self.pack.is_empty() {
             return Ok(());
@@ -382,15 +515,20 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<PutReport> {
         let started = Instant::now();
-        let (reader, total, file_check, sif_info): (Box<dyn Read + Send>, Option<u64>, _, _) = match input {
+        let (reader, total, file_check, sif_info): (Source, Option<u64>, _, _) = match input {
             Input::File(path) => {
                 let (f, st) = open_input(&path)?;
                 let sif_info = read_sif(&path, &f, st.len)?;
                 let total = st.len;
                 let check = f.try_clone().map_err(|e| Error::io(&path, e))?;
-                (Box::new(f), Some(total), Some((path, check, st)), sif_info)
+                (
+                    Source::File(f, st.len),
+                    Some(total),
+                    Some((path, check, st)),
+                    sif_info,
+                )
             }
-            Input::Stream(r) => (r, None, None, None),
+            Input::Stream(r) => (Source::Stream(r), None, None, None),
         };
         let input_name = file_check
             .as_ref()
@@ -410,7 +548,10 @@ impl Store {
         for _ in 0..BLOCKS_IN_FLIGHT {
             free_tx.send(vec![0u8; head + BLOCK]).expect("channel has room");
         }
-        let read_thread = spawn_reader(reader, head, input_name.clone(), full_tx, free_rx);
+        let read_thread = match reader {
+            Source::File(f, len) => spawn_file_reader(f, len, head, input_name.clone(), full_tx, free_rx),
+            Source::Stream(r) => spawn_reader(r, head, input_name.clone(), full_tx, free_rx),
+        };
         let (pack_tx, pack_rx) = sync_channel(1);
         let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx);
 
@@ -446,10 +587,12 @@ impl Store {
                     cuts,
                     len,
                     eof,
+                    hole,
                 } = cut?;
                 ingest.block(&buf[data], &cuts)?;
-                size += len as u64;
-                progress.advance(len as u64);
+                ingest.zero_run(hole);
+                size += len as u64 + hole;
+                progress.advance(len as u64 + hole);
                 let _ = free_tx.send(buf);
                 if eof {
                     return Ok(());
