@@ -255,18 +255,22 @@ impl Store {
                 // Plan first, then the sessions that might not have seen it.
                 self.backend
                     .write(PLAN_KEY, &serde_json::to_vec_pretty(&plan).expect("plan"))?;
+                hold::point("gc-after-plan");
+                // Gc sessions are not waited for: a gc publishes no image,
+                // and copies what it repacks before condemning anything.
                 plan.sessions = self
                     .backend
                     .list(SESSIONS_DIR)?
                     .into_iter()
+                    .filter(|n| !n.starts_with("gc-"))
                     .map(|n| format!("{SESSIONS_DIR}/{n}"))
-                    .filter(|k| session.as_ref().is_none_or(|s| s.key() != k))
                     .collect();
                 self.backend
                     .write(PLAN_KEY, &serde_json::to_vec_pretty(&plan).expect("plan"))?;
             }
         }
         if !opts.dry_run {
+            hold::point("gc-after-plan-sessions");
             self.remove_dead_sessions(now)?;
         }
         if let Some(s) = session {
@@ -384,6 +388,7 @@ impl Store {
             )?;
             hold::point("gc-before-delete");
             self.backend.delete(&key)?;
+            hold::point("gc-after-delete");
         }
         Ok(Some(size))
     }
@@ -408,10 +413,16 @@ impl Store {
         for (id, size, entries) in &all {
             progress.advance(1);
             let stored = |e: &PackEntry| u64::from(e.stored_len) + pack::FRAME_HEADER_LEN as u64;
+            // A chunk is garbage here if no image needs it, or if the index
+            // places it in another pack: a duplicate (two puts stored it at
+            // once, or an interrupted gc repacked it without condemning).
+            let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+            let placed = lookup.lookup(&ids)?;
             let garbage: u64 = entries
                 .iter()
-                .filter(|e| !m.live.may_contain(&e.id))
-                .map(stored)
+                .zip(&placed)
+                .filter(|(e, loc)| !m.live.may_contain(&e.id) || loc.is_some_and(|l| l.pack != *id))
+                .map(|(e, _)| stored(e))
                 .sum();
             let total: u64 = entries.iter().map(stored).sum();
             if garbage == total {
@@ -444,9 +455,11 @@ impl Store {
             if !repacked.is_empty() {
                 new_locations.extend(self.write_pack(repacked)?);
             }
+            hold::point("gc-after-repack-pack");
             if !new_locations.is_empty() {
                 let (seg_id, seg) = segment::encode(&new_locations);
                 self.backend.write(&seg_id.key(INDEX_DIR), &seg)?;
+                hold::point("gc-after-repack-segment");
                 index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
                 lookup.refresh()?;
             }
