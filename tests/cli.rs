@@ -32,3 +32,43 @@ fn demo_runs_end_to_end() {
         .success()
         .stdout(predicates::str::contains("byte-identical"));
 }
+
+/// The benchmark script stays runnable: a tiny two-commit history, cp and
+/// imgstore only (the real runs are in docs/PERFORMANCE.md).
+#[test]
+fn bench_compare_smoke() {
+    let have = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("python3") || !std::path::Path::new("/usr/bin/time").exists() {
+        eprintln!("SKIPPED bench smoke: needs python3 and GNU time (/usr/bin/time)");
+        return;
+    }
+    let env = Env::uninit();
+    let c0 = crate::common::random(2 << 20, 1);
+    let mut c1 = c0[..1 << 20].to_vec();
+    c1.extend(crate::common::random(300_000, 2));
+    let (f0, f1) = (env.file("c00.sqfs", &c0), env.file("c01.sqfs", &c1));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/compare.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--imgstore")
+        .arg(assert_cmd::cargo::cargo_bin("imgstore"))
+        .args(["--tools", "cp,imgstore", "--work"])
+        .arg(env.path("work"))
+        .args([&f0, &f1])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| imgstore |"), "{stdout}");
+    assert!(stdout.matches("identical").count() >= 4, "{stdout}");
+    assert!(!stdout.contains("differ"), "{stdout}");
+}

@@ -492,11 +492,17 @@ impl Ingest<'_> {
         }
     }
 
+    /// Room for a full pack plus the chunk that crosses the limit and the footer.
+    fn pack_capacity(&self) -> usize {
+        self.pack_size + (1 << 20)
+    }
+
     fn flush_pack(&mut self) -> Result<()> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let full = std::mem::take(&mut self.pack);
+        let next = PackBuilder::with_capacity(self.pack_capacity());
+        let full = std::mem::replace(&mut self.pack, next);
         // A closed channel means the writer failed; its error comes from join.
         self.packs.send(full).map_err(|_| Error::BadInput {
             reason: "pack writer stopped".into(),
@@ -564,7 +570,7 @@ impl Store {
             image: blake3::Hasher::new(),
             entries: Vec::new(),
             written: HashSet::new(),
-            pack: PackBuilder::new(),
+            pack: PackBuilder::with_capacity(self.config.pack_size as usize + (1 << 20)),
             packs: pack_tx,
             added: Added::default(),
             chunks: 0,
