@@ -5,14 +5,8 @@ use std::time::Duration;
 
 use crate::common::{self, Env};
 
-const STEPS: &[&str] = &[
-    "put-after-lookup",
-    "put-after-pack",
-    "put-after-segment",
-    "put-after-manifest",
-    "put-before-ref",
-    "put-after-ref",
-];
+/// Every named step of a put, in order.
+use imgstore_store::hold::PUT_STEPS as STEPS;
 
 /// Checks that the store is usable: the earlier image is intact and the
 /// interrupted ref is either absent or complete.
