@@ -171,6 +171,14 @@ fn corrupt_config_is_named_by_get_and_verify() {
     let out = env.cmd().arg("verify").output().unwrap();
     assert_eq!(common::code(&out), 4);
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt config"));
+    // Every image is named as affected, from the refs alone.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (name, _, _) in &images {
+        assert!(stdout.contains(name.as_str()), "{name} not named: {stdout}");
+    }
+    let out = env.cmd().args(["--json", "verify"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["damaged_refs"].as_array().unwrap().len(), images.len());
 }
 
 #[test]

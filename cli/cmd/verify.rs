@@ -17,7 +17,10 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
         .map(Subset::parse)
         .transpose()
         .map_err(|e| UsageError(e.to_string()))?;
-    let store = super::open(g)?;
+    let store = match super::open(g) {
+        Ok(s) => s,
+        Err(e) => return config_damage(g, e),
+    };
     let opts = VerifyOptions {
         read_data: a.read_data,
         subset,
@@ -30,6 +33,40 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
         print_verify(&report, g.quiet);
     }
     outcome(&report)
+}
+
+/// A store that cannot be opened because its config is corrupt: every image
+/// is affected (nothing can be read without the chunker settings), so name
+/// them all from the refs, which need no config.
+fn config_damage(g: &Global, err: anyhow::Error) -> Result<()> {
+    let corrupt_config = matches!(
+        err.downcast_ref::<imgstore_store::Error>(),
+        Some(imgstore_store::Error::Corrupt { what, .. }) if what == "config"
+    );
+    if !corrupt_config {
+        return Err(err);
+    }
+    let dir = super::store_dir(g)?;
+    let refs = imgstore_store::ops::refs::list_refs(&imgstore_store::LocalBackend::new(&dir), None)
+        .unwrap_or_default();
+    if g.json {
+        #[derive(serde::Serialize)]
+        struct R {
+            clean: bool,
+            problem: String,
+            damaged_refs: Vec<String>,
+        }
+        output::json(&R {
+            clean: false,
+            problem: err.to_string(),
+            damaged_refs: refs.iter().map(|(t, _)| t.to_string()).collect(),
+        })?;
+    } else if !g.quiet {
+        for (t, r) in &refs {
+            println!("damaged {t} ({}): the store's config is corrupt", r.image);
+        }
+    }
+    Err(err)
 }
 
 fn outcome(report: &VerifyReport) -> Result<()> {

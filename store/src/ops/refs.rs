@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
 use crate::id::{Digest, ImageId};
@@ -110,34 +111,7 @@ impl Store {
 
     /// Every ref, sorted, optionally only those of one name (and the names below it).
     pub fn refs(&self, name: Option<&str>) -> Result<Vec<(TagRef, RefRecord)>> {
-        if let Some(n) = name {
-            check_name(n)?;
-        }
-        let start = match name {
-            Some(n) => format!("{REFS_DIR}/{n}"),
-            None => REFS_DIR.to_string(),
-        };
-        let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            for entry in self.backend.list(&dir)? {
-                let key = format!("{dir}/{entry}");
-                if refs::is_tag_entry(&entry) {
-                    let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
-                    let Some(t) = refs::ref_from_path(&comps) else {
-                        continue;
-                    };
-                    let Some(bytes) = self.backend.read(&key)? else {
-                        continue;
-                    };
-                    out.push((t.clone(), RefRecord::parse(&bytes, &format!("ref {t} ({key})"))?));
-                } else {
-                    stack.push(key);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        list_refs(self.backend.as_ref(), name)
     }
 
     /// Points `new` at the image `image` names. The image's manifest must exist.
@@ -229,4 +203,38 @@ impl Store {
         }
         Ok(events)
     }
+}
+
+/// Every ref in the store behind `backend`, sorted, optionally only those of
+/// one name (and the names below it). Needs no config, so `verify` can still
+/// name the images of a store whose config is damaged.
+pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRef, RefRecord)>> {
+    if let Some(n) = name {
+        check_name(n)?;
+    }
+    let start = match name {
+        Some(n) => format!("{REFS_DIR}/{n}"),
+        None => REFS_DIR.to_string(),
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        for entry in backend.list(&dir)? {
+            let key = format!("{dir}/{entry}");
+            if refs::is_tag_entry(&entry) {
+                let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
+                let Some(t) = refs::ref_from_path(&comps) else {
+                    continue;
+                };
+                let Some(bytes) = backend.read(&key)? else {
+                    continue;
+                };
+                out.push((t.clone(), RefRecord::parse(&bytes, &format!("ref {t} ({key})"))?));
+            } else {
+                stack.push(key);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
