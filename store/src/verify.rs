@@ -309,6 +309,16 @@ impl Store {
                 pack::read_footer(f.as_ref(), &format!("pack {key}"))
             }) {
                 Ok(_) => {}
+                // Deleted by a gc since the listing: not damage.
+                Err(_)
+                    if self.backend.modified(key)?.is_none()
+                        && self
+                            .backend
+                            .modified(&format!("{}/{}", crate::segment::TOMBSTONES_DIR, id.to_hex()))?
+                            .is_some() =>
+                {
+                    continue;
+                }
                 Err(e) => {
                     info.damage(id).footer_bad = true;
                     problems.push(Problem {
@@ -602,6 +612,15 @@ impl Store {
             let key = info.key.clone();
             let bytes = match self.backend.read(&key)? {
                 Some(b) => b,
+                // A gc running meanwhile deleted it (after copying what
+                // any image needs): not damage.
+                None if self
+                    .backend
+                    .modified(&format!("{}/{}", crate::segment::TOMBSTONES_DIR, id.to_hex()))?
+                    .is_some() =>
+                {
+                    continue;
+                }
                 None => {
                     info.damage(*id).missing = true;
                     problems.push(Problem {
