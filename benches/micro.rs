@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use imgstore_store::chunker::{Chunker, ChunkerParams};
-use imgstore_store::codec::{decode, Encoder};
+use imgstore_store::codec::{decode, Codec, Encoder};
 use imgstore_store::pack::{read_chunk, PackBuilder};
 use imgstore_store::{ChunkId, ImageRef, InitOptions, Input, NoProgress, PutOptions, Store, TagRef};
 
@@ -83,7 +83,12 @@ fn main() {
         encoded = cuts
             .iter()
             .zip(&ids)
-            .map(|(r, id)| enc.encode(id, &data[r.clone()]).expect("encode"))
+            .map(
+                |(r, id)| match enc.encode(id, &data[r.clone()]).expect("encode") {
+                    Some(c) => (Codec::Zstd, c),
+                    None => (Codec::Raw, data[r.clone()].to_vec()),
+                },
+            )
             .collect();
     });
     bench("decode + BLAKE3 check per chunk (1 thread)", n, || {

@@ -23,15 +23,7 @@ fn deffile_and_labels_are_lifted_from_sif() {
         .assert()
         .success()
         .stdout(String::from_utf8_lossy(deffile).into_owned());
-    let out = env
-        .cmd()
-        .args(["--json", "inspect", "lab/app:3f2c1e"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = env.json(&["inspect", "lab/app:3f2c1e"]);
     assert_eq!(v["labels"]["org.label-schema.vcs-ref"], "3f2c1e");
     assert_eq!(v["sif"], true);
     assert!(v["sif_descriptors"].as_array().unwrap().len() >= 3);
@@ -85,15 +77,7 @@ fn labels_from_apptainer_inspect_metadata() {
     ]);
     let f = env.file("app.sif", &bytes);
     env.put("lab/app:v1", &f);
-    let out = env
-        .cmd()
-        .args(["--json", "inspect", "lab/app:v1"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = env.json(&["inspect", "lab/app:v1"]);
     assert_eq!(v["labels"]["version"], "1.2");
     assert_eq!(v["labels"]["org.label-schema.build-arch"], "amd64");
 }

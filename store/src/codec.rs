@@ -77,15 +77,16 @@ impl Encoder {
 
     /// Compresses `raw` if that pays, then decodes the result again and
     /// checks it against `id` — a put never stores bytes it cannot read back.
-    pub fn encode(&mut self, id: &ChunkId, raw: &[u8]) -> Result<(Codec, Vec<u8>)> {
+    /// `None` means "store `raw` as is" (no copy is made of it).
+    pub fn encode(&mut self, id: &ChunkId, raw: &[u8]) -> Result<Option<Vec<u8>>> {
         if looks_incompressible(raw) {
-            return Ok((Codec::Raw, raw.to_vec()));
+            return Ok(None);
         }
         let compressed = self.zstd.compress(raw).map_err(|e| Error::BadInput {
             reason: format!("zstd failed on chunk {id}: {e}"),
         })?;
         if !pays(raw.len(), compressed.len()) {
-            return Ok((Codec::Raw, raw.to_vec()));
+            return Ok(None);
         }
         let back = self
             .check
@@ -97,7 +98,7 @@ impl Encoder {
                 "zstd round trip changed the bytes",
             ));
         }
-        Ok((Codec::Zstd, compressed))
+        Ok(Some(compressed))
     }
 }
 
@@ -138,16 +139,14 @@ mod tests {
         let mut enc = Encoder::new(3);
         let text = b"hello world ".repeat(1000);
         let id = ChunkId::of(&text);
-        let (codec, stored) = enc.encode(&id, &text).unwrap();
-        assert_eq!(codec, Codec::Zstd);
-        assert_eq!(decode(codec, &stored, text.len(), &id, "t").unwrap(), text);
+        let stored = enc.encode(&id, &text).unwrap().expect("text compresses");
+        assert_eq!(decode(Codec::Zstd, &stored, text.len(), &id, "t").unwrap(), text);
 
         let mut noise = vec![0u8; 4096];
         getrandom::fill(&mut noise).unwrap();
         let id = ChunkId::of(&noise);
-        let (codec, stored) = enc.encode(&id, &noise).unwrap();
-        assert_eq!(codec, Codec::Raw);
-        assert_eq!(decode(codec, &stored, noise.len(), &id, "t").unwrap(), noise);
+        assert_eq!(enc.encode(&id, &noise).unwrap(), None, "noise is stored raw");
+        assert_eq!(decode(Codec::Raw, &noise, noise.len(), &id, "t").unwrap(), noise);
     }
 
     #[test]
@@ -166,7 +165,8 @@ mod tests {
     fn decode_detects_damage() {
         let data = b"abc".repeat(500);
         let id = ChunkId::of(&data);
-        let (codec, mut stored) = Encoder::new(3).encode(&id, &data).unwrap();
+        let codec = Codec::Zstd;
+        let mut stored = Encoder::new(3).encode(&id, &data).unwrap().expect("compresses");
         let n = stored.len();
         stored[n / 2] ^= 1;
         assert!(matches!(

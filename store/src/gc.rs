@@ -299,23 +299,31 @@ impl Store {
             .unwrap_or_default())
     }
 
+    /// How long the session file `key` has gone unrenewed (store clock) and
+    /// its lease; `None` once the session ended (its file is gone).
+    fn session_silence(&self, key: &str, now: SystemTime) -> Result<Option<(Duration, Duration)>> {
+        let Some(renewed) = self.backend.modified(key)? else {
+            return Ok(None);
+        };
+        let lease = self
+            .backend
+            .read(key)?
+            .and_then(|b| serde_json::from_slice::<SessionRecord>(&b).ok())
+            .map_or(crate::session::DEFAULT_LEASE, |r| {
+                Duration::from_secs(r.lease_secs)
+            });
+        Ok(Some((now.duration_since(renewed).unwrap_or_default(), lease)))
+    }
+
     /// Removes session files of processes that died: not renewed for ten
     /// leases. Only tidiness: a lapsed session already counts as ended.
     fn remove_dead_sessions(&self, now: SystemTime) -> Result<()> {
         for name in self.backend.list(SESSIONS_DIR)? {
             let key = format!("{SESSIONS_DIR}/{name}");
-            let Some(renewed) = self.backend.modified(&key)? else {
-                continue;
-            };
-            let lease = self
-                .backend
-                .read(&key)?
-                .and_then(|b| serde_json::from_slice::<SessionRecord>(&b).ok())
-                .map_or(crate::session::DEFAULT_LEASE, |r| {
-                    Duration::from_secs(r.lease_secs)
-                });
-            if now.duration_since(renewed).unwrap_or_default() > lease * 10 {
-                self.backend.delete(&key)?;
+            if let Some((silent, lease)) = self.session_silence(&key, now)? {
+                if silent > lease * 10 {
+                    self.backend.delete(&key)?;
+                }
             }
         }
         Ok(())
@@ -332,20 +340,13 @@ impl Store {
             )));
         }
         for key in &plan.sessions {
-            let Some(renewed) = self.backend.modified(key)? else {
-                continue;
-            };
-            let lease = self
-                .backend
-                .read(key)?
-                .and_then(|b| serde_json::from_slice::<SessionRecord>(&b).ok())
-                .map_or(crate::session::DEFAULT_LEASE, |r| {
-                    Duration::from_secs(r.lease_secs)
-                });
             // A session file not renewed within its lease belongs to a
             // process that died or was paused; its lease check stops it
             // before it publishes anything.
-            if now.duration_since(renewed).unwrap_or_default() <= lease {
+            if self
+                .session_silence(key, now)?
+                .is_some_and(|(silent, lease)| silent <= lease)
+            {
                 return Ok(Some(format!("waiting for {key} (live at condemnation) to end")));
             }
         }

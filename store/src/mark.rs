@@ -39,24 +39,22 @@ impl LiveSet {
 
     /// Chunk ids are BLAKE3 outputs, uniformly random: their own bytes serve
     /// as the two base hashes of double hashing.
-    fn positions(&self, id: &ChunkId) -> impl Iterator<Item = u64> + '_ {
+    fn positions(nbits: u64, id: &ChunkId) -> impl Iterator<Item = u64> {
         let h1 = u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"));
         let h2 = u64::from_le_bytes(id.0[8..16].try_into().expect("8 bytes")) | 1;
-        (0..HASHES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % self.nbits)
+        (0..HASHES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % nbits)
     }
 
     /// Adds an id.
     pub fn insert(&mut self, id: &ChunkId) {
-        let pos: Vec<u64> = self.positions(id).collect();
-        for p in pos {
+        for p in Self::positions(self.nbits, id) {
             self.bits[(p / 64) as usize] |= 1 << (p % 64);
         }
     }
 
     /// False only if `id` was never inserted.
     pub fn may_contain(&self, id: &ChunkId) -> bool {
-        self.positions(id)
-            .all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+        Self::positions(self.nbits, id).all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
     }
 
     /// Memory the filter uses.

@@ -458,20 +458,20 @@ pub fn parse(
         info.deffile = Some(String::from_utf8_lossy(&data).into_owned());
     }
 
-    if let Some((index, offset, size)) = labels_at {
-        let data = read_object(read_at, file_len, index, offset, size, "labels", MAX_LABELS_LEN)?;
-        info.labels = parse_labels(&data).map_err(|reason| SifError::BadLabels { index, reason })?;
-    } else if let Some((index, offset, size)) = inspect_at {
-        let data = read_object(
-            read_at,
-            file_len,
-            index,
-            offset,
-            size,
-            "inspect metadata",
-            MAX_LABELS_LEN,
-        )?;
-        info.labels = parse_inspect_labels(&data).map_err(|reason| SifError::BadLabels { index, reason })?;
+    // A labels object wins; else apptainer's inspect metadata.
+    let labels = match (labels_at, inspect_at) {
+        (Some(at), _) => Some((at, "labels", false)),
+        (None, Some(at)) => Some((at, "inspect metadata", true)),
+        (None, None) => None,
+    };
+    if let Some(((index, offset, size), what, inspect)) = labels {
+        let data = read_object(read_at, file_len, index, offset, size, what, MAX_LABELS_LEN)?;
+        let parsed = if inspect {
+            parse_inspect_labels(&data)
+        } else {
+            parse_labels(&data)
+        };
+        info.labels = parsed.map_err(|reason| SifError::BadLabels { index, reason })?;
     }
 
     Ok(info)
@@ -484,13 +484,10 @@ pub const INSPECT_METADATA: &str = "inspect-metadata.json";
 /// A document without labels gives none; one that is not JSON is an error.
 fn parse_inspect_labels(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| format!("invalid JSON: {e}"))?;
-    let Some(labels) = v.pointer("/data/attributes/labels").and_then(|l| l.as_object()) else {
-        return Ok(BTreeMap::new());
-    };
-    Ok(labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
-        .collect())
+    match v.pointer("/data/attributes/labels") {
+        Some(serde_json::Value::Object(map)) => Ok(label_strings(map.clone())),
+        _ => Ok(BTreeMap::new()),
+    }
 }
 
 /// Reads a (size-capped, already range-checked) metadata object.
@@ -524,8 +521,12 @@ fn parse_labels(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let serde_json::Value::Object(map) = value else {
         return Err("not a JSON object".to_owned());
     };
-    Ok(map
-        .into_iter()
+    Ok(label_strings(map))
+}
+
+/// Label values as strings; a value that is not a string is kept as its JSON text.
+fn label_strings(map: serde_json::Map<String, serde_json::Value>) -> BTreeMap<String, String> {
+    map.into_iter()
         .map(|(k, v)| {
             let v = match v {
                 serde_json::Value::String(s) => s,
@@ -533,7 +534,7 @@ fn parse_labels(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
             };
             (k, v)
         })
-        .collect())
+        .collect()
 }
 
 /// Build a minimal valid SIF file in memory (header + descriptors + data), for

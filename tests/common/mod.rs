@@ -83,6 +83,20 @@ impl Env {
         serde_json::from_slice(&out).expect("put --json prints JSON")
     }
 
+    /// `imgstore --json ARGS` that must succeed; returns the parsed document.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .arg("--json")
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).expect("--json prints JSON")
+    }
+
     /// `get` to a file that must succeed; returns the bytes.
     pub fn get(&self, reference: &str) -> Vec<u8> {
         let out = self.path("got.img");

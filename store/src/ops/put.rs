@@ -189,11 +189,29 @@ fn next_hole(file: &File, pos: u64, file_len: u64) -> Option<(u64, u64)> {
     None
 }
 
-/// Reads a regular file into blocks with positioned reads, skipping large
-/// holes. Stops at EOF or on the first error.
-fn spawn_file_reader(
-    file: File,
-    file_len: u64,
+/// Fills `buf` by calling `read(rest, offset_in_buf)` until it is full or
+/// the input ends; returns the bytes read and whether the input ended.
+fn fill(
+    buf: &mut [u8],
+    mut read: impl FnMut(&mut [u8], usize) -> io::Result<usize>,
+) -> io::Result<(usize, bool)> {
+    let mut len = 0;
+    while len < buf.len() {
+        match read(&mut buf[len..], len) {
+            Ok(0) => return Ok((len, true)),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((len, false))
+}
+
+/// Reads the input into blocks from a pool; stops at EOF or on the first
+/// error. A regular file is read with positioned reads and its large holes
+/// are skipped, each ending a block.
+fn spawn_reader(
+    mut source: Source,
     head: usize,
     name: PathBuf,
     full: SyncSender<Result<Block>>,
@@ -204,86 +222,42 @@ fn spawn_file_reader(
         .name("imgstore-read".into())
         .spawn(move || {
             let mut pos: u64 = 0;
-            let mut hole = next_hole(&file, 0, file_len);
+            let mut hole = match &source {
+                Source::File(f, len) => next_hole(f, 0, *len),
+                Source::Stream(_) => None,
+            };
             while let Ok(mut buf) = free.recv() {
                 let room = buf.len() - head;
                 let limit = match hole {
                     Some((start, _)) if start >= pos => (start - pos).min(room as u64) as usize,
                     _ => room,
                 };
-                let mut len = 0;
-                let mut eof = false;
-                while len < limit {
-                    match file.read_at(&mut buf[head + len..head + limit], pos + len as u64) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => len += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = full.send(Err(Error::io(&name, e)));
-                            return;
-                        }
+                let window = &mut buf[head..head + limit];
+                let filled = match &mut source {
+                    Source::File(f, _) => fill(window, |b, off| f.read_at(b, pos + off as u64)),
+                    Source::Stream(r) => fill(window, |b, _| r.read(b)),
+                };
+                let (len, eof) = match filled {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let _ = full.send(Err(Error::io(&name, e)));
+                        return;
                     }
-                }
+                };
                 pos += len as u64;
                 let mut hole_after = 0;
                 if let Some((start, hole_len)) = hole.filter(|(s, _)| *s == pos && !eof) {
                     hole_after = hole_len;
                     pos = start + hole_len;
-                    hole = next_hole(&file, pos, file_len);
-                }
-                if len == 0 && hole_after == 0 && limit > 0 {
-                    eof = true;
+                    if let Source::File(f, file_len) = &source {
+                        hole = next_hole(f, pos, *file_len);
+                    }
                 }
                 let block = Block {
                     buf,
                     len,
                     eof,
                     hole_after,
-                };
-                if full.send(Ok(block)).is_err() || eof {
-                    return;
-                }
-            }
-        })
-        .expect("threads can be spawned")
-}
-
-/// Reads `input` into blocks from a pool; stops at EOF or on the first error.
-fn spawn_reader(
-    mut input: Box<dyn Read + Send>,
-    head: usize,
-    name: PathBuf,
-    full: SyncSender<Result<Block>>,
-    free: Receiver<Vec<u8>>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("imgstore-read".into())
-        .spawn(move || {
-            while let Ok(mut buf) = free.recv() {
-                let mut len = 0;
-                let mut eof = false;
-                while head + len < buf.len() {
-                    match input.read(&mut buf[head + len..]) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => len += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = full.send(Err(Error::io(&name, e)));
-                            return;
-                        }
-                    }
-                }
-                let block = Block {
-                    buf,
-                    len,
-                    eof,
-                    hole_after: 0,
                 };
                 if full.send(Ok(block)).is_err() || eof {
                     return;
@@ -457,21 +431,24 @@ impl Ingest<'_> {
             }
         }
         let level = self.zstd_level;
-        let encoded: Vec<(ChunkId, u32, Codec, Vec<u8>)> = new
+        let encoded: Vec<Option<Vec<u8>>> = new
             .par_iter()
             .map_init(
                 || Encoder::new(level),
-                |enc, (id, r)| {
-                    let (codec, stored) = enc.encode(id, &data[r.clone()])?;
-                    Ok((*id, (r.end - r.start) as u32, codec, stored))
-                },
+                |enc, (id, r)| enc.encode(id, &data[r.clone()]),
             )
             .collect::<Result<_>>()?;
-        for (id, raw_len, codec, stored) in encoded {
+        for ((id, r), compressed) in new.iter().zip(encoded) {
+            let raw = &data[r.clone()];
+            let (codec, stored) = match &compressed {
+                Some(c) => (Codec::Zstd, c.as_slice()),
+                None => (Codec::Raw, raw),
+            };
+            let raw_len = raw.len() as u32;
             self.added.chunks += 1;
             self.added.raw_bytes += u64::from(raw_len);
             self.added.stored_bytes += stored.len() as u64;
-            self.pack.add(id, raw_len, codec, &stored);
+            self.pack.add(*id, raw_len, codec, stored);
             if self.pack.len() >= self.pack_size {
                 self.flush_pack()?;
             }
@@ -554,10 +531,7 @@ impl Store {
         for _ in 0..BLOCKS_IN_FLIGHT {
             free_tx.send(vec![0u8; head + BLOCK]).expect("channel has room");
         }
-        let read_thread = match reader {
-            Source::File(f, len) => spawn_file_reader(f, len, head, input_name.clone(), full_tx, free_rx),
-            Source::Stream(r) => spawn_reader(r, head, input_name.clone(), full_tx, free_rx),
-        };
+        let read_thread = spawn_reader(reader, head, input_name.clone(), full_tx, free_rx);
         let (pack_tx, pack_rx) = sync_channel(1);
         let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx);
 
