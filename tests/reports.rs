@@ -15,16 +15,7 @@ const CHUNK_OVERHEAD: u64 = 104;
 const PACK_OVERHEAD: u64 = 80;
 
 fn json(env: &Env, host: &str, args: &[&str]) -> Value {
-    let out = env
-        .cmd_host(host)
-        .arg("--json")
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    serde_json::from_slice(&out).expect("--json prints JSON")
+    env.json_host(host, args)
 }
 
 fn u(v: &Value, key: &str) -> u64 {

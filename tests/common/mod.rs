@@ -85,8 +85,13 @@ impl Env {
 
     /// `imgstore --json ARGS` that must succeed; returns the parsed document.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        self.json_host("a", args)
+    }
+
+    /// [`Env::json`] as another host (its own local index).
+    pub fn json_host(&self, host: &str, args: &[&str]) -> serde_json::Value {
         let out = self
-            .cmd()
+            .cmd_host(host)
             .arg("--json")
             .args(args)
             .assert()
