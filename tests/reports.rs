@@ -257,7 +257,7 @@ fn cached_figures_follow_other_hosts_puts_rm_and_gc() {
     let env = Env::new();
     env.put("lab/app:v1", &env.file("a", &common::image(900_000, 5)));
     let before = json(&env, "a", &["stats"]);
-    assert!(env.path("index-a").join("report-cache.bin").exists());
+    assert!(env.path("index-a").join("report").join("CURRENT").exists());
     // Host b puts and removes; host a's cache must not hide it.
     env.cmd_host("b")
         .args(["put", "lab/app:v2"])
@@ -279,8 +279,8 @@ fn cached_figures_follow_other_hosts_puts_rm_and_gc() {
     assert_eq!(u(&a, "garbage_bytes"), 0);
     assert_eq!(u(&a, "stored_bytes"), env.pack_bytes());
     assert_eq!(store_figures(a), store_figures(json(&env, "fresh2", &["stats"])));
-    // A damaged cache is rebuilt, not trusted.
-    std::fs::write(env.path("index-a").join("report-cache.bin"), b"garbage").unwrap();
+    // A damaged view is rebuilt, not trusted.
+    std::fs::write(env.path("index-a").join("report").join("CURRENT"), b"garbage").unwrap();
     assert_eq!(
         store_figures(json(&env, "a", &["stats"])),
         store_figures(json(&env, "fresh2", &["stats"]))
@@ -379,6 +379,148 @@ fn html_and_prometheus_files() {
     );
 }
 
+/// The (chunks, bytes, stored) of a du row's set and of its exclusive part.
+fn row_figures(r: &imgstore_store::stats::DuRow) -> [u64; 6] {
+    [
+        r.chunks,
+        r.unique_bytes,
+        r.unique_stored_bytes,
+        r.exclusive_chunks,
+        r.exclusive_bytes,
+        r.exclusive_stored_bytes,
+    ]
+}
+
+fn totals_figures(t: &imgstore_store::stats::view::SetTotals) -> [u64; 6] {
+    let (a, e) = (&t.all, &t.exclusive);
+    [a.chunks, a.bytes, a.stored, e.chunks, e.bytes, e.stored].map(|v| u64::try_from(v).unwrap())
+}
+
+/// Host a's view is kept up to date step by step through puts, tags, rms and
+/// gcs from two hosts: its running totals must equal a count over the chunks,
+/// and everything must equal what a new host builds from nothing.
+#[test]
+fn running_totals_match_a_count_through_random_puts_tags_rms_and_gcs() {
+    use imgstore_store::stats::GroupBy;
+    use imgstore_store::{NoProgress, Store};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    let env = Env::new();
+    let mut rng = SmallRng::seed_from_u64(11);
+    let base = common::image(400_000, 1);
+    let names = ["lab/a", "lab/b", "other/c"];
+    let mut refs: Vec<String> = Vec::new();
+    let mut ops = Vec::new();
+    for step in 0..18 {
+        let host = ["a", "b"][step % 2];
+        let op = if refs.len() < 2 {
+            0
+        } else {
+            rng.random_range(0..10)
+        };
+        let name = names[rng.random_range(0..names.len())];
+        match op {
+            0..=3 => {
+                let data = if rng.random_range(0..4) == 0 {
+                    common::image(300_000, 100 + step as u64)
+                } else {
+                    common::edit(&base, rng.random_range(1..4), step as u64)
+                };
+                let r = format!("{name}:p{step}");
+                env.cmd_host(host)
+                    .args(["put", &r])
+                    .arg(env.file("in", &data))
+                    .assert()
+                    .success();
+                refs.push(r);
+            }
+            4..=5 => {
+                let from = refs[rng.random_range(0..refs.len())].clone();
+                let r = format!("{name}:t{step}");
+                env.cmd_host(host).args(["tag", &from, &r]).assert().success();
+                refs.push(r);
+            }
+            6..=7 => {
+                let r = refs.swap_remove(rng.random_range(0..refs.len()));
+                env.cmd_host(host).args(["rm", &r]).assert().success();
+            }
+            _ => {
+                env.cmd_host(host)
+                    .args(["gc", "--grace", "0s"])
+                    .assert()
+                    .success();
+            }
+        }
+        ops.push(op);
+
+        let store = Store::open(&env.store(), Some(env.path("index-a"))).unwrap();
+        let snap = store.snapshot(&NoProgress).unwrap();
+        assert!(
+            !snap.rebuilt(),
+            "step {step} (ops {ops:?}): the view went inconsistent"
+        );
+        let all: Vec<usize> = (0..snap.refs().len()).collect();
+        let mut sets: Vec<Vec<usize>> = vec![all.clone()];
+        for n in names {
+            if let Ok(m) = snap.select(&[n.to_string()]) {
+                sets.push(m);
+            }
+        }
+        sets.extend(all.iter().map(|&i| vec![i]));
+        for set in &sets {
+            let row = snap.du(set, &GroupBy::Name).unwrap().total;
+            assert_eq!(
+                row_figures(&row),
+                totals_figures(&snap.set_totals_exact(set).unwrap()),
+                "step {step} (ops {ops:?}): set {set:?}"
+            );
+        }
+        let fresh = Store::open(&env.store(), Some(env.path(&format!("index-new{step}")))).unwrap();
+        let fresh = fresh.snapshot(&NoProgress).unwrap();
+        let figures = |s: &imgstore_store::stats::Snapshot| {
+            let mut v = serde_json::to_value(s.stats()).unwrap();
+            v.as_object_mut().unwrap().remove("index_bytes");
+            let by_tag = s.du(&all, &GroupBy::Tag).unwrap();
+            (
+                v,
+                serde_json::to_value(by_tag).unwrap(),
+                serde_json::to_value(s.du_all().unwrap()).unwrap(),
+            )
+        };
+        assert_eq!(figures(&snap), figures(&fresh), "step {step} (ops {ops:?})");
+        // Host c, through the binary, applies each step in batches of a few
+        // chunk references.
+        let tiny = |args: &[&str]| -> Value {
+            let out = env
+                .cmd_host("c")
+                .env("IMGSTORE_TEST_REPORT_BATCH", "3")
+                .arg("--json")
+                .args(args)
+                .assert()
+                .success()
+                .get_output()
+                .stdout
+                .clone();
+            let mut v: Value = serde_json::from_slice(&out).unwrap();
+            v.as_object_mut().unwrap().remove("format_version");
+            v
+        };
+        let (want_stats, want_tags, want_names) = figures(&fresh);
+        // Ratios are left out: a float does not survive JSON text exactly.
+        let ints = |v: Value| -> Value {
+            let mut o = v.as_object().unwrap().clone();
+            o.retain(|k, v| v.is_u64() && k != "format_version" && k != "index_bytes");
+            Value::Object(o)
+        };
+        assert_eq!(ints(tiny(&["stats"])), ints(want_stats), "step {step}");
+        assert_eq!(tiny(&["du", "--by", "tag"]), want_tags, "step {step}");
+        assert_eq!(tiny(&["du"]), want_names, "step {step}");
+    }
+    assert!(ops.iter().any(|o| *o >= 8), "a gc ran: {ops:?}");
+    assert!(ops.iter().any(|o| (6..=7).contains(o)), "an rm ran: {ops:?}");
+}
+
 /// The CLI's size format (bytesize, IEC), for finding table cells.
 fn bytesize_iec(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -394,52 +536,71 @@ fn bytesize_iec(n: u64) -> String {
     format!("{v:.1} {}", units[i])
 }
 
-/// Writes a store of `n` synthetic images straight into the store's files
-/// (a put per image through the binary would take hours): 50 commits per
-/// name, each image 64 chunks of 4 KiB, each commit replacing 6 chunks of
-/// the previous one and writing them in a pack of its own, as a put would.
-fn synthetic_store(env: &Env, n: usize) {
-    use imgstore_store::codec::Codec;
-    use imgstore_store::pack::PackBuilder;
-    use imgstore_store::refs::{Added, RefRecord, TagRef};
-    use imgstore_store::Digest;
-    let root = env.store();
-    let write = |key: &str, data: &[u8]| {
-        let p = root.join(key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
-    };
-    let mut seed = 0u64;
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    for i in 0..n {
-        let (name, commit) = (format!("lab/app{}", i / 50), i % 50);
-        let mut pack = PackBuilder::new();
-        let fresh = if commit == 0 {
-            0..64
-        } else {
-            (commit * 6 % 58)..(commit * 6 % 58 + 6)
+/// Writes synthetic images straight into the store's files (a put per
+/// image through the binary would take hours): 50 commits per name; each
+/// image `chunks` chunks of 32 KiB (122,880 is a 4 GiB image); the first
+/// commit of a name writes all of them, each later one replaces 1% of the
+/// previous commit's chunks and writes those in a pack of its own, as a put
+/// would. Chunk payloads are 8-byte stand-ins: reports read manifests and
+/// pack footers only.
+struct Synthetic {
+    chunks: Vec<imgstore_store::Digest>,
+    per_image: usize,
+    seed: u64,
+}
+
+impl Synthetic {
+    fn new(per_image: usize) -> Synthetic {
+        Synthetic {
+            chunks: Vec::new(),
+            per_image,
+            seed: 0,
+        }
+    }
+
+    /// Writes image number `i` (name `lab/app{i / 50}`, tag `c{i % 50}`).
+    fn add(&mut self, env: &Env, i: usize) {
+        use imgstore_store::codec::Codec;
+        use imgstore_store::pack::PackBuilder;
+        use imgstore_store::refs::{Added, RefRecord, TagRef};
+        use imgstore_store::Digest;
+        const LEN: u32 = 32 << 10;
+        let root = env.store();
+        let write = |key: &str, data: &[u8]| {
+            let p = root.join(key);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
         };
-        if commit == 0 {
-            chunks = vec![Vec::new(); 64];
-        }
+        let (name, commit) = (format!("lab/app{}", i / 50), i % 50);
+        let n = self.per_image;
+        let step = (n / 100).max(1);
+        let fresh = if commit == 0 {
+            self.chunks = vec![Digest([0; 32]); n];
+            0..n
+        } else {
+            let at = commit * step % (n - step + 1);
+            at..at + step
+        };
+        let mut pack = PackBuilder::new();
+        let mut added = 0u64;
         for slot in fresh {
-            seed += 1;
-            chunks[slot] = common::random(4096, seed);
-            pack.add(Digest::of(&chunks[slot]), 4096, Codec::Raw, &chunks[slot]);
+            self.seed += 1;
+            let payload = self.seed.to_le_bytes();
+            self.chunks[slot] = Digest::of(&payload);
+            pack.add(self.chunks[slot], LEN, Codec::Raw, &payload);
+            added += 1;
         }
-        let added = pack.len() as u64;
         let (pack_id, bytes, _) = pack.finish();
         write(&imgstore_store::pack::key(&pack_id), &bytes);
-        let id = ImageId(Digest::of(&chunks.concat()));
+        let ids: Vec<u8> = self.chunks.iter().flat_map(|c| c.0).collect();
+        let id = ImageId(Digest::of(&ids));
         let m = Manifest {
-            size: 64 * 4096,
+            size: n as u64 * u64::from(LEN),
             id,
-            entries: chunks
+            entries: self
+                .chunks
                 .iter()
-                .map(|c| Entry::Chunk {
-                    id: Digest::of(c),
-                    len: 4096,
-                })
+                .map(|c| Entry::Chunk { id: *c, len: LEN })
                 .collect(),
             meta: Default::default(),
         };
@@ -457,8 +618,8 @@ fn synthetic_store(env: &Env, n: usize) {
             deffile: None,
             added: Added {
                 chunks: added,
-                raw_bytes: added * 4096,
-                stored_bytes: added * 4096,
+                raw_bytes: added * u64::from(LEN),
+                stored_bytes: added * 8,
             },
         };
         let t = TagRef {
@@ -469,18 +630,25 @@ fn synthetic_store(env: &Env, n: usize) {
     }
 }
 
-/// Times `stats` and `du` on 1,000 (or IMGSTORE_SCALE_IMAGES) synthetic
-/// images, first with no report cache, then with it. For docs/PERFORMANCE.md:
-/// `IMGSTORE_SCALE_IMAGES=10000 cargo test -j1 --test tests reports::at_scale -- --ignored --nocapture`
+/// Times `stats`, `du` and `history` on 1,000 synthetic 4 GiB images
+/// (IMGSTORE_SCALE_IMAGES, IMGSTORE_SCALE_CHUNKS per image): on a host with
+/// no report view (it folds every image in), then with it, then after one
+/// more image and after an `rm`. For docs/PERFORMANCE.md:
+/// `cargo test --release --test tests reports::at_scale -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn at_scale() {
-    let n: usize = std::env::var("IMGSTORE_SCALE_IMAGES").map_or(1000, |v| v.parse().unwrap());
+    let var = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().unwrap());
+    let n = var("IMGSTORE_SCALE_IMAGES", 1000);
+    let per_image = var("IMGSTORE_SCALE_CHUNKS", 122_880);
     let env = Env::new();
     let started = std::time::Instant::now();
-    synthetic_store(&env, n);
+    let mut synth = Synthetic::new(per_image);
+    for i in 0..n {
+        synth.add(&env, i);
+    }
     eprintln!(
-        "wrote {n} synthetic images in {:.1}s",
+        "wrote {n} synthetic images of {per_image} chunks in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     let time = |args: &[&str]| {
@@ -495,10 +663,19 @@ fn at_scale() {
     assert_eq!(d["rows"].as_array().unwrap().len(), n.div_ceil(50));
     let (du_tag, _) = time(&["du", "--by", "tag"]);
     let (hist, _) = time(&["history", "lab/app0"]);
+    synth.add(&env, n);
+    let (one_more, s2) = time(&["stats"]);
+    assert_eq!(u(&s2, "images"), n as u64 + 1);
+    env.cmd_host("a").args(["rm", "lab/app0:c1"]).assert().success();
+    let (after_rm, s3) = time(&["stats"]);
+    assert_eq!(u(&s3, "images"), n as u64);
+    let view = common::dir_bytes(&env.path("index-a").join("report"));
     eprintln!(
-        "{n} images, {} chunks, {} packs: stats {cold:.3}s without cache, {warm:.3}s with; \
-         du {du:.3}s; du --by tag {du_tag:.3}s; history {hist:.3}s",
+        "{n} images of {per_image} chunks ({} distinct, {} packs): stats {cold:.3}s on a new host, \
+         {warm:.3}s after; du {du:.3}s; du --by tag {du_tag:.3}s; history {hist:.3}s; \
+         stats after one more image {one_more:.3}s, after an rm {after_rm:.3}s; view {:.1} MiB",
         u(&s, "chunks"),
-        u(&s, "packs")
+        u(&s, "packs"),
+        view as f64 / (1 << 20) as f64
     );
 }

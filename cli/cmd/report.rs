@@ -6,17 +6,24 @@ use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use imgstore_store::stats::{DuReport, DuRow, GroupBy, HistoryReport, StatsReport};
-use imgstore_store::ImageRef;
+use imgstore_store::stats::{DuReport, DuRow, GroupBy, HistoryReport, Snapshot, StatsReport};
+use imgstore_store::{ImageRef, Store};
 use serde::Serialize;
 
 use super::{html, UsageError};
 use crate::args::{DiffArgs, DuArgs, Global, HistoryArgs, ReportArgs};
 use crate::output;
+use crate::progress::Bar;
+
+/// The refs and this host's report view, brought up to date (a bar while
+/// a new host folds in the images it has not seen).
+fn snapshot<'s>(store: &'s Store, g: &Global) -> Result<Snapshot<'s>> {
+    Ok(store.snapshot(&Bar::new(g.quiet || g.json))?)
+}
 
 pub fn stats(g: &Global) -> Result<()> {
     let store = super::open(g)?;
-    let r = store.snapshot()?.stats();
+    let r = snapshot(&store, g)?.stats();
     if g.json {
         return output::json(&r);
     }
@@ -130,9 +137,9 @@ fn group_by(a: &DuArgs) -> Result<(GroupBy, Vec<String>)> {
 pub fn du(g: &Global, a: &DuArgs) -> Result<()> {
     let (by, selectors) = group_by(a)?;
     let store = super::open(g)?;
-    let snap = store.snapshot()?;
+    let snap = snapshot(&store, g)?;
     let selected = snap.select(&selectors)?;
-    let r = snap.du(&selected, &by);
+    let r = snap.du(&selected, &by)?;
     if g.json {
         return output::json(&r);
     }
@@ -176,7 +183,7 @@ fn du_table(r: &DuReport) -> comfy_table::Table {
 pub fn history(g: &Global, a: &HistoryArgs) -> Result<()> {
     imgstore_store::refs::check_name(&a.name)?;
     let store = super::open(g)?;
-    let r = store.snapshot()?.history(&a.name)?;
+    let r = snapshot(&store, g)?.history(&a.name)?;
     if g.json {
         return output::json(&r);
     }
@@ -205,7 +212,7 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
     let store = super::open(g)?;
     let ia = store.resolve(&ra)?.id;
     let ib = store.resolve(&rb)?.id;
-    let snap = store.snapshot()?;
+    let snap = snapshot(&store, g)?;
     let mut r = store.diff(&ia, &ib, &snap)?;
     r.a = a.a.clone();
     r.b = a.b.clone();
@@ -254,9 +261,9 @@ struct ReportDone {
 
 pub fn report(g: &Global, a: &ReportArgs) -> Result<()> {
     let store = super::open(g)?;
-    let snap = store.snapshot()?;
+    let snap = snapshot(&store, g)?;
     let stats = snap.stats();
-    let du = snap.du_all();
+    let du = snap.du_all()?;
     if let Some(path) = &a.prometheus {
         write_atomic(path, prometheus(&stats, &du).as_bytes())?;
     }

@@ -1,0 +1,828 @@
+//! The report view: per-chunk reference counts and running totals, kept in
+//! a RocksDB of its own in the local index directory, so that `stats`, `du`
+//! and `history` cost O(refs + packs), not O(chunks of every image).
+//!
+//! It is derived data, like the chunk index. Every query first brings it up
+//! to date with the store's truth, read fresh: the refs (which (image, name)
+//! pairs are live), the pack listing and the pending gc plan (which packs
+//! are condemned). Only what changed since the view last looked is applied
+//! — the chunks of images that gained or lost a name, the footers of packs
+//! added, deleted or condemned — so another host's put, rm or gc is seen
+//! exactly as this host's own.
+//!
+//! Each chunk keeps how many live images use it, the XOR of those images'
+//! id prefixes (which *is* the one image's prefix when a single image uses
+//! it), per name how many live (image, name) pairs use it, and its copies in
+//! packs. When a chunk's state changes, its contribution moves from the old
+//! state's totals to the new state's: the store's, each name's and, when a
+//! single image holds it, that image's.
+//!
+//! Each batch of changes is one atomic RocksDB write together with the
+//! membership keys saying what it applied, so a crash leaves a view that is
+//! behind, never wrong. A view that fails to open or to decode is deleted
+//! and built anew by the caller.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+
+use super::CHUNK_OVERHEAD;
+use crate::backend::{lock_path, LockGuard};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, Digest, ImageId, PackId};
+use crate::manifest::Entry;
+use crate::pack::{self, PACKS_DIR};
+use crate::progress::Progress;
+use crate::refs::{RefRecord, TagRef};
+use crate::Store;
+
+/// Directory of the view inside the local index directory.
+pub const VIEW_DIR: &str = "report";
+const LOCK_FILE: &str = "report.lock";
+
+// Keys: one prefix byte, then ids.
+/// `c` + chunk id -> [`ChunkState`].
+const CHUNK: u8 = b'c';
+/// `I` + image prefix -> the image's [`SetTotals`].
+const IMAGE: u8 = b'I';
+/// `r` + image id + name key -> nothing: a live (image, name) pair applied.
+const PAIR: u8 = b'r';
+/// `P` + pack id -> file bytes, condemned flag: a pack applied.
+const PACK: u8 = b'P';
+/// `p` + pack id -> each (chunk id, raw length, stored length) of its footer.
+const PACK_ENTRIES: u8 = b'p';
+/// `n` + name key -> the name's [`SetTotals`].
+const NAME: u8 = b'n';
+/// The store's [`StoreTotals`].
+const STORE: &[u8] = b"G";
+/// The layout version; a view without it (or another) is rebuilt.
+const SCHEMA: &[u8] = b"V";
+const SCHEMA_VERSION: &[u8] = b"1";
+
+/// Chunk references (image chunks and pack entries) gathered before a batch
+/// is applied: bounds memory to a few hundred MB.
+const BATCH_REFS: usize = 4 << 20;
+
+/// `BATCH_REFS`, or `IMGSTORE_TEST_REPORT_BATCH` (tests: many tiny batches).
+fn batch_refs() -> usize {
+    std::env::var("IMGSTORE_TEST_REPORT_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BATCH_REFS)
+}
+
+/// Chunks, raw bytes and stored bytes (one copy each) of a set of chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Distinct chunks.
+    pub chunks: i64,
+    /// Their raw bytes.
+    pub bytes: i64,
+    /// Their stored bytes, one copy each (0 for a chunk with no copy).
+    pub stored: i64,
+}
+
+impl Tally {
+    fn add(&mut self, sign: i64, raw: u32, stored: u64) {
+        self.chunks += sign;
+        self.bytes += sign * i64::from(raw);
+        self.stored += sign * stored as i64;
+    }
+
+    fn plus(&mut self, o: &Tally) {
+        self.chunks += o.chunks;
+        self.bytes += o.bytes;
+        self.stored += o.stored;
+    }
+}
+
+/// The chunks a set of images uses, and those no image outside it uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetTotals {
+    /// Every distinct chunk the set uses.
+    pub all: Tally,
+    /// Chunks only the set uses: what removing it frees.
+    pub exclusive: Tally,
+}
+
+/// The whole store's chunk figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreTotals {
+    /// Chunks live images use.
+    pub live: Tally,
+    /// Live chunks with a copy in a non-condemned pack (each costs one
+    /// `CHUNK_OVERHEAD` of framing).
+    pub first_copies: i64,
+    /// Further non-condemned copies of live chunks, stored bytes + framing.
+    pub duplicate_bytes: i64,
+    /// Non-condemned copies of chunks no live image uses, stored + framing.
+    pub unreferenced_bytes: i64,
+}
+
+/// What the view knows of one chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkState {
+    /// Raw length.
+    pub raw: u32,
+    /// Stored length of a copy (all copies of a chunk encode alike).
+    pub stored: u32,
+    /// Live images using it.
+    pub images: u32,
+    /// XOR of their id prefixes.
+    xor: u64,
+    /// Copies in packs the gc plan has not condemned.
+    pub copies: u32,
+    /// Copies in condemned packs.
+    pub condemned: u32,
+    /// Per name key, the live (image, name) pairs using it; sorted, no zeros.
+    names: Vec<(u64, u32)>,
+}
+
+impl ChunkState {
+    /// Stored bytes of one copy, or 0 when no pack holds one.
+    pub fn stored_one(&self) -> u64 {
+        if self.copies + self.condemned > 0 {
+            u64::from(self.stored)
+        } else {
+            0
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.images == 0 && self.copies == 0 && self.condemned == 0
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(28 + 12 * self.names.len());
+        for v in [self.raw, self.stored, self.images, self.copies, self.condemned] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.xor.to_le_bytes());
+        for (k, n) in &self.names {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<ChunkState> {
+        if b.len() < 28 || !(b.len() - 28).is_multiple_of(12) {
+            return None;
+        }
+        let u = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Some(ChunkState {
+            raw: u(0),
+            stored: u(4),
+            images: u(8),
+            copies: u(12),
+            condemned: u(16),
+            xor: u64::from_le_bytes(b[20..28].try_into().expect("8 bytes")),
+            names: b[28..]
+                .chunks_exact(12)
+                .map(|e| {
+                    let k = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+                    (k, u32::from_le_bytes(e[8..].try_into().expect("4 bytes")))
+                })
+                .collect(),
+        })
+    }
+
+    /// Adds this state's figures to the totals, with `sign` +1 or -1.
+    fn contribute(&self, sign: i64, to: &mut Changes) {
+        let framed = i64::from(self.stored) + CHUNK_OVERHEAD as i64;
+        if self.images == 0 {
+            to.store.unreferenced_bytes += sign * i64::from(self.copies) * framed;
+            return;
+        }
+        let stored = self.stored_one();
+        to.store.live.add(sign, self.raw, stored);
+        if self.copies > 0 {
+            to.store.first_copies += sign;
+            to.store.duplicate_bytes += sign * i64::from(self.copies - 1) * framed;
+        }
+        let alone = self.names.len() == 1;
+        for (k, _) in &self.names {
+            let n = to.names.entry(*k).or_default();
+            n.all.add(sign, self.raw, stored);
+            if alone {
+                n.exclusive.add(sign, self.raw, stored);
+            }
+        }
+        if self.images == 1 {
+            to.images.entry(self.xor).or_default().add(sign, self.raw, stored);
+        }
+    }
+
+    fn apply(mut self, d: &Delta) -> Option<ChunkState> {
+        if d.raw != 0 {
+            self.raw = d.raw;
+        }
+        if let Some(s) = d.stored {
+            self.stored = s;
+        }
+        let add = |v: u32, by: i64| u32::try_from(i64::from(v) + by).ok();
+        self.images = add(self.images, d.images)?;
+        self.copies = add(self.copies, d.copies)?;
+        self.condemned = add(self.condemned, d.condemned)?;
+        self.xor ^= d.xor;
+        for (k, by) in &d.names {
+            match self.names.binary_search_by_key(k, |e| e.0) {
+                Ok(i) => {
+                    self.names[i].1 = add(self.names[i].1, *by)?;
+                    if self.names[i].1 == 0 {
+                        self.names.remove(i);
+                    }
+                }
+                Err(i) if *by > 0 => self.names.insert(i, (*k, u32::try_from(*by).ok()?)),
+                Err(_) if *by == 0 => {}
+                Err(_) => return None,
+            }
+        }
+        Some(self)
+    }
+}
+
+/// A pending change to one chunk.
+#[derive(Debug, Default)]
+struct Delta {
+    /// Raw length when known (0: unknown).
+    raw: u32,
+    stored: Option<u32>,
+    images: i64,
+    xor: u64,
+    copies: i64,
+    condemned: i64,
+    names: Vec<(u64, i64)>,
+}
+
+impl Delta {
+    fn name(&mut self, key: u64, by: i64) {
+        match self.names.iter_mut().find(|e| e.0 == key) {
+            Some(e) => e.1 += by,
+            None => self.names.push((key, by)),
+        }
+    }
+}
+
+/// Totals moved by one batch.
+#[derive(Debug, Default)]
+struct Changes {
+    store: StoreTotals,
+    names: HashMap<u64, SetTotals>,
+    /// Exclusive tallies by image prefix.
+    images: HashMap<u64, Tally>,
+}
+
+/// An image's distinct chunks and their raw lengths, from its manifest.
+pub fn image_chunks(store: &Store, id: &ImageId) -> Result<Vec<(ChunkId, u32)>> {
+    let m = store.manifest(id)?;
+    let mut seen = HashSet::with_capacity(m.entries.len());
+    Ok(m.entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Chunk { id, len } if seen.insert(*id) => Some((*id, *len)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The key of a name in the view: the first 8 bytes of its BLAKE3.
+pub fn name_key(name: &str) -> u64 {
+    prefix(&Digest::of(name.as_bytes()))
+}
+
+fn prefix(d: &Digest) -> u64 {
+    u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes"))
+}
+
+fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![kind];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn encode_i64s(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn decode_i64s<const N: usize>(b: &[u8]) -> Option<[i64; N]> {
+    if b.len() != 8 * N {
+        return None;
+    }
+    let mut out = [0; N];
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+        *o = i64::from_le_bytes(c.try_into().ok()?);
+    }
+    Some(out)
+}
+
+impl SetTotals {
+    fn encode(&self) -> Vec<u8> {
+        let (a, e) = (&self.all, &self.exclusive);
+        encode_i64s(&[a.chunks, a.bytes, a.stored, e.chunks, e.bytes, e.stored])
+    }
+
+    fn decode(b: &[u8]) -> Option<SetTotals> {
+        let [c, b_, s, ec, eb, es] = decode_i64s::<6>(b)?;
+        Some(SetTotals {
+            all: Tally {
+                chunks: c,
+                bytes: b_,
+                stored: s,
+            },
+            exclusive: Tally {
+                chunks: ec,
+                bytes: eb,
+                stored: es,
+            },
+        })
+    }
+}
+
+impl StoreTotals {
+    fn encode(&self) -> Vec<u8> {
+        let l = &self.live;
+        encode_i64s(&[
+            l.chunks,
+            l.bytes,
+            l.stored,
+            self.first_copies,
+            self.duplicate_bytes,
+            self.unreferenced_bytes,
+        ])
+    }
+
+    fn decode(b: &[u8]) -> Option<StoreTotals> {
+        let [c, by, s, f, d, u] = decode_i64s::<6>(b)?;
+        Some(StoreTotals {
+            live: Tally {
+                chunks: c,
+                bytes: by,
+                stored: s,
+            },
+            first_copies: f,
+            duplicate_bytes: d,
+            unreferenced_bytes: u,
+        })
+    }
+}
+
+/// A pack as the view last saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct PackInfo {
+    /// The pack.
+    pub id: PackId,
+    /// Its file size.
+    pub file_bytes: u64,
+    /// Condemned by the pending gc plan.
+    pub condemned: bool,
+}
+
+/// The open view; holds this host's report lock while it lives.
+pub struct View {
+    db: DB,
+    path: PathBuf,
+    _lock: LockGuard,
+}
+
+fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Index {
+        path: path.to_path_buf(),
+        detail: format!("report view: {what}"),
+    }
+}
+
+impl View {
+    /// Opens the view in `index_dir`, waiting for another report on this
+    /// host to finish with it. `fresh` deletes what is there first.
+    pub fn open(index_dir: &Path, fresh: bool) -> Result<View> {
+        let lock = lock_path(&index_dir.join(LOCK_FILE), true)?.expect("a waiting lock is always taken");
+        let path = index_dir.join(VIEW_DIR);
+        if fresh {
+            match fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+                _ => {}
+            }
+        }
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_keep_log_file_num(2);
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        let mut cf = Options::default();
+        cf.set_block_based_table_factory(&table);
+        // Named so that `cf_handle` finds it for batched lookups.
+        let cfs = [ColumnFamilyDescriptor::new(
+            rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+            cf,
+        )];
+        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| damaged(&path, e))?;
+        let view = View {
+            db,
+            path,
+            _lock: lock,
+        };
+        match view.get(SCHEMA)? {
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(_) => return Err(view.err("written by another version")),
+            None if view.db.iterator(IteratorMode::Start).next().is_some() => {
+                return Err(view.err("has no version"))
+            }
+            None => view.db.put(SCHEMA, SCHEMA_VERSION).map_err(|e| view.err(e))?,
+        }
+        Ok(view)
+    }
+
+    fn err(&self, what: impl std::fmt::Display) -> Error {
+        damaged(&self.path, what)
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(k).map_err(|e| self.err(e))
+    }
+
+    /// Keys (without the prefix byte) and values of every entry of one kind.
+    fn scan(&self, kind: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(&[kind], Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if k.first() != Some(&kind) {
+                break;
+            }
+            out.push((k[1..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The store's totals.
+    pub fn store_totals(&self) -> Result<StoreTotals> {
+        match self.get(STORE)? {
+            None => Ok(StoreTotals::default()),
+            Some(b) => StoreTotals::decode(&b).ok_or_else(|| self.err("bad store totals")),
+        }
+    }
+
+    fn set_totals(&self, k: &[u8]) -> Result<SetTotals> {
+        match self.get(k)? {
+            None => Ok(SetTotals::default()),
+            Some(b) => SetTotals::decode(&b).ok_or_else(|| self.err("bad totals")),
+        }
+    }
+
+    /// A name's totals: every chunk its images use, and those only they use.
+    pub fn name_totals(&self, name: &str) -> Result<SetTotals> {
+        self.set_totals(&key(NAME, &[&name_key(name).to_le_bytes()]))
+    }
+
+    /// An image's totals (exclusive: used by no other live image).
+    pub fn image_totals(&self, id: &ImageId) -> Result<SetTotals> {
+        self.set_totals(&key(IMAGE, &[&prefix(&id.0).to_le_bytes()]))
+    }
+
+    /// The states of `ids` (a default state for a chunk the view lacks).
+    pub fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkState>> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|c| key(CHUNK, &[&c.0])).collect();
+        let cf = self
+            .db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .expect("opened with the default column family named");
+        self.db
+            .batched_multi_get_cf(cf, keys.iter(), false)
+            .into_iter()
+            .map(|r| match r.map_err(|e| self.err(e))? {
+                None => Ok(ChunkState::default()),
+                Some(b) => ChunkState::decode(&b).ok_or_else(|| self.err("bad chunk state")),
+            })
+            .collect()
+    }
+
+    /// The packs the view has applied.
+    pub fn packs(&self) -> Result<Vec<PackInfo>> {
+        self.scan(PACK)?
+            .into_iter()
+            .map(|(k, v)| {
+                let ok = k.len() == 32 && v.len() == 9;
+                ok.then(|| PackInfo {
+                    id: Digest(k.try_into().expect("32 bytes")),
+                    file_bytes: u64::from_le_bytes(v[..8].try_into().expect("8 bytes")),
+                    condemned: v[8] == 1,
+                })
+                .ok_or_else(|| self.err("bad pack entry"))
+            })
+            .collect()
+    }
+
+    fn pack_entries(&self, id: &PackId) -> Result<Vec<(ChunkId, u32, u32)>> {
+        let b = self
+            .get(&key(PACK_ENTRIES, &[&id.0]))?
+            .ok_or_else(|| self.err(format!("pack {} has no entries", id.to_hex())))?;
+        if b.len() % 40 != 0 {
+            return Err(self.err("bad pack entries"));
+        }
+        Ok(b.chunks_exact(40)
+            .map(|e| {
+                let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
+                (Digest(e[..32].try_into().expect("32 bytes")), u(32), u(36))
+            })
+            .collect())
+    }
+
+    /// Brings the view up to date with the store: `refs` as just listed,
+    /// the packs listed now, and the packs the gc plan condemns.
+    pub fn refresh(
+        &mut self,
+        store: &Store,
+        refs: &[(TagRef, RefRecord)],
+        condemned: &HashSet<PackId>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        self.refresh_packs(store, condemned)?;
+        self.refresh_images(store, refs, progress)
+    }
+
+    fn refresh_packs(&mut self, store: &Store, condemned: &HashSet<PackId>) -> Result<()> {
+        let applied: HashMap<PackId, PackInfo> = self.packs()?.into_iter().map(|p| (p.id, p)).collect();
+        let mut listed: HashMap<PackId, String> = HashMap::new();
+        for shard in store.backend.list(PACKS_DIR)? {
+            for name in store.backend.list(&format!("{PACKS_DIR}/{shard}"))? {
+                if let Ok(id) = Digest::from_hex(&name) {
+                    listed.insert(id, format!("{PACKS_DIR}/{shard}/{name}"));
+                }
+            }
+        }
+        let limit = batch_refs();
+        let mut batch = Batch::default();
+        for (id, info) in &applied {
+            let now = listed.contains_key(id).then(|| condemned.contains(id));
+            if now == Some(info.condemned) {
+                continue;
+            }
+            let entries = self.pack_entries(id)?;
+            batch.refs += entries.len();
+            for (c, _, _) in entries {
+                let d = batch.deltas.entry(c).or_default();
+                if info.condemned {
+                    d.condemned -= 1;
+                } else {
+                    d.copies -= 1;
+                }
+                match now {
+                    Some(true) => d.condemned += 1,
+                    Some(false) => d.copies += 1,
+                    None => {}
+                }
+            }
+            match now {
+                Some(c) => batch.wb.put(key(PACK, &[&id.0]), pack_value(info.file_bytes, c)),
+                None => {
+                    batch.wb.delete(key(PACK, &[&id.0]));
+                    batch.wb.delete(key(PACK_ENTRIES, &[&id.0]));
+                }
+            }
+            if batch.refs >= limit {
+                self.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        for (id, k) in listed.iter().filter(|(id, _)| !applied.contains_key(id)) {
+            let file = match store.backend.open(k) {
+                Ok(f) => f,
+                // Deleted by a gc since the listing: as if never listed.
+                Err(Error::Corrupt { .. }) if store.backend.modified(k)?.is_none() => continue,
+                Err(e) => return Err(e),
+            };
+            let entries = pack::read_footer(file.as_ref(), &format!("pack {k}"))?;
+            let is_condemned = condemned.contains(id);
+            batch.refs += entries.len();
+            let mut value = Vec::with_capacity(40 * entries.len());
+            for e in &entries {
+                value.extend_from_slice(&e.id.0);
+                value.extend_from_slice(&e.raw_len.to_le_bytes());
+                value.extend_from_slice(&e.stored_len.to_le_bytes());
+                let d = batch.deltas.entry(e.id).or_default();
+                d.raw = e.raw_len;
+                d.stored = Some(e.stored_len);
+                if is_condemned {
+                    d.condemned += 1;
+                } else {
+                    d.copies += 1;
+                }
+            }
+            batch.wb.put(key(PACK_ENTRIES, &[&id.0]), value);
+            batch
+                .wb
+                .put(key(PACK, &[&id.0]), pack_value(file.size()?, is_condemned));
+            if batch.refs >= limit {
+                self.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        self.apply(batch)
+    }
+
+    fn refresh_images(
+        &mut self,
+        store: &Store,
+        refs: &[(TagRef, RefRecord)],
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let mut live: BTreeMap<ImageId, BTreeSet<u64>> = BTreeMap::new();
+        let mut sizes: HashMap<ImageId, u64> = HashMap::new();
+        for (t, r) in refs {
+            live.entry(r.image).or_default().insert(name_key(&t.name));
+            sizes.insert(r.image, r.size);
+        }
+        let mut applied: BTreeMap<ImageId, BTreeSet<u64>> = BTreeMap::new();
+        for (k, _) in self.scan(PAIR)? {
+            if k.len() != 40 {
+                return Err(self.err("bad pair key"));
+            }
+            let image = ImageId(Digest(k[..32].try_into().expect("32 bytes")));
+            applied
+                .entry(image)
+                .or_default()
+                .insert(u64::from_le_bytes(k[32..].try_into().expect("8 bytes")));
+        }
+        let none = BTreeSet::new();
+        let changed: Vec<ImageId> = live
+            .keys()
+            .chain(applied.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|id| live.get(id) != applied.get(id))
+            .copied()
+            .collect();
+        let entering_bytes: u64 = changed
+            .iter()
+            .filter(|id| !applied.contains_key(id))
+            .map(|id| sizes[id])
+            .sum();
+        if entering_bytes > 0 {
+            progress.start("report index", Some(entering_bytes));
+        }
+        let limit = batch_refs();
+        let mut batch = Batch::default();
+        for id in changed {
+            let (old, new) = (applied.get(&id).unwrap_or(&none), live.get(&id).unwrap_or(&none));
+            let (entering, leaving) = (old.is_empty(), new.is_empty());
+            let chunks = if leaving {
+                // gc keeps manifests, so this holds; if one went, the
+                // caller builds the view anew, without the image.
+                image_chunks(store, &id).map_err(|e| self.err(format!("image {id} left: {e}")))?
+            } else {
+                image_chunks(store, &id)?
+            };
+            if entering {
+                progress.advance(sizes[&id]);
+            }
+            batch.refs += chunks.len();
+            let p = prefix(&id.0);
+            for (c, len) in &chunks {
+                let d = batch.deltas.entry(*c).or_default();
+                d.raw = *len;
+                if entering || leaving {
+                    d.images += if entering { 1 } else { -1 };
+                    d.xor ^= p;
+                }
+                for k in new.difference(old) {
+                    d.name(*k, 1);
+                }
+                for k in old.difference(new) {
+                    d.name(*k, -1);
+                }
+            }
+            for k in new.difference(old) {
+                batch.wb.put(key(PAIR, &[&id.0 .0, &k.to_le_bytes()]), b"");
+            }
+            for k in old.difference(new) {
+                batch.wb.delete(key(PAIR, &[&id.0 .0, &k.to_le_bytes()]));
+            }
+            if leaving {
+                batch.leaving.push(p);
+            } else if entering {
+                batch.entering.push((p, chunks));
+            }
+            if batch.refs >= limit {
+                self.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        let r = self.apply(batch);
+        if entering_bytes > 0 {
+            progress.finish();
+        }
+        r
+    }
+
+    /// Applies one batch's chunk changes and moves the totals, in one write.
+    fn apply(&mut self, mut batch: Batch) -> Result<()> {
+        let mut ids: Vec<ChunkId> = batch.deltas.keys().copied().collect();
+        ids.sort_unstable_by_key(|c| c.0);
+        let olds = self.chunks(&ids)?;
+        let mut changes = Changes::default();
+        let mut stored: HashMap<ChunkId, u64> = HashMap::new();
+        for (c, old) in ids.iter().zip(olds) {
+            let new = old
+                .clone()
+                .apply(&batch.deltas[c])
+                .ok_or_else(|| self.err(format!("chunk {} counts below zero", c.to_hex())))?;
+            old.contribute(-1, &mut changes);
+            new.contribute(1, &mut changes);
+            if new.is_empty() {
+                batch.wb.delete(key(CHUNK, &[&c.0]));
+            } else {
+                batch.wb.put(key(CHUNK, &[&c.0]), new.encode());
+            }
+            if !batch.entering.is_empty() {
+                stored.insert(*c, new.stored_one());
+            }
+        }
+        for (p, chunks) in &batch.entering {
+            let mut t = SetTotals::default();
+            for (c, len) in chunks {
+                t.all.add(1, *len, stored[c]);
+            }
+            t.exclusive = changes.images.remove(p).unwrap_or_default();
+            batch.wb.put(key(IMAGE, &[&p.to_le_bytes()]), t.encode());
+        }
+        for p in &batch.leaving {
+            changes.images.remove(p);
+            batch.wb.delete(key(IMAGE, &[&p.to_le_bytes()]));
+        }
+        for (p, ex) in &changes.images {
+            let k = key(IMAGE, &[&p.to_le_bytes()]);
+            let mut t = self.set_totals(&k)?;
+            t.exclusive.plus(ex);
+            batch.wb.put(k, t.encode());
+        }
+        for (n, d) in &changes.names {
+            let k = key(NAME, &[&n.to_le_bytes()]);
+            let mut t = self.set_totals(&k)?;
+            t.all.plus(&d.all);
+            t.exclusive.plus(&d.exclusive);
+            if t.all.chunks == 0 {
+                batch.wb.delete(k);
+            } else {
+                batch.wb.put(k, t.encode());
+            }
+        }
+        let mut s = self.store_totals()?;
+        let d = &changes.store;
+        s.live.plus(&d.live);
+        s.first_copies += d.first_copies;
+        s.duplicate_bytes += d.duplicate_bytes;
+        s.unreferenced_bytes += d.unreferenced_bytes;
+        batch.wb.put(STORE, s.encode());
+        self.db.write(batch.wb).map_err(|e| self.err(e))
+    }
+}
+
+fn pack_value(file_bytes: u64, condemned: bool) -> Vec<u8> {
+    let mut v = file_bytes.to_le_bytes().to_vec();
+    v.push(u8::from(condemned));
+    v
+}
+
+/// Changes gathered for one atomic write.
+#[derive(Default)]
+struct Batch {
+    deltas: HashMap<ChunkId, Delta>,
+    /// Chunk references gathered (see `BATCH_REFS`).
+    refs: usize,
+    wb: WriteBatch,
+    /// Images that enter the view (prefix, chunks): their totals are set.
+    entering: Vec<(u64, Vec<(ChunkId, u32)>)>,
+    /// Images that leave it (prefix): their totals are dropped.
+    leaving: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_state_round_trips_and_applies() {
+        let s = ChunkState {
+            raw: 10,
+            stored: 7,
+            images: 2,
+            xor: 5,
+            copies: 1,
+            condemned: 0,
+            names: vec![(3, 1), (9, 2)],
+        };
+        assert_eq!(ChunkState::decode(&s.encode()), Some(s.clone()));
+        let mut d = Delta {
+            images: -1,
+            xor: 4,
+            ..Delta::default()
+        };
+        d.name(9, -2);
+        let t = s.clone().apply(&d).unwrap();
+        assert_eq!((t.images, t.xor, t.names.clone()), (1, 1, vec![(3, 1)]));
+        let mut under = Delta::default();
+        under.name(7, -1);
+        assert!(s.apply(&under).is_none(), "a count below zero is damage");
+    }
+}
