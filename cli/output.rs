@@ -8,6 +8,16 @@ use bytesize::ByteSize;
 use comfy_table::{presets, Table};
 use serde::Serialize;
 
+/// `println!` that returns the write error instead of panicking, so that a
+/// reader going away (`imgstore ls | head`) ends the command quietly.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 /// Version of the JSON documents `--json` prints.
 pub const JSON_FORMAT_VERSION: u32 = 1;
 
@@ -17,7 +27,7 @@ pub fn json<T: Serialize>(value: &T) -> Result<()> {
     if let serde_json::Value::Object(map) = &mut v {
         map.insert("format_version".into(), JSON_FORMAT_VERSION.into());
     }
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    crate::out!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 

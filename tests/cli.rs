@@ -72,3 +72,28 @@ fn bench_compare_smoke() {
     assert!(stdout.matches("identical").count() >= 4, "{stdout}");
     assert!(!stdout.contains("differ"), "{stdout}");
 }
+
+/// A reader that goes away (`imgstore ls | head`) ends the command quietly
+/// with exit 0: no panic, no error line.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let env = Env::new();
+    env.put("lab/app:v1", &env.file("a", &crate::common::image(100_000, 1)));
+    let bin = assert_cmd::cargo::cargo_bin("imgstore");
+    for args in ["ls", "--json ls", "stats", "du --by tag", "log"] {
+        // The reader (`:`) has exited long before imgstore writes.
+        let script = format!(
+            "{{ sleep 0.3; '{}' {args}; echo \"rc=$?\" >&2; }} | :",
+            bin.display()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("IMGSTORE_STORE", env.store())
+            .env("IMGSTORE_INDEX_DIR", env.path("index-a"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.trim_end().ends_with("rc=0"), "{args}: {err}");
+        assert!(!err.contains("panicked"), "{args}: {err}");
+    }
+}

@@ -343,8 +343,10 @@ fn html_and_prometheus_files() {
         size(u(row(&du, "lab/app"), "exclusive_stored_bytes"))
     )));
 
-    // Prometheus: HELP and TYPE before every family, valid names and values.
+    // Prometheus: HELP and TYPE before every family, valid names and values,
+    // every sample labelled with the store.
     let text = std::fs::read_to_string(&prom).unwrap();
+    let store_label = format!("store=\"{}\"", env.store().display());
     let mut typed = HashSet::new();
     let mut samples = HashMap::new();
     for line in text.lines() {
@@ -355,11 +357,13 @@ fn html_and_prometheus_files() {
             typed.insert(name.to_string());
         } else if !line.starts_with('#') {
             let (series, value) = line.rsplit_once(' ').unwrap();
-            let name = series.split('{').next().unwrap();
+            let (name, labels) = series.split_once('{').unwrap();
+            assert!(labels.starts_with(&store_label), "{series}");
             assert!(typed.contains(name), "{name} sampled before its TYPE");
             assert!(name.starts_with("imgstore_"));
             assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-            samples.insert(series.to_string(), value.parse::<f64>().unwrap());
+            let labels = labels.trim_end_matches('}').trim_start_matches(&store_label);
+            samples.insert(format!("{name}{labels}"), value.parse::<f64>().unwrap());
         }
     }
     assert_eq!(samples["imgstore_stored_bytes"], u(&stats, "stored_bytes") as f64);
@@ -374,7 +378,7 @@ fn html_and_prometheus_files() {
         u(&stats, "last_put") as f64
     );
     assert_eq!(
-        samples["imgstore_name_exclusive_bytes{name=\"lab/app\"}"],
+        samples["imgstore_name_exclusive_bytes,name=\"lab/app\""],
         u(row(&du, "lab/app"), "exclusive_stored_bytes") as f64
     );
 }
@@ -642,6 +646,9 @@ fn at_scale() {
     let n = var("IMGSTORE_SCALE_IMAGES", 1000);
     let per_image = var("IMGSTORE_SCALE_CHUNKS", 122_880);
     let env = Env::new();
+    if std::env::var_os("IMGSTORE_SCALE_KEEP").is_some() {
+        eprintln!("keeping the store in {}", env.dir.path().display());
+    }
     let started = std::time::Instant::now();
     let mut synth = Synthetic::new(per_image);
     for i in 0..n {
@@ -651,12 +658,33 @@ fn at_scale() {
         "wrote {n} synthetic images of {per_image} chunks in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    let peak = std::cell::Cell::new(0u64);
+    // Wall time of the whole process; peak RSS through /usr/bin/time.
     let time = |args: &[&str]| {
         let t = std::time::Instant::now();
-        let v = json(&env, "a", args);
-        (t.elapsed().as_secs_f64(), v)
+        let out = std::process::Command::new("/usr/bin/time")
+            .args(["-f", "%M"])
+            .arg(assert_cmd::cargo::cargo_bin("imgstore"))
+            .arg("--json")
+            .args(args)
+            .env("IMGSTORE_STORE", env.store())
+            .env("IMGSTORE_INDEX_DIR", env.path("index-a"))
+            .output()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let kib: u64 = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        peak.set(peak.get().max(kib));
+        (secs, serde_json::from_slice::<Value>(&out.stdout).unwrap())
     };
     let (cold, s) = time(&["stats"]);
+    let cold_peak = peak.replace(0);
     assert_eq!(u(&s, "images"), n as u64);
     let (warm, _) = time(&["stats"]);
     let (du, d) = time(&["du"]);
@@ -673,9 +701,15 @@ fn at_scale() {
     eprintln!(
         "{n} images of {per_image} chunks ({} distinct, {} packs): stats {cold:.3}s on a new host, \
          {warm:.3}s after; du {du:.3}s; du --by tag {du_tag:.3}s; history {hist:.3}s; \
-         stats after one more image {one_more:.3}s, after an rm {after_rm:.3}s; view {:.1} MiB",
+         stats after one more image {one_more:.3}s, after an rm {after_rm:.3}s; view {:.1} MiB; \
+         peak RSS {} MiB building the view, {} MiB at most after",
         u(&s, "chunks"),
         u(&s, "packs"),
-        view as f64 / (1 << 20) as f64
+        view as f64 / (1 << 20) as f64,
+        cold_peak / 1024,
+        peak.get() / 1024
     );
+    if std::env::var_os("IMGSTORE_SCALE_KEEP").is_some() {
+        std::mem::forget(env);
+    }
 }

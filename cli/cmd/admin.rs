@@ -39,7 +39,7 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<()> {
     }
     if !g.quiet {
         let c = store.config();
-        println!(
+        crate::out!(
             "initialized store {} at {} (chunks {}/{}/{} min/avg/max, zstd level {})",
             c.store_id,
             dir.display(),
@@ -74,9 +74,11 @@ pub fn index(g: &Global, c: &IndexCommand) -> Result<()> {
         return output::json(&report);
     }
     if !g.quiet {
-        println!(
+        crate::out!(
             "index at {}: {} segments applied, {} chunk locations written",
-            report.index_dir, report.segments_applied, report.chunks_written
+            report.index_dir,
+            report.segments_applied,
+            report.chunks_written
         );
     }
     Ok(())

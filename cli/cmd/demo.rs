@@ -38,16 +38,17 @@ pub fn run(g: &Global, a: &DemoArgs) -> Result<()> {
         }
     };
     let size = a.size.as_u64();
-    let say = |s: String| {
+    let say = |s: String| -> Result<()> {
         if !g.quiet {
-            println!("{s}");
+            crate::out!("{s}");
         }
+        Ok(())
     };
     say(format!(
         "demo in {}: two {} images, the second a small edit of the first",
         dir.display(),
         output::size(size)
-    ));
+    ))?;
     let (v1, v2) = (dir.join("app-v1.img"), dir.join("app-v2.img"));
     write_image(&v1, size, 42, false)?;
     write_image(&v2, size, 42, true)?;
@@ -83,7 +84,7 @@ pub fn run(g: &Global, a: &DemoArgs) -> Result<()> {
             output::size(r.added.raw_bytes),
             r.seconds,
             mbps(r.size, r.seconds),
-        ));
+        ))?;
         reports.push(r);
     }
     let second = &reports[1];
@@ -92,7 +93,7 @@ pub fn run(g: &Global, a: &DemoArgs) -> Result<()> {
         100.0 * second.added.stored_bytes as f64 / second.size as f64,
         cp_secs,
         mbps(size, cp_secs)
-    ));
+    ))?;
 
     let back = dir.join("app-v2.restored.img");
     let r = store.get(&ImageRef::parse("demo/app:v2")?, Output::File(back.clone()), &bar)?;
@@ -105,6 +106,6 @@ pub fn run(g: &Global, a: &DemoArgs) -> Result<()> {
         r.seconds,
         mbps(r.size, r.seconds),
         r.image
-    ));
+    ))?;
     Ok(())
 }

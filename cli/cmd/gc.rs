@@ -54,10 +54,10 @@ pub fn prune(g: &Global, a: &PruneArgs) -> Result<()> {
         ]);
     }
     if !decisions.is_empty() {
-        println!("{t}");
+        crate::out!("{t}");
     }
     let removed = decisions.iter().filter(|d| !d.keep).count();
-    println!(
+    crate::out!(
         "{} {removed} of {} tags; run `imgstore gc` to free their space",
         if a.dry_run { "would remove" } else { "removed" },
         decisions.len()
@@ -81,7 +81,7 @@ pub fn gc(g: &Global, a: &GcArgs) -> Result<()> {
         return Ok(());
     }
     let verb = if r.dry_run { "would " } else { "" };
-    println!(
+    crate::out!(
         "marked {} images ({} refs); {verb}delete {} packs, freeing {}; {} rescued",
         r.images,
         r.refs,
@@ -90,21 +90,21 @@ pub fn gc(g: &Global, a: &GcArgs) -> Result<()> {
         r.packs_rescued
     );
     if r.packs_repacked > 0 {
-        println!(
+        crate::out!(
             "{verb}repack {} packs, writing {}",
             r.packs_repacked,
             output::size(r.bytes_repacked)
         );
     }
-    println!(
+    crate::out!(
         "{verb}condemn {} packs holding {}: a gc after {} frees them",
         r.packs_condemned,
         output::size(r.bytes_condemned),
         humantime::format_duration(a.grace)
     );
     if let Some(w) = &r.waiting {
-        println!("pending plan not executed yet: {w}");
+        crate::out!("pending plan not executed yet: {w}");
     }
-    println!("took {:.1}s", r.seconds);
+    crate::out!("took {:.1}s", r.seconds);
     Ok(())
 }

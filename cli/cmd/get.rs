@@ -37,7 +37,7 @@ pub fn run(g: &Global, a: &GetArgs) -> Result<()> {
         if to_stdout {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            crate::out!("{line}");
         }
     }
     Ok(())

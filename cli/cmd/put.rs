@@ -38,7 +38,7 @@ pub fn run(g: &Global, a: &PutArgs) -> Result<()> {
         return output::json(&report);
     }
     if !g.quiet {
-        println!(
+        crate::out!(
             "stored {} image {} as {}, added {} ({} new chunks, {} before compression)",
             output::size(report.size),
             report.reference,
@@ -48,7 +48,7 @@ pub fn run(g: &Global, a: &PutArgs) -> Result<()> {
             output::size(report.added.raw_bytes),
         );
         if let Some(prev) = report.replaced {
-            println!("{} previously named {prev}", report.reference);
+            crate::out!("{} previously named {prev}", report.reference);
         }
     }
     Ok(())

@@ -63,7 +63,7 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
         ]);
     }
     if !rows.is_empty() {
-        println!("{t}");
+        crate::out!("{t}");
     } else if !g.quiet {
         eprintln!("no images");
     }
@@ -197,7 +197,7 @@ pub fn inspect(g: &Global, a: &RefArg) -> Result<()> {
     for (k, v) in &report.labels {
         t.add_row(vec![format!("label {k}"), v.clone()]);
     }
-    println!("{t}");
+    crate::out!("{t}");
     Ok(())
 }
 
@@ -224,7 +224,7 @@ pub fn deffile(g: &Global, a: &RefArg) -> Result<()> {
     }
     print!("{text}");
     if !text.ends_with('\n') {
-        println!();
+        crate::out!();
     }
     Ok(())
 }
@@ -247,7 +247,7 @@ pub fn tag(g: &Global, a: &TagArgs) -> Result<()> {
         });
     }
     if !g.quiet {
-        println!("tagged {} as {new}", record.image);
+        crate::out!("tagged {} as {new}", record.image);
     }
     Ok(())
 }
@@ -269,7 +269,7 @@ pub fn rm(g: &Global, a: &RmArgs) -> Result<()> {
     for r in &refs {
         let rec = store.rm(r)?;
         if !g.quiet && !g.json {
-            println!(
+            crate::out!(
                 "removed {r} (was {}); its space returns after garbage collection",
                 rec.image
             );
@@ -311,7 +311,7 @@ pub fn log(g: &Global, a: &LsArgs) -> Result<()> {
         ]);
     }
     if !events.is_empty() {
-        println!("{t}");
+        crate::out!("{t}");
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub fn stats(g: &Global) -> Result<()> {
     for (k, v, m) in stats_rows(&r) {
         t.add_row(vec![k.to_string(), v, m.to_string()]);
     }
-    println!("{t}");
+    crate::out!("{t}");
     Ok(())
 }
 
@@ -104,7 +104,7 @@ pub fn stats_rows(r: &StatsReport) -> Vec<(&'static str, String, &'static str)> 
         (
             "index",
             s(r.index_bytes),
-            "this host's local index and report cache",
+            "this host's local index and report view",
         ),
         ("last put", output::date(r.last_put), "newest ref's creation time"),
     ]
@@ -143,7 +143,7 @@ pub fn du(g: &Global, a: &DuArgs) -> Result<()> {
     if g.json {
         return output::json(&r);
     }
-    println!("{}", du_table(&r));
+    crate::out!("{}", du_table(&r));
     Ok(())
 }
 
@@ -187,7 +187,7 @@ pub fn history(g: &Global, a: &HistoryArgs) -> Result<()> {
     if g.json {
         return output::json(&r);
     }
-    println!("{}", history_table(&r));
+    crate::out!("{}", history_table(&r));
     Ok(())
 }
 
@@ -247,7 +247,7 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
             output::size(s),
         ]);
     }
-    println!("{t}");
+    crate::out!("{t}");
     Ok(())
 }
 
@@ -265,7 +265,10 @@ pub fn report(g: &Global, a: &ReportArgs) -> Result<()> {
     let stats = snap.stats();
     let du = snap.du_all()?;
     if let Some(path) = &a.prometheus {
-        write_atomic(path, prometheus(&stats, &du).as_bytes())?;
+        write_atomic(
+            path,
+            prometheus(&store.root().display().to_string(), &stats, &du).as_bytes(),
+        )?;
     }
     if let Some(path) = &a.html {
         let events = store.events(None)?;
@@ -336,7 +339,10 @@ type NameMetric = (&'static str, &'static str, fn(&DuRow) -> u64);
 
 /// The node_exporter textfile: HELP and TYPE before each metric family,
 /// base units (bytes, seconds), gauges.
-pub fn prometheus(s: &StatsReport, du: &DuReport) -> String {
+/// Every sample carries the store's path as label `store`, so one
+/// node_exporter can collect the files of several stores.
+pub fn prometheus(root: &str, s: &StatsReport, du: &DuReport) -> String {
+    let store_label = format!("store=\"{}\"", label(root));
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -409,12 +415,19 @@ pub fn prometheus(s: &StatsReport, du: &DuReport) -> String {
         ),
     ];
     for (name, help, v) in store {
-        gauge(&format!("imgstore_{name}"), help, &[(String::new(), v)]);
+        gauge(
+            &format!("imgstore_{name}"),
+            help,
+            &[(format!("{{{store_label}}}"), v)],
+        );
     }
     let per = |f: fn(&DuRow) -> u64| -> Vec<(String, f64)> {
         du.rows
             .iter()
-            .map(|r| (format!("{{name=\"{}\"}}", label(&r.group)), f(r) as f64))
+            .map(|r| {
+                let series = format!("{{{store_label},name=\"{}\"}}", label(&r.group));
+                (series, f(r) as f64)
+            })
             .collect()
     };
     let names: [NameMetric; 5] = [

@@ -30,7 +30,7 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
     if g.json {
         output::json(&report)?;
     } else {
-        print_verify(&report, g.quiet);
+        print_verify(&report, g.quiet)?;
     }
     outcome(&report)
 }
@@ -63,7 +63,7 @@ fn config_damage(g: &Global, err: anyhow::Error) -> Result<()> {
         })?;
     } else if !g.quiet {
         for (t, r) in &refs {
-            println!("damaged {t} ({}): the store's config is corrupt", r.image);
+            crate::out!("damaged {t} ({}): the store's config is corrupt", r.image);
         }
     }
     Err(err)
@@ -84,7 +84,7 @@ fn outcome(report: &VerifyReport) -> Result<()> {
     .into())
 }
 
-fn print_verify(r: &VerifyReport, quiet: bool) {
+fn print_verify(r: &VerifyReport, quiet: bool) -> Result<()> {
     if !quiet {
         let mut line = format!(
             "checked {} refs, {} images, {} packs, {} segments",
@@ -104,10 +104,10 @@ fn print_verify(r: &VerifyReport, quiet: bool) {
                 line += &format!("; {} packs left for the next run (time limit)", r.packs_left);
             }
         }
-        println!("{line} in {:.1}s", r.seconds);
+        crate::out!("{line} in {:.1}s", r.seconds);
     }
     if !r.problems.is_empty() {
-        println!("problems:");
+        crate::out!("problems:");
         let mut t = output::table(&["KIND", "FILE", "DETAIL"]);
         for p in &r.problems {
             t.add_row(vec![
@@ -116,10 +116,10 @@ fn print_verify(r: &VerifyReport, quiet: bool) {
                 p.detail.clone(),
             ]);
         }
-        println!("{t}");
+        crate::out!("{t}");
     }
     if !r.damaged.is_empty() {
-        println!("damaged images:");
+        crate::out!("damaged images:");
         let mut t = output::table(&["REFS", "IMAGE", "DAMAGE"]);
         for d in &r.damaged {
             t.add_row(vec![
@@ -131,10 +131,11 @@ fn print_verify(r: &VerifyReport, quiet: bool) {
                 d.damage.join("; "),
             ]);
         }
-        println!("{t}");
+        crate::out!("{t}");
     } else if r.is_clean() && !quiet {
-        println!("ok: no damage found");
+        crate::out!("ok: no damage found");
     }
+    Ok(())
 }
 
 pub fn repair(g: &Global, a: &RepairArgs) -> Result<()> {
@@ -143,14 +144,14 @@ pub fn repair(g: &Global, a: &RepairArgs) -> Result<()> {
     if g.json {
         output::json(&report)?;
     } else {
-        print_verify(&report.verify, g.quiet);
+        print_verify(&report.verify, g.quiet)?;
         let verb = if a.dry_run {
             "would quarantine"
         } else {
             "quarantined"
         };
         for q in &report.quarantined {
-            println!(
+            crate::out!(
                 "{verb} {} ({}): {} chunks salvaged, {} lost",
                 q.pack,
                 q.reason,
@@ -158,14 +159,14 @@ pub fn repair(g: &Global, a: &RepairArgs) -> Result<()> {
                 q.lost_chunks.len()
             );
             if !q.affected_refs.is_empty() {
-                println!(
+                crate::out!(
                     "  put these images again to restore the lost chunks: {}",
                     q.affected_refs.join(" ")
                 );
             }
         }
         if report.quarantined.is_empty() && !g.quiet {
-            println!("nothing to quarantine");
+            crate::out!("nothing to quarantine");
         }
     }
     // Damage repair cannot undo (lost chunks, corrupt refs or manifests)

@@ -60,6 +60,32 @@ impl serde::Serialize for Digest {
     }
 }
 
+/// Hashes a [`Digest`] by its first 8 bytes: they are already uniformly
+/// random (finding two chunks that collide there costs 2^64 BLAKE3 calls), so
+/// maps over millions of ids need not run SipHash over all 32.
+#[derive(Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match bytes.get(..8) {
+            Some(b) => self.0 ^= u64::from_le_bytes(b.try_into().expect("8 bytes")),
+            // The slice length written before the bytes: a constant.
+            None => self.0 = self.0.rotate_left(8) ^ bytes.iter().fold(0, |a, b| a << 8 | u64::from(*b)),
+        }
+    }
+}
+
+/// A hash map keyed by digests, hashed with [`DigestHasher`].
+pub type DigestMap<V> = std::collections::HashMap<Digest, V, std::hash::BuildHasherDefault<DigestHasher>>;
+
+/// A hash set of digests, hashed with [`DigestHasher`].
+pub type DigestSet = std::collections::HashSet<Digest, std::hash::BuildHasherDefault<DigestHasher>>;
+
 /// Names a chunk: BLAKE3 of its raw bytes.
 pub type ChunkId = Digest;
 /// Names a pack file: BLAKE3 of the whole file.

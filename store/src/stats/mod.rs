@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eventlog::Event;
-use crate::id::{ChunkId, ImageId};
+use crate::id::{ChunkId, DigestMap, ImageId};
 use crate::progress::Progress;
 use crate::refs::{RefRecord, TagRef};
 use crate::Store;
@@ -105,7 +105,7 @@ pub struct StatsReport {
     pub chunk_overhead: u64,
     /// Framing per pack (32 B header + 48 B tail).
     pub pack_overhead: u64,
-    /// This host's local index (RocksDB + cache) on local disk.
+    /// This host's local index (chunk index + report view) on local disk.
     pub index_bytes: u64,
     /// The newest ref's `created` time (seconds since the epoch; 0 if none).
     pub last_put: u64,
@@ -462,7 +462,7 @@ impl Snapshot<'_> {
     /// where it can; tests hold the two to each other.
     pub fn set_totals_exact(&self, members: &[usize]) -> Result<SetTotals> {
         // Per chunk: raw length, how many of the set's wholly-inside images use it.
-        let mut counts: HashMap<ChunkId, (u32, u32)> = HashMap::new();
+        let mut counts: DigestMap<(u32, u32)> = DigestMap::default();
         for (id, inside) in self.members_images(members) {
             for (c, len) in view::image_chunks(self.store, &id)? {
                 counts.entry(c).or_insert((len, 0)).1 += u32::from(inside);

@@ -26,12 +26,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 use super::CHUNK_OVERHEAD;
 use crate::backend::{lock_path, LockGuard};
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, Digest, ImageId, PackId};
+use crate::id::{ChunkId, Digest, DigestMap, DigestSet, ImageId, PackId};
 use crate::manifest::Entry;
 use crate::pack::{self, PACKS_DIR};
 use crate::progress::Progress;
@@ -62,8 +64,12 @@ const SCHEMA: &[u8] = b"V";
 const SCHEMA_VERSION: &[u8] = b"1";
 
 /// Chunk references (image chunks and pack entries) gathered before a batch
-/// is applied: bounds memory to a few hundred MB.
-const BATCH_REFS: usize = 4 << 20;
+/// is applied: bounds the positions held for new images (4 B each). Large,
+/// so that one batch applies many commits sharing most of their chunks.
+const BATCH_REFS: usize = 8 << 20;
+/// Distinct chunks changed before a batch is applied: bounds the deltas,
+/// the lookups and the write batch (a few hundred bytes each).
+const BATCH_CHUNKS: usize = 1 << 18;
 
 /// `BATCH_REFS`, or `IMGSTORE_TEST_REPORT_BATCH` (tests: many tiny batches).
 fn batch_refs() -> usize {
@@ -278,7 +284,7 @@ struct Changes {
 /// An image's distinct chunks and their raw lengths, from its manifest.
 pub fn image_chunks(store: &Store, id: &ImageId) -> Result<Vec<(ChunkId, u32)>> {
     let m = store.manifest(id)?;
-    let mut seen = HashSet::with_capacity(m.entries.len());
+    let mut seen = DigestSet::with_capacity_and_hasher(m.entries.len(), Default::default());
     Ok(m.entries
         .iter()
         .filter_map(|e| match e {
@@ -386,6 +392,8 @@ pub struct PackInfo {
 pub struct View {
     db: DB,
     path: PathBuf,
+    /// Batches written since the last flush (they bypass the WAL).
+    unflushed: bool,
     _lock: LockGuard,
 }
 
@@ -411,6 +419,7 @@ impl View {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_keep_log_file_num(2);
+        opts.set_write_buffer_size(16 << 20);
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         let mut cf = Options::default();
@@ -424,6 +433,7 @@ impl View {
         let view = View {
             db,
             path,
+            unflushed: false,
             _lock: lock,
         };
         match view.get(SCHEMA)? {
@@ -485,19 +495,24 @@ impl View {
 
     /// The states of `ids` (a default state for a chunk the view lacks).
     pub fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkState>> {
-        let keys: Vec<Vec<u8>> = ids.iter().map(|c| key(CHUNK, &[&c.0])).collect();
+        // Each result pins a table block (4 KiB) until decoded: look up a
+        // few thousand at a time so that a batch never pins gigabytes.
+        const LOOKUPS: usize = 4096;
         let cf = self
             .db
             .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
             .expect("opened with the default column family named");
-        self.db
-            .batched_multi_get_cf(cf, keys.iter(), false)
-            .into_iter()
-            .map(|r| match r.map_err(|e| self.err(e))? {
-                None => Ok(ChunkState::default()),
-                Some(b) => ChunkState::decode(&b).ok_or_else(|| self.err("bad chunk state")),
-            })
-            .collect()
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(LOOKUPS) {
+            let keys: Vec<Vec<u8>> = part.iter().map(|c| key(CHUNK, &[&c.0])).collect();
+            for r in self.db.batched_multi_get_cf(cf, keys.iter(), keys.is_sorted()) {
+                out.push(match r.map_err(|e| self.err(e))? {
+                    None => ChunkState::default(),
+                    Some(b) => ChunkState::decode(&b).ok_or_else(|| self.err("bad chunk state"))?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The packs the view has applied.
@@ -541,7 +556,11 @@ impl View {
         progress: &dyn Progress,
     ) -> Result<()> {
         self.refresh_packs(store, condemned)?;
-        self.refresh_images(store, refs, progress)
+        self.refresh_images(store, refs, progress)?;
+        if std::mem::take(&mut self.unflushed) {
+            self.db.flush().map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     fn refresh_packs(&mut self, store: &Store, condemned: &HashSet<PackId>) -> Result<()> {
@@ -564,7 +583,7 @@ impl View {
             let entries = self.pack_entries(id)?;
             batch.refs += entries.len();
             for (c, _, _) in entries {
-                let d = batch.deltas.entry(c).or_default();
+                let d = batch.delta(c).1;
                 if info.condemned {
                     d.condemned -= 1;
                 } else {
@@ -583,7 +602,7 @@ impl View {
                     batch.wb.delete(key(PACK_ENTRIES, &[&id.0]));
                 }
             }
-            if batch.refs >= limit {
+            if batch.full(limit) {
                 self.apply(std::mem::take(&mut batch))?;
             }
         }
@@ -602,7 +621,7 @@ impl View {
                 value.extend_from_slice(&e.id.0);
                 value.extend_from_slice(&e.raw_len.to_le_bytes());
                 value.extend_from_slice(&e.stored_len.to_le_bytes());
-                let d = batch.deltas.entry(e.id).or_default();
+                let d = batch.delta(e.id).1;
                 d.raw = e.raw_len;
                 d.stored = Some(e.stored_len);
                 if is_condemned {
@@ -615,7 +634,7 @@ impl View {
             batch
                 .wb
                 .put(key(PACK, &[&id.0]), pack_value(file.size()?, is_condemned));
-            if batch.refs >= limit {
+            if batch.full(limit) {
                 self.apply(std::mem::take(&mut batch))?;
             }
         }
@@ -645,8 +664,15 @@ impl View {
                 .or_default()
                 .insert(u64::from_le_bytes(k[32..].try_into().expect("8 bytes")));
         }
+        // Commits of one name share most chunks: applied together, a batch
+        // touches few distinct chunks. So: by name, then time; gone images last.
+        let mut order: HashMap<ImageId, (&str, u64)> = HashMap::new();
+        for (t, r) in refs {
+            let k = (t.name.as_str(), r.created);
+            order.entry(r.image).and_modify(|o| *o = (*o).min(k)).or_insert(k);
+        }
         let none = BTreeSet::new();
-        let changed: Vec<ImageId> = live
+        let mut changed: Vec<ImageId> = live
             .keys()
             .chain(applied.keys())
             .collect::<BTreeSet<_>>()
@@ -654,6 +680,7 @@ impl View {
             .filter(|id| live.get(id) != applied.get(id))
             .copied()
             .collect();
+        changed.sort_by_key(|id| order.get(id).map_or((true, ("", 0)), |o| (false, *o)));
         let entering_bytes: u64 = changed
             .iter()
             .filter(|id| !applied.contains_key(id))
@@ -679,18 +706,24 @@ impl View {
             }
             batch.refs += chunks.len();
             let p = prefix(&id.0);
+            let names: Vec<(u64, i64)> = new
+                .difference(old)
+                .map(|k| (*k, 1))
+                .chain(old.difference(new).map(|k| (*k, -1)))
+                .collect();
+            let mut positions = Vec::with_capacity(if entering { chunks.len() } else { 0 });
             for (c, len) in &chunks {
-                let d = batch.deltas.entry(*c).or_default();
+                let (i, d) = batch.delta(*c);
                 d.raw = *len;
                 if entering || leaving {
                     d.images += if entering { 1 } else { -1 };
                     d.xor ^= p;
                 }
-                for k in new.difference(old) {
-                    d.name(*k, 1);
+                for (k, by) in &names {
+                    d.name(*k, *by);
                 }
-                for k in old.difference(new) {
-                    d.name(*k, -1);
+                if entering {
+                    positions.push(i);
                 }
             }
             for k in new.difference(old) {
@@ -702,9 +735,9 @@ impl View {
             if leaving {
                 batch.leaving.push(p);
             } else if entering {
-                batch.entering.push((p, chunks));
+                batch.entering.push((p, positions));
             }
-            if batch.refs >= limit {
+            if batch.full(limit) {
                 self.apply(std::mem::take(&mut batch))?;
             }
         }
@@ -717,15 +750,19 @@ impl View {
 
     /// Applies one batch's chunk changes and moves the totals, in one write.
     fn apply(&mut self, mut batch: Batch) -> Result<()> {
-        let mut ids: Vec<ChunkId> = batch.deltas.keys().copied().collect();
-        ids.sort_unstable_by_key(|c| c.0);
+        // Looked up in key order: RocksDB reads neighbouring keys together.
+        let mut order: Vec<u32> = (0..batch.deltas.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| batch.deltas[i as usize].0 .0);
+        let ids: Vec<ChunkId> = order.iter().map(|&i| batch.deltas[i as usize].0).collect();
         let olds = self.chunks(&ids)?;
         let mut changes = Changes::default();
-        let mut stored: HashMap<ChunkId, u64> = HashMap::new();
-        for (c, old) in ids.iter().zip(olds) {
+        // By position: stored bytes of one copy, for the new images' totals.
+        let mut stored = vec![0u64; if batch.entering.is_empty() { 0 } else { ids.len() }];
+        for (&i, old) in order.iter().zip(olds) {
+            let (c, delta) = &batch.deltas[i as usize];
             let new = old
                 .clone()
-                .apply(&batch.deltas[c])
+                .apply(delta)
                 .ok_or_else(|| self.err(format!("chunk {} counts below zero", c.to_hex())))?;
             old.contribute(-1, &mut changes);
             new.contribute(1, &mut changes);
@@ -734,14 +771,14 @@ impl View {
             } else {
                 batch.wb.put(key(CHUNK, &[&c.0]), new.encode());
             }
-            if !batch.entering.is_empty() {
-                stored.insert(*c, new.stored_one());
+            if let Some(s) = stored.get_mut(i as usize) {
+                *s = new.stored_one();
             }
         }
-        for (p, chunks) in &batch.entering {
+        for (p, positions) in &batch.entering {
             let mut t = SetTotals::default();
-            for (c, len) in chunks {
-                t.all.add(1, *len, stored[c]);
+            for &i in positions {
+                t.all.add(1, batch.deltas[i as usize].1.raw, stored[i as usize]);
             }
             t.exclusive = changes.images.remove(p).unwrap_or_default();
             batch.wb.put(key(IMAGE, &[&p.to_le_bytes()]), t.encode());
@@ -774,7 +811,14 @@ impl View {
         s.duplicate_bytes += d.duplicate_bytes;
         s.unreferenced_bytes += d.unreferenced_bytes;
         batch.wb.put(STORE, s.encode());
-        self.db.write(batch.wb).map_err(|e| self.err(e))
+        // Without a write-ahead log: a crash loses what was not yet flushed,
+        // and a flush holds a prefix of the batches (one column family), so
+        // the view is behind, never wrong. Opening then has no log to replay.
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch.wb, &wo).map_err(|e| self.err(e))?;
+        self.unflushed = true;
+        Ok(())
     }
 }
 
@@ -784,15 +828,36 @@ fn pack_value(file_bytes: u64, condemned: bool) -> Vec<u8> {
     v
 }
 
+impl Batch {
+    /// The pending change of chunk `c`, and its position.
+    fn delta(&mut self, c: ChunkId) -> (u32, &mut Delta) {
+        let next = u32::try_from(self.deltas.len()).expect("batches stay far below 4G chunks");
+        let i = *self.index.entry(c).or_insert(next);
+        if i == next {
+            self.deltas.push((c, Delta::default()));
+        }
+        (i, &mut self.deltas[i as usize].1)
+    }
+
+    /// Whether to apply it now: `refs` chunk references gathered, or
+    /// [`BATCH_CHUNKS`] distinct chunks changed.
+    fn full(&self, refs: usize) -> bool {
+        self.refs >= refs || self.deltas.len() >= BATCH_CHUNKS.min(refs)
+    }
+}
+
 /// Changes gathered for one atomic write.
 #[derive(Default)]
 struct Batch {
-    deltas: HashMap<ChunkId, Delta>,
+    /// Chunk -> its position in `deltas`.
+    index: DigestMap<u32>,
+    deltas: Vec<(ChunkId, Delta)>,
     /// Chunk references gathered (see `BATCH_REFS`).
     refs: usize,
     wb: WriteBatch,
-    /// Images that enter the view (prefix, chunks): their totals are set.
-    entering: Vec<(u64, Vec<(ChunkId, u32)>)>,
+    /// Images that enter the view (prefix, positions of their chunks in
+    /// `deltas`): their totals are set.
+    entering: Vec<(u64, Vec<u32>)>,
     /// Images that leave it (prefix): their totals are dropped.
     leaving: Vec<u64>,
 }
