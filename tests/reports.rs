@@ -252,6 +252,42 @@ fn store_figures(mut v: Value) -> Value {
     v
 }
 
+/// A gc run that deletes packs is in the log with exactly the bytes it freed
+/// on disk, and `log NAME` leaves it out.
+#[test]
+fn gc_runs_are_logged_with_what_they_freed() {
+    let env = Env::new();
+    env.put("lab/app:v1", &env.file("a", &common::image(900_000, 5)));
+    env.put("lab/app:v2", &env.file("b", &common::image(800_000, 6)));
+    env.cmd().args(["rm", "lab/app:v1"]).assert().success();
+    let before = env.pack_bytes();
+    env.cmd().args(["gc", "--grace", "0s"]).assert().success();
+    env.cmd().args(["gc", "--grace", "0s"]).assert().success();
+    let freed = before - env.pack_bytes();
+    assert!(freed > 0);
+    let log = json(&env, "a", &["log"]);
+    let gcs: Vec<&Value> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "gc")
+        .collect();
+    assert_eq!(gcs.len(), 1, "{log}");
+    assert_eq!(gcs[0]["gc"]["bytes_freed"], freed);
+    assert!(gcs[0].get("image").is_none());
+    let named = json(&env, "a", &["log", "lab/app"]);
+    assert!(named["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["action"] != "gc"));
+    env.cmd()
+        .arg("log")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("gc"));
+}
+
 #[test]
 fn cached_figures_follow_other_hosts_puts_rm_and_gc() {
     let env = Env::new();

@@ -100,11 +100,20 @@ fn axis(out: &mut String, max: u64) {
     );
 }
 
-/// A line over time: cumulative stored bytes added by puts.
+/// A line over time: stored bytes after each put and gc run.
 fn growth_chart(points: &[GrowthPoint]) -> String {
     let mut out = String::new();
-    svg_open(&mut out, "store growth: stored bytes added by puts over time", H);
-    let max = points.last().map_or(0, |p| p.cumulative_stored_bytes).max(1);
+    svg_open(
+        &mut out,
+        "store growth: stored bytes over time (puts add, gc frees)",
+        H,
+    );
+    let max = points
+        .iter()
+        .map(|p| p.cumulative_stored_bytes)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     axis(&mut out, max);
     if let (Some(first), Some(last)) = (points.first(), points.last()) {
         let span = (last.time - first.time).max(1) as f64;

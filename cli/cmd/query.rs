@@ -289,6 +289,20 @@ pub fn rm(g: &Global, a: &RmArgs) -> Result<()> {
     Ok(())
 }
 
+/// The ADDED column of `log`: what a put stored, what a gc freed.
+fn change(e: &imgstore_store::eventlog::Event) -> String {
+    match (&e.added, &e.gc) {
+        (Some(a), _) => output::size(a.stored_bytes),
+        (_, Some(g)) if g.bytes_repacked > 0 => format!(
+            "-{} (+{} repacked)",
+            output::size(g.bytes_freed),
+            output::size(g.bytes_repacked)
+        ),
+        (_, Some(g)) => format!("-{}", output::size(g.bytes_freed)),
+        _ => String::new(),
+    }
+}
+
 pub fn log(g: &Global, a: &LsArgs) -> Result<()> {
     let store = super::open(g)?;
     let events = store.events(a.name.as_deref())?;
@@ -304,9 +318,13 @@ pub fn log(g: &Global, a: &LsArgs) -> Result<()> {
         t.add_row(vec![
             output::date(e.time),
             e.action.clone(),
-            e.reference.clone(),
-            output::short_id(&e.image),
-            e.added.map(|a| output::size(a.stored_bytes)).unwrap_or_default(),
+            if e.reference.is_empty() {
+                "-".into()
+            } else {
+                e.reference.clone()
+            },
+            e.image.as_ref().map_or_else(|| "-".into(), output::short_id),
+            change(e),
             format!("{}@{}", e.user, e.host),
         ]);
     }

@@ -21,13 +21,15 @@ pub const LOG_DIR: &str = "log";
 pub struct Event {
     /// Seconds since the epoch, host clock.
     pub time: u64,
-    /// `put`, `tag` or `rm`.
+    /// `put`, `tag`, `rm` or `gc`.
     pub action: String,
-    /// The `name:tag` acted on.
+    /// The `name:tag` acted on (empty for `gc`).
     #[serde(rename = "ref")]
     pub reference: String,
-    /// The image the ref names after the event (`rm`: the one it named).
-    pub image: ImageId,
+    /// The image the ref names after the event (`rm`: the one it named);
+    /// none for `gc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageId>,
     /// The image the ref named before, when it was moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<ImageId>,
@@ -38,11 +40,25 @@ pub struct Event {
     /// What a put added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added: Option<Added>,
+    /// What a gc run deleted and wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcDone>,
+}
+
+/// What one gc run changed on disk: the store's growth chart subtracts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcDone {
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Their bytes.
+    pub bytes_freed: u64,
+    /// Stored bytes copied into new packs by repacking.
+    pub bytes_repacked: u64,
 }
 
 impl Event {
     /// An event happening now, by this user on this host.
-    pub fn now(action: &str, reference: String, image: ImageId) -> Event {
+    pub fn now(action: &str, reference: String, image: Option<ImageId>) -> Event {
         Event {
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -55,6 +71,15 @@ impl Event {
             user: username(),
             host: hostname(),
             added: None,
+            gc: None,
+        }
+    }
+
+    /// A gc run that deleted or wrote packs, now.
+    pub fn gc(done: GcDone) -> Event {
+        Event {
+            gc: Some(done),
+            ..Event::now("gc", String::new(), None)
         }
     }
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::eventlog::{self, Event, GcDone};
 use crate::hold;
 use crate::id::{Digest, PackId};
 use crate::index;
@@ -275,6 +276,14 @@ impl Store {
         }
         if let Some(s) = session {
             s.end()?;
+        }
+        if !opts.dry_run && (report.packs_deleted > 0 || report.bytes_repacked > 0) {
+            let done = GcDone {
+                packs_deleted: report.packs_deleted,
+                bytes_freed: report.bytes_freed,
+                bytes_repacked: report.bytes_repacked,
+            };
+            eventlog::append(self.backend.as_ref(), &Event::gc(done))?;
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)

@@ -651,7 +651,7 @@ impl Store {
         self.backend.write(&reference.key(), &record.to_bytes())?;
         hold::point("put-after-ref");
 
-        let mut event = Event::now("put", reference.to_string(), id);
+        let mut event = Event::now("put", reference.to_string(), Some(id));
         event.previous = previous;
         event.added = Some(added);
         if let Err(e) = eventlog::append(self.backend.as_ref(), &event) {

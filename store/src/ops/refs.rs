@@ -140,7 +140,7 @@ impl Store {
         record.host = session::hostname();
         record.added = Default::default();
         self.backend.write(&new.key(), &record.to_bytes())?;
-        let mut event = Event::now("tag", new.to_string(), resolved.id);
+        let mut event = Event::now("tag", new.to_string(), Some(resolved.id));
         event.previous = previous;
         eventlog::append(self.backend.as_ref(), &event)?;
         Ok(record)
@@ -187,7 +187,7 @@ impl Store {
         self.backend.delete(&r.key())?;
         eventlog::append(
             self.backend.as_ref(),
-            &Event::now(action, r.to_string(), record.image),
+            &Event::now(action, r.to_string(), Some(record.image)),
         )?;
         Ok(record)
     }

@@ -43,6 +43,8 @@ pub struct Snapshot<'s> {
     refs: Vec<(TagRef, RefRecord)>,
     /// Image -> number of refs naming it.
     image_refs: HashMap<ImageId, u32>,
+    /// Name -> number of refs.
+    name_refs: HashMap<String, usize>,
     view: View,
     packs: Vec<PackInfo>,
     totals: StoreTotals,
@@ -221,35 +223,44 @@ pub enum GroupBy {
     Label(String),
 }
 
-/// A point of the store's growth: a put and the stored bytes written so far.
+/// A point of the store's growth: a put or a gc run, and the stored bytes
+/// after it.
 #[derive(Debug, Clone, Serialize)]
 pub struct GrowthPoint {
     /// Seconds since the epoch.
     pub time: u64,
-    /// The ref put.
+    /// The ref put, or `gc`.
     #[serde(rename = "ref")]
     pub reference: String,
-    /// Stored bytes this put added.
-    pub added_stored_bytes: u64,
-    /// Stored bytes all puts so far added (gc's deletions not subtracted).
+    /// Stored bytes this put added, or what this gc run wrote (repacking)
+    /// minus the pack bytes it deleted.
+    pub added_stored_bytes: i64,
+    /// Stored bytes after it: all puts' and gc runs' changes so far.
     pub cumulative_stored_bytes: u64,
 }
 
 /// The store's growth from the event log, oldest first.
 pub fn growth(events: &[Event]) -> Vec<GrowthPoint> {
-    let mut total = 0;
+    let mut total: i64 = 0;
     events
         .iter()
-        .filter(|e| e.action == "put")
-        .map(|e| {
-            let added = e.added.map_or(0, |a| a.stored_bytes);
-            total += added;
-            GrowthPoint {
+        .filter_map(|e| {
+            let change = match (&e.added, &e.gc) {
+                (Some(a), _) if e.action == "put" => a.stored_bytes as i64,
+                (_, Some(g)) => g.bytes_repacked as i64 - g.bytes_freed as i64,
+                _ => return None,
+            };
+            total += change;
+            Some(GrowthPoint {
                 time: e.time,
-                reference: e.reference.clone(),
-                added_stored_bytes: added,
-                cumulative_stored_bytes: total,
-            }
+                reference: if e.gc.is_some() {
+                    "gc".into()
+                } else {
+                    e.reference.clone()
+                },
+                added_stored_bytes: change,
+                cumulative_stored_bytes: n(total),
+            })
         })
         .collect()
 }
@@ -277,8 +288,10 @@ impl Store {
             other => (other?, false),
         };
         let mut image_refs: HashMap<ImageId, u32> = HashMap::new();
-        for (_, r) in &refs {
+        let mut name_refs: HashMap<String, usize> = HashMap::new();
+        for (t, r) in &refs {
             *image_refs.entry(r.image).or_default() += 1;
+            *name_refs.entry(t.name.clone()).or_default() += 1;
         }
         Ok(Snapshot {
             store: self,
@@ -286,6 +299,7 @@ impl Store {
             totals: view.store_totals()?,
             view,
             image_refs,
+            name_refs,
             refs,
             index_bytes: dir_bytes(&self.index_dir),
             pack_size: self.config.pack_size,
@@ -363,12 +377,7 @@ impl Snapshot<'_> {
         let mut r = StatsReport {
             refs: self.refs.len() as u64,
             images: self.image_refs.len() as u64,
-            names: self
-                .refs
-                .iter()
-                .map(|(t, _)| &t.name)
-                .collect::<BTreeSet<_>>()
-                .len() as u64,
+            names: self.name_refs.len() as u64,
             chunks: n(t.live.chunks),
             unique_bytes: n(t.live.bytes),
             live_stored_bytes: n(t.live.stored),
@@ -429,7 +438,7 @@ impl Snapshot<'_> {
                 exclusive: self.totals.live,
             }
         } else if let [name] = names.into_iter().collect::<Vec<_>>()[..] {
-            if members.len() == self.refs.iter().filter(|(t, _)| t.name == name).count() {
+            if self.name_refs.get(name) == Some(&members.len()) {
                 self.view.name_totals(name)?
             } else if let [(id, inside)] = images.iter().collect::<Vec<_>>()[..] {
                 self.image_totals(id, *inside)?
@@ -607,5 +616,46 @@ impl Store {
             r.only_b_stored_bytes += stored[c];
         }
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventlog::GcDone;
+    use crate::refs::Added;
+
+    #[test]
+    fn growth_adds_puts_and_subtracts_gc() {
+        let put = |stored| Event {
+            added: Some(Added {
+                chunks: 1,
+                raw_bytes: stored,
+                stored_bytes: stored,
+            }),
+            ..Event::now("put", "a:1".into(), None)
+        };
+        let events = [
+            put(100),
+            Event::now("tag", "a:2".into(), None),
+            put(50),
+            Event::gc(GcDone {
+                packs_deleted: 1,
+                bytes_freed: 120,
+                bytes_repacked: 10,
+            }),
+        ];
+        let g = growth(&events);
+        let points: Vec<(&str, i64, u64)> = g
+            .iter()
+            .map(|p| {
+                (
+                    p.reference.as_str(),
+                    p.added_stored_bytes,
+                    p.cumulative_stored_bytes,
+                )
+            })
+            .collect();
+        assert_eq!(points, [("a:1", 100, 100), ("a:1", 50, 150), ("gc", -110, 40)]);
     }
 }
