@@ -67,11 +67,29 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
-/// The user running this process.
+/// The user running this process: the password database's name for the
+/// effective uid (cron jobs and systemd units often set no `$USER`), else
+/// `$USER`, else `uid <n>`.
 pub fn username() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    // SAFETY: geteuid cannot fail; getpwuid_r writes only into `pwd` and
+    // `buf`, whose sizes it is given, and `pw_name` points into `buf`.
+    #[allow(unsafe_code)]
+    let uid = unsafe { libc::geteuid() };
+    let mut buf = vec![0u8; 16 << 10];
+    #[allow(unsafe_code)]
+    let name = unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found);
+        (rc == 0 && !found.is_null() && !pwd.pw_name.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    name.filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// A live session; ends (and removes its file) on [`Session::end`] or drop.
@@ -181,5 +199,18 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_comes_from_the_password_database() {
+        // This process's uid has a passwd entry on any sane test machine;
+        // its name is what `id -un` prints, whatever $USER says.
+        let id = std::process::Command::new("id").arg("-un").output().unwrap();
+        assert_eq!(username(), String::from_utf8_lossy(&id.stdout).trim());
     }
 }
