@@ -143,6 +143,16 @@ impl PackBuilder {
         }
     }
 
+    /// An empty pack in the buffer of a written one (its bytes are dropped,
+    /// its capacity kept: no new allocation, no page faults).
+    pub fn reuse(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        let mut b = Self::with_capacity(0);
+        buf.extend_from_slice(&b.buf);
+        b.buf = buf;
+        b
+    }
+
     /// Appends one chunk's stored bytes.
     pub fn add(&mut self, id: ChunkId, raw_len: u32, codec: Codec, stored: &[u8]) {
         let offset = self.buf.len() as u64;
@@ -261,25 +271,95 @@ pub fn read_footer(file: &dyn ReadAt, what: &str) -> Result<Vec<PackEntry>> {
         .collect()
 }
 
+/// How much of a chunk [`read_chunk_with`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The frame header against the index, the length, and the bytes
+    /// against the chunk id.
+    Hash,
+    /// The frame header and the length only: for a caller that checks the
+    /// bytes another way (`get` to a file hashes the whole image before the
+    /// file appears).
+    Frame,
+}
+
 /// Reads, decodes and checks the chunk `id` at `loc` in `file`.
 /// Every failure names the pack, the offset and the chunk.
 pub fn read_chunk(file: &dyn ReadAt, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
-    read_checked(file, id, loc).map(|(raw, _)| raw)
+    read_chunk_with(file, id, loc, Check::Hash)
+}
+
+/// [`read_chunk`] with the checks `check` names.
+pub fn read_chunk_with(file: &dyn ReadAt, id: &ChunkId, loc: &Location, check: Check) -> Result<Vec<u8>> {
+    let what = frame_what(loc);
+    let raw = match loc.codec {
+        // Header and bytes read apart, so the bytes need no moving.
+        Codec::Raw => {
+            let mut head = [0u8; FRAME_HEADER_LEN];
+            read_at(file, &mut head, loc.offset, id, &what)?;
+            check_header(&head, id, loc, &what)?;
+            let mut raw = vec![0u8; loc.stored_len as usize];
+            read_at(file, &mut raw, loc.offset + FRAME_HEADER_LEN as u64, id, &what)?;
+            if raw.len() != loc.raw_len as usize {
+                return Err(Error::corrupt(
+                    &what,
+                    format!(
+                        "chunk {id}: stored raw with {} bytes, {} expected",
+                        raw.len(),
+                        loc.raw_len
+                    ),
+                ));
+            }
+            raw
+        }
+        Codec::Zstd => {
+            let buf = read_frame(file, id, loc, &what)?;
+            codec::decompress(&buf[FRAME_HEADER_LEN..], loc.raw_len as usize, id, &what)?
+        }
+    };
+    if check == Check::Hash {
+        codec::check_hash(&raw, id, &what)?;
+    }
+    Ok(raw)
 }
 
 /// Like [`read_chunk`], and also returns the stored bytes (for repacking
 /// without recompressing: only bytes that decode to their id are copied).
 pub fn read_checked(file: &dyn ReadAt, id: &ChunkId, loc: &Location) -> Result<(Vec<u8>, Vec<u8>)> {
-    let what = format!("pack {}", key(&loc.pack));
-    let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
-    file.read_exact_at(&mut buf, loc.offset).map_err(|e| match e {
-        Error::Corrupt { .. } => Error::corrupt(
-            &what,
-            format!("chunk {id} at offset {}: pack is truncated", loc.offset),
-        ),
+    let what = frame_what(loc);
+    let mut buf = read_frame(file, id, loc, &what)?;
+    let raw = codec::decode(
+        loc.codec,
+        &buf[FRAME_HEADER_LEN..],
+        loc.raw_len as usize,
+        id,
+        &what,
+    )?;
+    buf.drain(..FRAME_HEADER_LEN);
+    Ok((raw, buf))
+}
+
+fn frame_what(loc: &Location) -> String {
+    format!("pack {} at offset {}", key(&loc.pack), loc.offset)
+}
+
+fn read_at(file: &dyn ReadAt, buf: &mut [u8], offset: u64, id: &ChunkId, what: &str) -> Result<()> {
+    file.read_exact_at(buf, offset).map_err(|e| match e {
+        Error::Corrupt { .. } => Error::corrupt(what, format!("chunk {id}: pack is truncated")),
         other => other,
-    })?;
-    let (head, stored) = buf.split_at(FRAME_HEADER_LEN);
+    })
+}
+
+/// The frame (header and stored bytes) at `loc`, its header checked.
+fn read_frame(file: &dyn ReadAt, id: &ChunkId, loc: &Location, what: &str) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
+    read_at(file, &mut buf, loc.offset, id, what)?;
+    check_header(&buf[..FRAME_HEADER_LEN], id, loc, what)?;
+    Ok(buf)
+}
+
+/// A frame header must say what the index says of the chunk.
+fn check_header(head: &[u8], id: &ChunkId, loc: &Location, what: &str) -> Result<()> {
     let frame_id = Digest(head[..32].try_into().expect("32 bytes"));
     let raw_len = u32::from_le_bytes(head[32..36].try_into().expect("4 bytes"));
     let stored_len = u32::from_le_bytes(head[36..40].try_into().expect("4 bytes"));
@@ -289,22 +369,11 @@ pub fn read_checked(file: &dyn ReadAt, id: &ChunkId, loc: &Location) -> Result<(
         || head[40] != loc.codec as u8
     {
         return Err(Error::corrupt(
-            &what,
-            format!(
-                "chunk {id} at offset {}: frame header does not match the index",
-                loc.offset
-            ),
+            what,
+            format!("chunk {id}: frame header does not match the index"),
         ));
     }
-    let raw = codec::decode(
-        loc.codec,
-        stored,
-        raw_len as usize,
-        id,
-        &format!("{what} at offset {}", loc.offset),
-    )?;
-    buf.drain(..FRAME_HEADER_LEN);
-    Ok((raw, buf))
+    Ok(())
 }
 
 #[cfg(test)]

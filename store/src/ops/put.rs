@@ -325,11 +325,28 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
     }
 }
 
-/// Writes finished packs; returns the locations of every chunk written.
-/// Every chunk a put wrote and where, plus the number of packs.
-type Written = (Vec<(ChunkId, Location)>, u64);
+/// Packs whose chunk locations go into one index segment: a put of new
+/// data keeps at most this many packs' locations (~80 B per chunk) in memory.
+const PACKS_PER_SEGMENT: u64 = 32;
 
-fn spawn_pack_writer(backend: Arc<dyn Backend>, packs: Receiver<PackBuilder>) -> JoinHandle<Result<Written>> {
+/// Writes finished packs, hands their buffers back through `free`, and
+/// writes an index segment every [`PACKS_PER_SEGMENT`] packs and at the end.
+/// Returns the number of packs. A segment only says where chunks are; until
+/// the ref is written no image uses them, and a put that fails leaves them
+/// to gc like its packs.
+fn spawn_pack_writer(
+    backend: Arc<dyn Backend>,
+    packs: Receiver<PackBuilder>,
+    free: SyncSender<Vec<u8>>,
+) -> JoinHandle<Result<u64>> {
+    let write_segment = |backend: &dyn Backend, locations: &mut Vec<(ChunkId, Location)>| -> Result<()> {
+        if !locations.is_empty() {
+            let (seg_id, bytes) = segment::encode(locations);
+            backend.write(&seg_id.key(INDEX_DIR), &bytes)?;
+            locations.clear();
+        }
+        Ok(())
+    };
     std::thread::Builder::new()
         .name("imgstore-pack".into())
         .spawn(move || {
@@ -338,10 +355,16 @@ fn spawn_pack_writer(backend: Arc<dyn Backend>, packs: Receiver<PackBuilder>) ->
             for builder in packs {
                 let (id, bytes, entries) = builder.finish();
                 backend.write(&pack::key(&id), &bytes)?;
+                // The builder may be gone (it failed): then so is the pool.
+                let _ = free.send(bytes);
                 locations.extend(entries.iter().map(|e| (e.id, e.location(id))));
                 count += 1;
+                if count % PACKS_PER_SEGMENT == 0 {
+                    write_segment(backend.as_ref(), &mut locations)?;
+                }
             }
-            Ok((locations, count))
+            write_segment(backend.as_ref(), &mut locations)?;
+            Ok(count)
         })
         .expect("threads can be spawned")
 }
@@ -368,6 +391,9 @@ struct Ingest<'a> {
     written: HashSet<ChunkId>,
     pack: PackBuilder,
     packs: SyncSender<PackBuilder>,
+    /// Buffers of written packs, back from the writer: two in all, so a
+    /// put holds at most one pack being filled and one being written.
+    free_packs: Receiver<Vec<u8>>,
     added: Added,
     chunks: u64,
     zero_bytes: u64,
@@ -469,21 +495,17 @@ impl Ingest<'_> {
         }
     }
 
-    /// Room for a full pack plus the chunk that crosses the limit and the footer.
-    fn pack_capacity(&self) -> usize {
-        self.pack_size + (1 << 20)
-    }
-
     fn flush_pack(&mut self) -> Result<()> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let next = PackBuilder::with_capacity(self.pack_capacity());
-        let full = std::mem::replace(&mut self.pack, next);
         // A closed channel means the writer failed; its error comes from join.
-        self.packs.send(full).map_err(|_| Error::BadInput {
+        let stopped = || Error::BadInput {
             reason: "pack writer stopped".into(),
-        })
+        };
+        let next = PackBuilder::reuse(self.free_packs.recv().map_err(|_| stopped())?);
+        let full = std::mem::replace(&mut self.pack, next);
+        self.packs.send(full).map_err(|_| stopped())
     }
 }
 
@@ -532,8 +554,14 @@ impl Store {
             free_tx.send(vec![0u8; head + BLOCK]).expect("channel has room");
         }
         let read_thread = spawn_reader(reader, head, input_name.clone(), full_tx, free_rx);
-        let (pack_tx, pack_rx) = sync_channel(1);
-        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx);
+        // Room for a full pack plus the chunk that crosses the limit and the footer.
+        let pack_capacity = self.config.pack_size as usize + (1 << 20);
+        let (pack_tx, pack_rx) = sync_channel(0);
+        let (free_pack_tx, free_pack_rx) = sync_channel(2);
+        free_pack_tx
+            .send(Vec::with_capacity(pack_capacity))
+            .expect("channel has room");
+        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx);
 
         progress.start("put", total);
         let mut ingest = Ingest {
@@ -544,8 +572,9 @@ impl Store {
             image: blake3::Hasher::new(),
             entries: Vec::new(),
             written: HashSet::new(),
-            pack: PackBuilder::with_capacity(self.config.pack_size as usize + (1 << 20)),
+            pack: PackBuilder::with_capacity(pack_capacity),
             packs: pack_tx,
+            free_packs: free_pack_rx,
             added: Added::default(),
             chunks: 0,
             zero_bytes: 0,
@@ -596,7 +625,7 @@ impl Store {
         progress.finish();
         // The writer's error (say, a full disk) is the cause; a failed
         // hand-off to it is only the symptom.
-        let (locations, pack_count) = written?;
+        let pack_count = written?;
         flushed?;
         hold::point("put-after-lookup");
         hold::point("put-after-pack");
@@ -612,10 +641,6 @@ impl Store {
             }
         }
 
-        if !locations.is_empty() {
-            let (seg_id, bytes) = segment::encode(&locations);
-            self.backend.write(&seg_id.key(INDEX_DIR), &bytes)?;
-        }
         hold::point("put-after-segment");
         index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
 
