@@ -161,9 +161,16 @@ fn corrupt_chunk_fails_get_and_writes_no_output() {
         .collect();
     assert!(leftovers.is_empty(), "temporary output left behind");
     // To a stream, each chunk is checked before it goes out.
-    let out = fails(env.cmd().args(["get", "lab/app:v1", "-o", "-"]), 4, "corrupt pack packs/");
+    let out = fails(
+        env.cmd().args(["get", "lab/app:v1", "-o", "-"]),
+        4,
+        "corrupt pack packs/",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("hash mismatch") || stderr.contains("zstd"), "{stderr}");
+    assert!(
+        stderr.contains("hash mismatch") || stderr.contains("zstd"),
+        "{stderr}"
+    );
 }
 
 #[test]

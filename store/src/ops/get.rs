@@ -309,7 +309,7 @@ impl Store {
             Output::File(_) => Check::Frame,
             Output::Stream(_) => Check::Hash,
         };
-        let mut sink = Sink::open(out)?;
+        let sink = Sink::open(out)?;
         hold::point("get-after-open");
         progress.start("get", Some(manifest.size));
 
@@ -319,7 +319,9 @@ impl Store {
         };
         let mut hasher = blake3::Hasher::new();
         let mut chunks = 0;
-        let written: Result<()> = std::thread::scope(|s| {
+        // Three stages at once: the fetch thread reads and decodes batch N+1,
+        // this thread hashes batch N while the write thread writes it.
+        let written: Result<Sink> = std::thread::scope(|s| {
             let (tx, rx) = sync_channel::<Result<Vec<Piece>>>(2);
             let (packs, lookup, manifest) = (&packs, &lookup, &manifest);
             s.spawn(move || {
@@ -331,26 +333,45 @@ impl Store {
                     }
                 }
             });
-            for pieces in rx {
-                for piece in pieces? {
-                    match &piece {
-                        Piece::Data(d) => {
-                            hasher.update(d);
-                            chunks += 1;
-                            progress.advance(d.len() as u64);
-                        }
-                        Piece::Zero(n) => {
-                            crate::id::hash_zeros(&mut hasher, *n);
-                            progress.advance(*n);
+            let (wtx, wrx) = sync_channel::<Arc<Vec<Piece>>>(1);
+            let writer = s.spawn(move || -> Result<Sink> {
+                let mut sink = sink;
+                for pieces in wrx {
+                    for piece in pieces.iter() {
+                        sink.write(piece)?;
+                    }
+                }
+                Ok(sink)
+            });
+            let hashed = (|| -> Result<()> {
+                for pieces in rx {
+                    let pieces = Arc::new(pieces?);
+                    if wtx.send(pieces.clone()).is_err() {
+                        return Ok(()); // the writer failed: its error follows
+                    }
+                    for piece in pieces.iter() {
+                        match piece {
+                            Piece::Data(d) => {
+                                hasher.update(d);
+                                chunks += 1;
+                                progress.advance(d.len() as u64);
+                            }
+                            Piece::Zero(n) => {
+                                crate::id::hash_zeros(&mut hasher, *n);
+                                progress.advance(*n);
+                            }
                         }
                     }
-                    sink.write(&piece)?;
                 }
-            }
-            Ok(())
+                Ok(())
+            })();
+            drop(wtx);
+            let sink = writer.join().expect("the write thread does not panic");
+            hashed?;
+            sink
         });
         progress.finish();
-        written?;
+        let sink = written?;
         let got = ImageId(hasher.finalize().into());
         if got != manifest.id {
             if check == Check::Frame {
