@@ -323,35 +323,6 @@ pub fn read_chunk_with(file: &dyn ReadAt, id: &ChunkId, loc: &Location, check: C
     Ok(raw)
 }
 
-/// Decodes the chunk whose frame (header and stored bytes) is `frame`, read
-/// from `loc` (as part of a larger read), with the checks `check` names.
-pub fn decode_frame(frame: &[u8], id: &ChunkId, loc: &Location, check: Check) -> Result<Vec<u8>> {
-    let what = frame_what(loc);
-    if frame.len() != FRAME_HEADER_LEN + loc.stored_len as usize {
-        return Err(Error::corrupt(&what, format!("chunk {id}: pack is truncated")));
-    }
-    check_header(&frame[..FRAME_HEADER_LEN], id, loc, &what)?;
-    let stored = &frame[FRAME_HEADER_LEN..];
-    let raw = match loc.codec {
-        Codec::Raw if stored.len() == loc.raw_len as usize => stored.to_vec(),
-        Codec::Raw => {
-            return Err(Error::corrupt(
-                &what,
-                format!(
-                    "chunk {id}: stored raw with {} bytes, {} expected",
-                    stored.len(),
-                    loc.raw_len
-                ),
-            ))
-        }
-        Codec::Zstd => codec::decompress(stored, loc.raw_len as usize, id, &what)?,
-    };
-    if check == Check::Hash {
-        codec::check_hash(&raw, id, &what)?;
-    }
-    Ok(raw)
-}
-
 /// Like [`read_chunk`], and also returns the stored bytes (for repacking
 /// without recompressing: only bytes that decode to their id are copied).
 pub fn read_checked(file: &dyn ReadAt, id: &ChunkId, loc: &Location) -> Result<(Vec<u8>, Vec<u8>)> {

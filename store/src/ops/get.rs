@@ -102,7 +102,7 @@ fn fetch(
         .collect();
     let locations = lookup.lookup(&ids)?;
     let mut located = ids.iter().zip(locations);
-    let jobs: Vec<Job> = batch
+    let jobs: Vec<_> = batch
         .iter()
         .map(|e| match e {
             Entry::Zero { len } => Ok(Err(*len)),
@@ -117,87 +117,12 @@ fn fetch(
             }
         })
         .collect::<Result<_>>()?;
-    // Chunks that lie back to back in one pack (a new image's chunks do)
-    // are read with one pread per run: far fewer, larger reads from disk.
-    let mut runs: Vec<Vec<Job>> = Vec::new();
-    for job in jobs {
-        let joins = match (runs.last().and_then(|r| r.last()), &job) {
-            (Some(Ok((_, prev))), Ok((_, loc))) => {
-                let run_start = match runs.last().and_then(|r| r.first()) {
-                    Some(Ok((_, first))) => first.offset,
-                    _ => loc.offset,
-                };
-                prev.pack == loc.pack
-                    && frame_end(prev) == loc.offset
-                    && frame_end(loc) - run_start <= RUN_BYTES
-            }
-            _ => false,
-        };
-        match runs.last_mut() {
-            Some(run) if joins => run.push(job),
-            _ => runs.push(vec![job]),
-        }
-    }
-    let pieces: Vec<Vec<Piece>> = runs
-        .into_par_iter()
-        .map(|run| read_run(packs, lookup, image, run, check))
-        .collect::<Result<_>>()?;
-    Ok(pieces.into_iter().flatten().collect())
-}
-
-/// Most bytes read with one pread.
-const RUN_BYTES: u64 = 4 << 20;
-
-/// A chunk to read (`Ok`) or a zero run (`Err(len)`).
-type Job = std::result::Result<(ChunkId, Location), u64>;
-
-fn frame_end(loc: &Location) -> u64 {
-    loc.offset + pack::FRAME_HEADER_LEN as u64 + u64::from(loc.stored_len)
-}
-
-/// Reads a run of back-to-back chunks (or one zero run) with one pread; any
-/// failure sends each chunk through [`read_or_relocate`], which names the
-/// damage or finds a chunk gc moved.
-fn read_run(
-    packs: &Packs,
-    lookup: &index::Reader,
-    image: &ImageId,
-    run: Vec<Job>,
-    check: Check,
-) -> Result<Vec<Piece>> {
-    let one_by_one = |run: Vec<Job>| -> Result<Vec<Piece>> {
-        run.into_iter()
-            .map(|job| match job {
-                Err(len) => Ok(Piece::Zero(len)),
-                Ok((id, loc)) => read_or_relocate(packs, lookup, image, &id, &loc, check).map(Piece::Data),
-            })
-            .collect()
-    };
-    let (Some(Ok((_, first))), Some(Ok((_, last)))) = (run.first(), run.last()) else {
-        return one_by_one(run);
-    };
-    if run.len() == 1 {
-        return one_by_one(run);
-    }
-    let start = first.offset;
-    let mut buf = vec![0u8; (frame_end(last) - start) as usize];
-    let decoded = packs
-        .get(&first.pack)
-        .and_then(|f| f.read_exact_at(&mut buf, start))
-        .and_then(|()| {
-            run.iter()
-                .map(|job| {
-                    let (id, loc) = job.as_ref().expect("runs hold chunks only");
-                    let at = (loc.offset - start) as usize;
-                    let frame = &buf[at..at + pack::FRAME_HEADER_LEN + loc.stored_len as usize];
-                    pack::decode_frame(frame, id, loc, check).map(Piece::Data)
-                })
-                .collect::<Result<Vec<_>>>()
-        });
-    match decoded {
-        Ok(pieces) => Ok(pieces),
-        Err(_) => one_by_one(run),
-    }
+    jobs.into_par_iter()
+        .map(|job| match job {
+            Err(len) => Ok(Piece::Zero(len)),
+            Ok((id, loc)) => read_or_relocate(packs, lookup, image, &id, &loc, check).map(Piece::Data),
+        })
+        .collect()
 }
 
 /// Reads a chunk; if GC deleted its pack meanwhile (a tombstone says so),
