@@ -419,7 +419,6 @@ impl View {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_keep_log_file_num(2);
-        opts.set_write_buffer_size(16 << 20);
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         let mut cf = Options::default();
