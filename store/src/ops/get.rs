@@ -5,7 +5,8 @@
 //!
 //! A fetch thread reads ahead: it looks up a batch of chunks, reads and
 //! decodes them in parallel (rayon) and hands them over in order, while this
-//! thread writes the previous batch. Zero runs become holes in a file.
+//! thread hashes the previous batch and a write thread writes it. Zero runs
+//! become holes in a file.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
