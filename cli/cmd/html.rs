@@ -154,6 +154,7 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
 const CSS: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:1em 0}th,td{padding:2px 10px;text-align:right;border-bottom:1px solid #ddd}\
 th:first-child,td:first-child{text-align:left}\
+.summary th:last-child,.summary td:last-child{text-align:left}\
 svg{display:block;margin:1em 0;font-size:11px}.bar{fill:#4a7ab5}.line{fill:none;stroke:#4a7ab5;stroke-width:2}\
 .axis{stroke:#888}";
 
@@ -172,7 +173,10 @@ pub fn page(i: &Input) -> String {
         .iter()
         .map(|(k, v, m)| vec![k.to_string(), v.clone(), m.to_string()])
         .collect();
+    // Its last column is prose: left-aligned.
+    out.push_str("<div class=\"summary\">");
     table(&mut out, &["figure", "value", "meaning"], &rows);
+    out.push_str("</div>");
 
     out.push_str("<h2>Stored vs logical</h2>");
     out.push_str(&hbars(
