@@ -685,9 +685,11 @@ impl View {
             .filter(|id| !applied.contains_key(id))
             .map(|id| sizes[id])
             .sum();
-        if entering_bytes > 0 {
+        // Finished on every way out, errors included.
+        let _bar = (entering_bytes > 0).then(|| {
             progress.start("report index", Some(entering_bytes));
-        }
+            Finish(progress)
+        });
         let limit = batch_refs();
         let mut batch = Batch::default();
         for id in changed {
@@ -740,11 +742,7 @@ impl View {
                 self.apply(std::mem::take(&mut batch))?;
             }
         }
-        let r = self.apply(batch);
-        if entering_bytes > 0 {
-            progress.finish();
-        }
-        r
+        self.apply(batch)
     }
 
     /// Applies one batch's chunk changes and moves the totals, in one write.
@@ -842,6 +840,15 @@ impl Batch {
     /// [`BATCH_CHUNKS`] distinct chunks changed.
     fn full(&self, refs: usize) -> bool {
         self.refs >= refs || self.deltas.len() >= BATCH_CHUNKS.min(refs)
+    }
+}
+
+/// Ends a progress display when dropped.
+struct Finish<'a>(&'a dyn Progress);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
