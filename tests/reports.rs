@@ -532,17 +532,9 @@ fn running_totals_match_a_count_through_random_puts_tags_rms_and_gcs() {
         // Host c, through the binary, applies each step in batches of a few
         // chunk references.
         let tiny = |args: &[&str]| -> Value {
-            let out = env
-                .cmd_host("c")
-                .env("IMGSTORE_TEST_REPORT_BATCH", "3")
-                .arg("--json")
-                .args(args)
-                .assert()
-                .success()
-                .get_output()
-                .stdout
-                .clone();
-            let mut v: Value = serde_json::from_slice(&out).unwrap();
+            let mut cmd = env.cmd_host("c");
+            cmd.env("IMGSTORE_TEST_REPORT_BATCH", "3");
+            let mut v = common::json_of(cmd, args);
             v.as_object_mut().unwrap().remove("format_version");
             v
         };

@@ -111,10 +111,12 @@ thread_local! {
 /// `what` names where they came from for the error message.
 pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<Vec<u8>> {
     let raw = match codec {
-        Codec::Raw => stored.to_vec(),
+        Codec::Raw => {
+            check_len(stored, raw_len, id, what)?;
+            stored.to_vec()
+        }
         Codec::Zstd => decompress(stored, raw_len, id, what)?,
     };
-    check_len(&raw, raw_len, id, what)?;
     check_hash(&raw, id, what)?;
     Ok(raw)
 }

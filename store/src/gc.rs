@@ -33,7 +33,7 @@ use crate::hold;
 use crate::id::{Digest, PackId};
 use crate::index;
 use crate::mark::Mark;
-use crate::pack::{self, PackBuilder, PackEntry, PACKS_DIR};
+use crate::pack::{self, PackBuilder, PackEntry};
 use crate::progress::Progress;
 use crate::segment::{self, INDEX_DIR, TOMBSTONES_DIR};
 use crate::session::{Session, SessionRecord, SESSIONS_DIR};
@@ -133,15 +133,10 @@ fn store_now(backend: &dyn Backend) -> Result<SystemTime> {
 /// Every pack in the store with its footer.
 fn packs(backend: &dyn Backend) -> Result<Vec<(PackId, u64, Vec<PackEntry>)>> {
     let mut out = Vec::new();
-    for shard in backend.list(PACKS_DIR)? {
-        for name in backend.list(&format!("{PACKS_DIR}/{shard}"))? {
-            let key = format!("{PACKS_DIR}/{shard}/{name}");
-            let id = Digest::from_hex(&name)
-                .map_err(|_| Error::corrupt(format!("pack {key}"), "file name is not a pack id"))?;
-            let file = backend.open(&key)?;
-            let entries = pack::read_footer(file.as_ref(), &format!("pack {key}"))?;
-            out.push((id, file.size()?, entries));
-        }
+    for (id, key) in pack::list(backend)? {
+        let file = backend.open(&key)?;
+        let entries = pack::read_footer(file.as_ref(), &format!("pack {key}"))?;
+        out.push((id, file.size()?, entries));
     }
     Ok(out)
 }

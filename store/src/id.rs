@@ -71,12 +71,13 @@ impl std::hash::Hasher for DigestHasher {
         self.0
     }
 
+    /// Called with the slice length (a constant) and then the digest's 32
+    /// bytes: each write folds in its first 8 bytes.
     fn write(&mut self, bytes: &[u8]) {
-        match bytes.get(..8) {
-            Some(b) => self.0 ^= u64::from_le_bytes(b.try_into().expect("8 bytes")),
-            // The slice length written before the bytes: a constant.
-            None => self.0 = self.0.rotate_left(8) ^ bytes.iter().fold(0, |a, b| a << 8 | u64::from(*b)),
-        }
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(word);
     }
 }
 

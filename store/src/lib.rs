@@ -180,15 +180,10 @@ impl Store {
     /// Recreates the local index from every pack's footer and every segment.
     pub fn index_rebuild(&self) -> Result<index::CatchUp> {
         let mut entries = Vec::new();
-        for shard in self.backend.list(pack::PACKS_DIR)? {
-            for name in self.backend.list(&format!("{}/{shard}", pack::PACKS_DIR))? {
-                let key = format!("{}/{shard}/{name}", pack::PACKS_DIR);
-                let id = Digest::from_hex(&name)
-                    .map_err(|_| Error::corrupt(format!("pack {key}"), "file name is not a pack id"))?;
-                let file = self.backend.open(&key)?;
-                for e in pack::read_footer(file.as_ref(), &format!("pack {key}"))? {
-                    entries.push(Ok((e.id, e.location(id))));
-                }
+        for (id, key) in pack::list(self.backend.as_ref())? {
+            let file = self.backend.open(&key)?;
+            for e in pack::read_footer(file.as_ref(), &format!("pack {key}"))? {
+                entries.push(Ok((e.id, e.location(id))));
             }
         }
         index::rebuild(

@@ -15,7 +15,7 @@
 //! chunks: a put that stores a GC-condemned chunk anew must write a file GC
 //! will not delete, not the condemned file again under the same name.
 
-use crate::backend::ReadAt;
+use crate::backend::{Backend, ReadAt};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, PackId};
@@ -107,6 +107,21 @@ impl PackEntry {
 /// The store key of a pack.
 pub fn key(id: &PackId) -> String {
     id.key(PACKS_DIR)
+}
+
+/// Every pack in the store behind `backend`: id and key. A file under
+/// `packs/` whose name is not a pack id is damage.
+pub fn list(backend: &dyn Backend) -> Result<Vec<(PackId, String)>> {
+    let mut out = Vec::new();
+    for shard in backend.list(PACKS_DIR)? {
+        for name in backend.list(&format!("{PACKS_DIR}/{shard}"))? {
+            let key = format!("{PACKS_DIR}/{shard}/{name}");
+            let id = Digest::from_hex(&name)
+                .map_err(|_| Error::corrupt(format!("pack {key}"), "file name is not a pack id"))?;
+            out.push((id, key));
+        }
+    }
+    Ok(out)
 }
 
 /// Builds a pack in memory; [`PackBuilder::finish`] gives its bytes and id.

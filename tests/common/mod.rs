@@ -90,16 +90,7 @@ impl Env {
 
     /// [`Env::json`] as another host (its own local index).
     pub fn json_host(&self, host: &str, args: &[&str]) -> serde_json::Value {
-        let out = self
-            .cmd_host(host)
-            .arg("--json")
-            .args(args)
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        serde_json::from_slice(&out).expect("--json prints JSON")
+        json_of(self.cmd_host(host), args)
     }
 
     /// `get` to a file that must succeed; returns the bytes.
@@ -118,6 +109,19 @@ impl Env {
     pub fn pack_bytes(&self) -> u64 {
         dir_bytes(&self.store().join("packs"))
     }
+}
+
+/// `cmd --json ARGS`, which must succeed; returns the parsed document.
+pub fn json_of(mut cmd: Command, args: &[&str]) -> serde_json::Value {
+    let out = cmd
+        .arg("--json")
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).expect("--json prints JSON")
 }
 
 /// Sum of file sizes below `dir`.

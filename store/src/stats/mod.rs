@@ -275,12 +275,12 @@ impl Store {
         let _ = fs::remove_file(self.index_dir.join(OLD_CACHE_FILE));
         let refs = self.refs(None)?;
         let condemned = self.condemned_packs()?;
-        let refresh = |fresh: bool| -> Result<View> {
+        let refresh = |fresh: bool| -> Result<(View, Vec<PackInfo>)> {
             let mut view = View::open(&self.index_dir, fresh)?;
-            view.refresh(self, &refs, &condemned, progress)?;
-            Ok(view)
+            let packs = view.refresh(self, &refs, &condemned, progress)?;
+            Ok((view, packs))
         };
-        let (view, rebuilt) = match refresh(false) {
+        let ((view, packs), rebuilt) = match refresh(false) {
             Err(Error::Index { detail, .. }) => {
                 tracing::warn!(%detail, "report view damaged; building it again");
                 (refresh(true)?, true)
@@ -295,7 +295,7 @@ impl Store {
         }
         Ok(Snapshot {
             store: self,
-            packs: view.packs()?,
+            packs,
             totals: view.store_totals()?,
             view,
             image_refs,
@@ -481,14 +481,9 @@ impl Snapshot<'_> {
         let mut t = SetTotals::default();
         for (c, state) in ids.iter().zip(self.view.chunks(&ids)?) {
             let (len, k) = counts[c];
-            let st = state.stored_one();
-            t.all.chunks += 1;
-            t.all.bytes += i64::from(len);
-            t.all.stored += st as i64;
+            t.all.add(1, len, state.stored_one());
             if k > 0 && state.images == k {
-                t.exclusive.chunks += 1;
-                t.exclusive.bytes += i64::from(len);
-                t.exclusive.stored += st as i64;
+                t.exclusive.add(1, len, state.stored_one());
             }
         }
         Ok(t)

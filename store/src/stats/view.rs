@@ -35,7 +35,7 @@ use crate::backend::{lock_path, LockGuard};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, DigestMap, DigestSet, ImageId, PackId};
 use crate::manifest::Entry;
-use crate::pack::{self, PACKS_DIR};
+use crate::pack;
 use crate::progress::Progress;
 use crate::refs::{RefRecord, TagRef};
 use crate::Store;
@@ -91,7 +91,16 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, sign: i64, raw: u32, stored: u64) {
+    fn from_array([chunks, bytes, stored]: [i64; 3]) -> Tally {
+        Tally {
+            chunks,
+            bytes,
+            stored,
+        }
+    }
+
+    /// Counts one chunk of `raw` bytes stored in `stored` bytes, `sign` times.
+    pub fn add(&mut self, sign: i64, raw: u32, stored: u64) {
         self.chunks += sign;
         self.bytes += sign * i64::from(raw);
         self.stored += sign * stored as i64;
@@ -333,18 +342,10 @@ impl SetTotals {
     }
 
     fn decode(b: &[u8]) -> Option<SetTotals> {
-        let [c, b_, s, ec, eb, es] = decode_i64s::<6>(b)?;
+        let [c, by, s, ec, eb, es] = decode_i64s::<6>(b)?;
         Some(SetTotals {
-            all: Tally {
-                chunks: c,
-                bytes: b_,
-                stored: s,
-            },
-            exclusive: Tally {
-                chunks: ec,
-                bytes: eb,
-                stored: es,
-            },
+            all: Tally::from_array([c, by, s]),
+            exclusive: Tally::from_array([ec, eb, es]),
         })
     }
 }
@@ -365,11 +366,7 @@ impl StoreTotals {
     fn decode(b: &[u8]) -> Option<StoreTotals> {
         let [c, by, s, f, d, u] = decode_i64s::<6>(b)?;
         Some(StoreTotals {
-            live: Tally {
-                chunks: c,
-                bytes: by,
-                stored: s,
-            },
+            live: Tally::from_array([c, by, s]),
             first_copies: f,
             duplicate_bytes: d,
             unreferenced_bytes: u,
@@ -515,7 +512,7 @@ impl View {
     }
 
     /// The packs the view has applied.
-    pub fn packs(&self) -> Result<Vec<PackInfo>> {
+    fn packs(&self) -> Result<Vec<PackInfo>> {
         self.scan(PACK)?
             .into_iter()
             .map(|(k, v)| {
@@ -553,29 +550,30 @@ impl View {
         refs: &[(TagRef, RefRecord)],
         condemned: &HashSet<PackId>,
         progress: &dyn Progress,
-    ) -> Result<()> {
-        self.refresh_packs(store, condemned)?;
+    ) -> Result<Vec<PackInfo>> {
+        let packs = self.refresh_packs(store, condemned)?;
         self.refresh_images(store, refs, progress)?;
         if std::mem::take(&mut self.unflushed) {
             self.db.flush().map_err(|e| self.err(e))?;
         }
-        Ok(())
+        Ok(packs)
     }
 
-    fn refresh_packs(&mut self, store: &Store, condemned: &HashSet<PackId>) -> Result<()> {
+    /// Applies the packs listed now; returns them as the view now holds them.
+    fn refresh_packs(&mut self, store: &Store, condemned: &HashSet<PackId>) -> Result<Vec<PackInfo>> {
         let applied: HashMap<PackId, PackInfo> = self.packs()?.into_iter().map(|p| (p.id, p)).collect();
-        let mut listed: HashMap<PackId, String> = HashMap::new();
-        for shard in store.backend.list(PACKS_DIR)? {
-            for name in store.backend.list(&format!("{PACKS_DIR}/{shard}"))? {
-                if let Ok(id) = Digest::from_hex(&name) {
-                    listed.insert(id, format!("{PACKS_DIR}/{shard}/{name}"));
-                }
-            }
-        }
+        let listed: HashMap<PackId, String> = pack::list(store.backend.as_ref())?.into_iter().collect();
         let limit = batch_refs();
         let mut batch = Batch::default();
+        let mut now_held = Vec::with_capacity(listed.len());
         for (id, info) in &applied {
             let now = listed.contains_key(id).then(|| condemned.contains(id));
+            if let Some(c) = now {
+                now_held.push(PackInfo {
+                    condemned: c,
+                    ..*info
+                });
+            }
             if now == Some(info.condemned) {
                 continue;
             }
@@ -629,15 +627,22 @@ impl View {
                     d.copies += 1;
                 }
             }
+            let info = PackInfo {
+                id: *id,
+                file_bytes: file.size()?,
+                condemned: is_condemned,
+            };
             batch.wb.put(key(PACK_ENTRIES, &[&id.0]), value);
             batch
                 .wb
-                .put(key(PACK, &[&id.0]), pack_value(file.size()?, is_condemned));
+                .put(key(PACK, &[&id.0]), pack_value(info.file_bytes, is_condemned));
+            now_held.push(info);
             if batch.full(limit) {
                 self.apply(std::mem::take(&mut batch))?;
             }
         }
-        self.apply(batch)
+        self.apply(batch)?;
+        Ok(now_held)
     }
 
     fn refresh_images(
