@@ -6,16 +6,7 @@ use std::time::{Duration, Instant};
 use crate::common::{self, Env};
 
 fn gc(env: &Env, extra: &[&str]) -> serde_json::Value {
-    let out = env
-        .cmd()
-        .args(["--json", "gc", "--grace", "0s"])
-        .args(extra)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    serde_json::from_slice(&out).expect("gc --json")
+    common::json_of(env.cmd(), &[&["gc", "--grace", "0s"], extra].concat())
 }
 
 #[test]

@@ -71,16 +71,8 @@ impl Env {
 
     /// `put` that must succeed; returns the parsed JSON report.
     pub fn put(&self, reference: &str, file: &Path) -> serde_json::Value {
-        let out = self
-            .cmd()
-            .args(["--json", "put", reference])
-            .arg(file)
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        serde_json::from_slice(&out).expect("put --json prints JSON")
+        let file = file.to_str().expect("test paths are UTF-8");
+        json_of(self.cmd(), &["put", reference, file])
     }
 
     /// `imgstore --json ARGS` that must succeed; returns the parsed document.
