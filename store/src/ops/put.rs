@@ -2,13 +2,13 @@
 //! manifest and finally a ref — in that order, each durable before the next
 //! refers to it, so a crash at any point leaves no half-visible image.
 //!
-//! Pipeline: a reader thread fills large blocks; a cutter thread finds their
-//! FastCDC boundaries; this thread has rayon hash the chunks and the whole
-//! image, looks known chunks up in the index in one batch per block, has
-//! rayon compress the new ones, and appends them to a pack, which a writer
-//! thread writes out. Memory is a
-//! few blocks plus one pack, whatever the image size (and ~80 bytes per chunk
-//! for the manifest being built).
+//! Pipeline: a reader thread fills large blocks and hashes the whole image;
+//! a cutter thread finds the blocks' FastCDC boundaries; this thread has
+//! rayon hash the chunks, looks known chunks up in the index in one batch
+//! per block, has rayon compress the new ones, and appends them to a pack,
+//! which a writer thread writes out. Memory is a few blocks plus one pack,
+//! whatever the image size (and ~80 bytes per chunk for the manifest being
+//! built).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -209,18 +209,21 @@ fn fill(
 
 /// Reads the input into blocks from a pool; stops at EOF or on the first
 /// error. A regular file is read with positioned reads and its large holes
-/// are skipped, each ending a block.
+/// are skipped, each ending a block. Returns the hash of every byte read
+/// (the image id, when the whole input was read): hashing here, in input
+/// order, keeps this sequential pass off the thread that hashes chunks.
 fn spawn_reader(
     mut source: Source,
     head: usize,
     name: PathBuf,
     full: SyncSender<Result<Block>>,
     free: Receiver<Vec<u8>>,
-) -> JoinHandle<()> {
+) -> JoinHandle<blake3::Hasher> {
     use std::os::unix::fs::FileExt;
     std::thread::Builder::new()
         .name("imgstore-read".into())
         .spawn(move || {
+            let mut image = blake3::Hasher::new();
             let mut pos: u64 = 0;
             let mut hole = match &source {
                 Source::File(f, len) => next_hole(f, 0, *len),
@@ -241,12 +244,14 @@ fn spawn_reader(
                     Ok(done) => done,
                     Err(e) => {
                         let _ = full.send(Err(Error::io(&name, e)));
-                        return;
+                        return image;
                     }
                 };
+                image.update(&buf[head..head + len]);
                 pos += len as u64;
                 let mut hole_after = 0;
                 if let Some((start, hole_len)) = hole.filter(|(s, _)| *s == pos && !eof) {
+                    crate::id::hash_zeros(&mut image, hole_len);
                     hole_after = hole_len;
                     pos = start + hole_len;
                     if let Source::File(f, file_len) = &source {
@@ -260,9 +265,10 @@ fn spawn_reader(
                     hole_after,
                 };
                 if full.send(Ok(block)).is_err() || eof {
-                    return;
+                    return image;
                 }
             }
+            image
         })
         .expect("threads can be spawned")
 }
@@ -385,7 +391,6 @@ struct Ingest<'a> {
     condemned: &'a HashSet<PackId>,
     zstd_level: i32,
     pack_size: usize,
-    image: blake3::Hasher,
     entries: Vec<Entry>,
     /// Chunks this put already stored, so an image repeating itself stores once.
     written: HashSet<ChunkId>,
@@ -404,18 +409,13 @@ impl Ingest<'_> {
     /// ends where the last cut ends: the tail the block end may have cut
     /// short was kept back by the cutter.
     fn block(&mut self, data: &[u8], cuts: &[std::ops::Range<usize>]) -> Result<()> {
-        let consumed = data.len();
-        let (_, ids) = rayon::join(
-            || self.image.update(&data[..consumed]),
-            || {
-                cuts.par_iter()
-                    .map(|r| {
-                        let c = &data[r.clone()];
-                        (!is_zero(c)).then(|| ChunkId::of(c))
-                    })
-                    .collect::<Vec<_>>()
-            },
-        );
+        let ids: Vec<Option<ChunkId>> = cuts
+            .par_iter()
+            .map(|r| {
+                let c = &data[r.clone()];
+                (!is_zero(c)).then(|| ChunkId::of(c))
+            })
+            .collect();
         // Look up, in one batch, every chunk this put has not stored itself.
         let mut ask: Vec<ChunkId> = ids
             .iter()
@@ -482,12 +482,12 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// A run of `len` zero bytes that was never read (a hole).
+    /// A run of `len` zero bytes that was never read (a hole; the reader
+    /// hashed it).
     fn zero_run(&mut self, len: u64) {
         if len == 0 {
             return;
         }
-        crate::id::hash_zeros(&mut self.image, len);
         self.zero_bytes += len;
         match self.entries.last_mut() {
             Some(Entry::Zero { len: run }) => *run += len,
@@ -569,7 +569,6 @@ impl Store {
             condemned: &condemned,
             zstd_level: self.config.compression.zstd_level,
             pack_size: self.config.pack_size as usize,
-            image: blake3::Hasher::new(),
             entries: Vec::new(),
             written: HashSet::new(),
             pack: PackBuilder::with_capacity(pack_capacity),
@@ -609,10 +608,9 @@ impl Store {
             }
             Ok(())
         });
-        let _ = read_thread.join();
+        let image = read_thread.join().expect("the read thread does not panic");
         let flushed = ingested.and_then(|()| ingest.flush_pack());
         let Ingest {
-            image,
             entries,
             packs,
             added,
