@@ -184,3 +184,33 @@ fn sparse_100_gib_image() {
         assert!(&buf == data, "data at {at} differs");
     }
 }
+
+/// A put that outgrows an index segment forgets the chunks it stored and
+/// finds them in the index instead (so its memory does not grow with the
+/// image): an image repeating itself across segments must still store each
+/// of its distinct chunks exactly once.
+#[test]
+fn repeats_across_index_segments_are_stored_once() {
+    let a = common::random(40 << 20, 31);
+    let mut data = a.clone();
+    data.extend(common::random(1 << 20, 32));
+    data.extend(&a);
+    for per_segment in ["1", "32"] {
+        let env = Env::new();
+        let file = env.file("img", &data);
+        let mut cmd = env.cmd();
+        cmd.env("IMGSTORE_TEST_PACKS_PER_SEGMENT", per_segment);
+        let r = common::json_of(cmd, &["put", "lab/rep:v1", file.to_str().unwrap()]);
+        assert_eq!(env.get("lab/rep:v1"), data);
+        let inspect = env.json(&["inspect", "lab/rep:v1"]);
+        assert_eq!(
+            (&r["added"]["chunks"], &r["added"]["raw_bytes"]),
+            (&inspect["unique_chunks"], &inspect["unique_chunk_bytes"]),
+            "{per_segment} packs per segment"
+        );
+        assert!(
+            r["packs"].as_u64().unwrap() >= 2,
+            "the image fills more than one pack"
+        );
+    }
+}

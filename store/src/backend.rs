@@ -43,7 +43,12 @@ pub enum EntryKind {
 pub trait Backend: Send + Sync {
     /// Writes `data` as `key`, atomically: readers see the old file or the
     /// whole new one, never a part. Durable when this returns.
-    fn write(&self, key: &str, data: &[u8]) -> Result<()>;
+    fn write(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.write_with(key, &mut |w| w.write_all(data))
+    }
+    /// [`Backend::write`] of what `fill` writes: for files too large to
+    /// build in memory first (a manifest of a many-GB image).
+    fn write_with(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<()>;
     /// Reads the whole of `key`. `Ok(None)` if it does not exist.
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Opens `key` for range reads.
@@ -219,6 +224,15 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
 
 /// [`atomic_write`] with the file and new directories given `perms`.
 pub fn atomic_write_with(path: &Path, data: &[u8], perms: Option<Perms>) -> Result<()> {
+    atomic_write_from(path, &mut |w| w.write_all(data), perms)
+}
+
+/// [`atomic_write_with`] of what `fill` writes (through a buffer).
+fn atomic_write_from(
+    path: &Path,
+    fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    perms: Option<Perms>,
+) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
     create_dirs(dir, perms)?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}", unique_suffix()));
@@ -231,7 +245,11 @@ pub fn atomic_write_with(path: &Path, data: &[u8], perms: Option<Perms>) -> Resu
         if let Some(p) = perms {
             set_mode(&tmp, p.file)?;
         }
-        f.write_all(data).map_err(|e| Error::io(path, e))?;
+        let mut w = io::BufWriter::with_capacity(64 << 10, &mut f);
+        fill(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(|e| Error::io(path, e))?;
+        drop(w);
         f.sync_all().map_err(|e| Error::io(path, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     })();
@@ -286,8 +304,8 @@ impl ReadAt for LocalFile {
 }
 
 impl Backend for LocalBackend {
-    fn write(&self, key: &str, data: &[u8]) -> Result<()> {
-        atomic_write_with(&self.checked(key)?, data, self.perms)
+    fn write_with(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+        atomic_write_from(&self.checked(key)?, fill, self.perms)
     }
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {

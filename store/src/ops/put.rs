@@ -10,7 +10,7 @@
 //! whatever the image size (and ~80 bytes per chunk for the manifest being
 //! built).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -31,7 +31,7 @@ use crate::eventlog::{self, Event};
 use crate::hold;
 use crate::id::{ChunkId, Digest, ImageId, PackId};
 use crate::index;
-use crate::manifest::{self, Entry, Manifest, ManifestMeta};
+use crate::manifest::{self, Entry, ManifestMeta};
 use crate::pack::{self, Location, PackBuilder};
 use crate::progress::Progress;
 use crate::refs::{Added, RefRecord, TagRef};
@@ -332,11 +332,23 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
 }
 
 /// Packs whose chunk locations go into one index segment: a put of new
-/// data keeps at most this many packs' locations (~80 B per chunk) in memory.
+/// data keeps at most this many packs' locations (~80 B per chunk) in memory,
+/// and, once the segment is in the index, forgets which chunks it stored.
 const PACKS_PER_SEGMENT: u64 = 32;
 
+/// `IMGSTORE_TEST_PACKS_PER_SEGMENT`: tests make a small image cross
+/// segments, and have the put wait for each segment, so that what it
+/// forgets is the same from run to run.
+fn test_packs_per_segment() -> Option<u64> {
+    std::env::var("IMGSTORE_TEST_PACKS_PER_SEGMENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+}
+
 /// Writes finished packs, hands their buffers back through `free`, and
-/// writes an index segment every [`PACKS_PER_SEGMENT`] packs and at the end.
+/// writes an index segment every [`PACKS_PER_SEGMENT`] packs and at the end,
+/// telling `indexed` how many packs the segments written so far cover.
 /// Returns the number of packs. A segment only says where chunks are; until
 /// the ref is written no image uses them, and a put that fails leaves them
 /// to gc like its packs.
@@ -344,6 +356,7 @@ fn spawn_pack_writer(
     backend: Arc<dyn Backend>,
     packs: Receiver<PackBuilder>,
     free: SyncSender<Vec<u8>>,
+    indexed: std::sync::mpsc::Sender<u64>,
 ) -> JoinHandle<Result<u64>> {
     let write_segment = |backend: &dyn Backend, locations: &mut Vec<(ChunkId, Location)>| -> Result<()> {
         if !locations.is_empty() {
@@ -357,7 +370,8 @@ fn spawn_pack_writer(
         .name("imgstore-pack".into())
         .spawn(move || {
             let mut locations = Vec::new();
-            let mut count = 0;
+            let mut count: u64 = 0;
+            let per_segment = test_packs_per_segment().unwrap_or(PACKS_PER_SEGMENT);
             for builder in packs {
                 let (id, bytes, entries) = builder.finish();
                 backend.write(&pack::key(&id), &bytes)?;
@@ -365,8 +379,9 @@ fn spawn_pack_writer(
                 let _ = free.send(bytes);
                 locations.extend(entries.iter().map(|e| (e.id, e.location(id))));
                 count += 1;
-                if count % PACKS_PER_SEGMENT == 0 {
+                if count.is_multiple_of(per_segment) {
                     write_segment(backend.as_ref(), &mut locations)?;
+                    let _ = indexed.send(count);
                 }
             }
             write_segment(backend.as_ref(), &mut locations)?;
@@ -386,14 +401,23 @@ fn is_zero(data: &[u8]) -> bool {
 
 /// State of one put between blocks.
 struct Ingest<'a> {
+    store: &'a Store,
     lookup: &'a index::Reader,
     /// Packs a pending GC plan condemned: chunks found only there are stored anew.
     condemned: &'a HashSet<PackId>,
     zstd_level: i32,
     pack_size: usize,
-    entries: Vec<Entry>,
-    /// Chunks this put already stored, so an image repeating itself stores once.
-    written: HashSet<ChunkId>,
+    entries: manifest::Spool,
+    /// Chunks this put stored and the index cannot find yet, so an image
+    /// repeating itself stores each once: id -> the pack it went into
+    /// ([`PENDING`] until it is in one).
+    written: HashMap<ChunkId, u64>,
+    /// Packs handed to the writer so far.
+    packs_sent: u64,
+    /// From the writer: segments now cover this many of this put's packs.
+    indexed: Receiver<u64>,
+    /// Tests: wait for a segment every this many packs.
+    wait_for_segments: Option<u64>,
     pack: PackBuilder,
     packs: SyncSender<PackBuilder>,
     /// Buffers of written packs, back from the writer: two in all, so a
@@ -404,11 +428,15 @@ struct Ingest<'a> {
     zero_bytes: u64,
 }
 
+/// [`Ingest::written`]'s mark for a chunk not yet added to a pack.
+const PENDING: u64 = u64::MAX;
+
 impl Ingest<'_> {
     /// Hashes the chunks `cuts` of `data` and stores what is new. `data`
     /// ends where the last cut ends: the tail the block end may have cut
     /// short was kept back by the cutter.
     fn block(&mut self, data: &[u8], cuts: &[std::ops::Range<usize>]) -> Result<()> {
+        self.forget_indexed()?;
         let ids: Vec<Option<ChunkId>> = cuts
             .par_iter()
             .map(|r| {
@@ -420,7 +448,7 @@ impl Ingest<'_> {
         let mut ask: Vec<ChunkId> = ids
             .iter()
             .flatten()
-            .filter(|id| !self.written.contains(id))
+            .filter(|id| !self.written.contains_key(id))
             .copied()
             .collect();
         ask.sort_unstable();
@@ -439,18 +467,15 @@ impl Ingest<'_> {
             match id {
                 None => {
                     self.zero_bytes += len;
-                    match self.entries.last_mut() {
-                        Some(Entry::Zero { len: run }) => *run += len,
-                        _ => self.entries.push(Entry::Zero { len }),
-                    }
+                    self.entries.push(Entry::Zero { len })?;
                 }
                 Some(id) => {
                     self.chunks += 1;
                     self.entries.push(Entry::Chunk {
                         id: *id,
                         len: len as u32,
-                    });
-                    if !known.contains(id) && self.written.insert(*id) {
+                    })?;
+                    if !known.contains(id) && self.written.insert(*id, PENDING).is_none() {
                         new.push((*id, r.clone()));
                     }
                 }
@@ -475,6 +500,7 @@ impl Ingest<'_> {
             self.added.raw_bytes += u64::from(raw_len);
             self.added.stored_bytes += stored.len() as u64;
             self.pack.add(*id, raw_len, codec, stored);
+            self.written.insert(*id, self.packs_sent);
             if self.pack.len() >= self.pack_size {
                 self.flush_pack()?;
             }
@@ -484,15 +510,30 @@ impl Ingest<'_> {
 
     /// A run of `len` zero bytes that was never read (a hole; the reader
     /// hashed it).
-    fn zero_run(&mut self, len: u64) {
+    fn zero_run(&mut self, len: u64) -> Result<()> {
         if len == 0 {
-            return;
+            return Ok(());
         }
         self.zero_bytes += len;
-        match self.entries.last_mut() {
-            Some(Entry::Zero { len: run }) => *run += len,
-            _ => self.entries.push(Entry::Zero { len }),
+        self.entries.push(Entry::Zero { len })
+    }
+
+    /// Once the writer has put a segment in the store, catches the index up
+    /// and forgets the chunks the segment covers: lookups find them now. So
+    /// a put of new data remembers only its last few packs' chunks.
+    fn forget_indexed(&mut self) -> Result<()> {
+        match self.indexed.try_iter().last() {
+            Some(covered) => self.forget_up_to(covered),
+            None => Ok(()),
         }
+    }
+
+    fn forget_up_to(&mut self, covered: u64) -> Result<()> {
+        let store = self.store;
+        index::catch_up(&store.index_dir, &store.config.store_id, store.backend.as_ref())?;
+        self.lookup.refresh()?;
+        self.written.retain(|_, pack| *pack >= covered);
+        Ok(())
     }
 
     fn flush_pack(&mut self) -> Result<()> {
@@ -505,7 +546,15 @@ impl Ingest<'_> {
         };
         let next = PackBuilder::reuse(self.free_packs.recv().map_err(|_| stopped())?);
         let full = std::mem::replace(&mut self.pack, next);
-        self.packs.send(full).map_err(|_| stopped())
+        self.packs.send(full).map_err(|_| stopped())?;
+        self.packs_sent += 1;
+        if let Some(per_segment) = self.wait_for_segments {
+            if self.packs_sent.is_multiple_of(per_segment) {
+                let covered = self.indexed.recv().map_err(|_| stopped())?;
+                self.forget_up_to(covered)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -561,16 +610,21 @@ impl Store {
         free_pack_tx
             .send(Vec::with_capacity(pack_capacity))
             .expect("channel has room");
-        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx);
+        let (indexed_tx, indexed_rx) = std::sync::mpsc::channel();
+        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, indexed_tx);
 
         progress.start("put", total);
         let mut ingest = Ingest {
+            store: self,
             lookup: &lookup,
             condemned: &condemned,
             zstd_level: self.config.compression.zstd_level,
             pack_size: self.config.pack_size as usize,
-            entries: Vec::new(),
-            written: HashSet::new(),
+            entries: manifest::Spool::new()?,
+            written: HashMap::new(),
+            packs_sent: 0,
+            indexed: indexed_rx,
+            wait_for_segments: test_packs_per_segment(),
             pack: PackBuilder::with_capacity(pack_capacity),
             packs: pack_tx,
             free_packs: free_pack_rx,
@@ -598,7 +652,7 @@ impl Store {
                     hole,
                 } = cut?;
                 ingest.block(&buf[data], &cuts)?;
-                ingest.zero_run(hole);
+                ingest.zero_run(hole)?;
                 size += len as u64 + hole;
                 progress.advance(len as u64 + hole);
                 let _ = free_tx.send(buf);
@@ -643,16 +697,14 @@ impl Store {
         index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
 
         let id = ImageId(Digest::from(image.finalize()));
-        let manifest = Manifest {
-            size,
-            id,
-            entries,
-            meta: ManifestMeta { sif: sif_info },
-        };
-        let is_sif = manifest.meta.sif.is_some();
+        let meta = ManifestMeta { sif: sif_info };
+        let is_sif = meta.sif.is_some();
         // Identical bytes give an identical manifest, so rewriting one that
         // a concurrent put just wrote is harmless.
-        self.backend.write(&manifest::key(&id), &manifest.encode())?;
+        let mut entries = entries.finish()?;
+        self.backend.write_with(&manifest::key(&id), &mut |w| {
+            entries.write_manifest(size, &id, &meta, w)
+        })?;
         hold::point("put-after-manifest");
 
         let previous = self.read_ref(reference)?.map(|r| r.image).filter(|p| *p != id);
