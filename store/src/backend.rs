@@ -25,6 +25,26 @@ pub trait ReadAt: Send + Sync {
     fn size(&self) -> Result<u64>;
 }
 
+/// A file already read into memory (a pack checked after one whole read, a
+/// manifest), read like a stored one; reading past its end is a short file.
+pub struct InMemory<'a>(pub &'a [u8]);
+
+impl ReadAt for InMemory<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| Error::corrupt("file", format!("too short at offset {offset}")))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn size(&self) -> Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
 /// What a directory entry is, as found without following links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

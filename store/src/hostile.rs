@@ -5,31 +5,14 @@
 
 use proptest::prelude::*;
 
-use crate::backend::ReadAt;
+use crate::backend::InMemory;
 use crate::codec::Codec;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::eventlog;
 use crate::id::Digest;
 use crate::pack::{self, Location, PackBuilder};
 use crate::refs::RefRecord;
-
-struct Mem(Vec<u8>);
-
-impl ReadAt for Mem {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.0.get(start..end))
-            .ok_or_else(|| Error::corrupt("mem", "short"))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn size(&self) -> Result<u64> {
-        Ok(self.0.len() as u64)
-    }
-}
 
 fn real_pack() -> Vec<u8> {
     let mut b = PackBuilder::new();
@@ -55,7 +38,7 @@ proptest! {
     #[test]
     fn pack_footer_and_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600),
                                           loc in proptest::collection::vec(any::<u8>(), 49)) {
-        let file = Mem(bytes);
+        let file = InMemory(&bytes);
         let _ = pack::read_footer(&file, "p");
         if let Some(loc) = Location::decode(&loc) {
             let _ = pack::read_chunk(&file, &Digest::of(b"x"), &loc);
@@ -65,7 +48,8 @@ proptest! {
     #[test]
     fn mangled_packs_never_panic(edits in proptest::collection::vec((any::<usize>(), 1u8..), 0..4),
                                  cut in 0usize..2000) {
-        let file = Mem(mangled(&edits, cut));
+        let mangled = mangled(&edits, cut);
+        let file = InMemory(&mangled);
         if let Ok(entries) = pack::read_footer(&file, "p") {
             for e in entries {
                 let _ = pack::read_chunk(&file, &e.id, &e.location(Digest::of(b"p")));

@@ -19,6 +19,7 @@ use std::io::{self, BufWriter, Read, Seek, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{InMemory, ReadAt};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, ImageId};
 use crate::sif::SifInfo;
@@ -59,6 +60,20 @@ impl Entry {
     /// True for a zero-length entry (never written).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Entry `i` of a manifest from its [`ENTRY_LEN`] bytes.
+    fn decode(r: &[u8], i: u64, what: &str) -> Result<Entry> {
+        let len = u64::from_le_bytes(r[1..9].try_into().expect("8 bytes"));
+        match r[0] {
+            0 => Ok(Entry::Chunk {
+                id: Digest(r[9..41].try_into().expect("32 bytes")),
+                len: u32::try_from(len)
+                    .map_err(|_| Error::corrupt(what, format!("entry {i}: chunk length {len}")))?,
+            }),
+            1 => Ok(Entry::Zero { len }),
+            k => Err(Error::corrupt(what, format!("entry {i}: unknown kind {k}"))),
+        }
     }
 
     /// The entry as it is laid out in a manifest.
@@ -248,8 +263,140 @@ pub fn key(id: &ImageId) -> String {
     id.0.key(MANIFESTS_DIR)
 }
 
+/// What a checked manifest says of its image; its entries are read apart
+/// ([`read_entries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Image size in bytes.
+    pub size: u64,
+    /// The image id.
+    pub id: ImageId,
+    /// Number of entries.
+    pub count: u64,
+    /// Metadata lifted from the image.
+    pub meta: ManifestMeta,
+}
+
+/// Entries read at a time while checking: ~1 MB.
+const WINDOW: u64 = 25_000;
+
+/// Checks a whole manifest in one pass, a window at a time: its trailer
+/// hash, header, entries (kinds, lengths adding up to the size) and
+/// metadata. So the manifest of a 16 GiB image is checked in as little
+/// memory as a small one's, and its entries can then be read in windows.
+pub fn check(file: &dyn ReadAt, what: &str) -> Result<Header> {
+    let bad = |d: String| Error::corrupt(what, d);
+    let len = file.size()?;
+    if len < (HEADER_LEN + 4 + 32) as u64 {
+        return Err(bad("not a manifest (magic or length)".into()));
+    }
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, 0)?;
+    if &head[..8] != MAGIC {
+        return Err(bad("not a manifest (magic or length)".into()));
+    }
+    let mut sum = blake3::Hasher::new();
+    sum.update(&head);
+    let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().expect("8 bytes"));
+    let (size, count) = (u64_at(16), u64_at(56));
+    let id = ImageId(Digest(head[24..56].try_into().expect("32 bytes")));
+    let entries_end = count
+        .checked_mul(ENTRY_LEN as u64)
+        .and_then(|n| n.checked_add(HEADER_LEN as u64))
+        .filter(|end| end + 4 + 32 <= len)
+        .ok_or_else(|| bad(format!("{count} entries do not fit the file")))?;
+    // A damaged entry is reported after the checksum: "checksum mismatch"
+    // is the plainer diagnosis when both fail.
+    let mut damaged = None;
+    let mut total: u64 = 0;
+    let mut buf = Vec::new();
+    let mut at = 0;
+    while at < count {
+        let n = (count - at).min(WINDOW);
+        buf.resize(n as usize * ENTRY_LEN, 0);
+        file.read_exact_at(&mut buf, HEADER_LEN as u64 + at * ENTRY_LEN as u64)?;
+        sum.update(&buf);
+        for (k, r) in buf.chunks_exact(ENTRY_LEN).enumerate() {
+            let i = at + k as u64;
+            let entry_len = Entry::decode(r, i, what).map(|e| e.len());
+            match entry_len.map(|l| total.checked_add(l)) {
+                Ok(Some(t)) => total = t,
+                Ok(None) => {
+                    damaged.get_or_insert(bad(format!("entry {i}: lengths overflow")));
+                }
+                Err(e) => {
+                    damaged.get_or_insert(e);
+                }
+            }
+        }
+        at += n;
+    }
+    let mut meta_len = [0u8; 4];
+    file.read_exact_at(&mut meta_len, entries_end)?;
+    let meta_len = u64::from(u32::from_le_bytes(meta_len));
+    if entries_end + 4 + meta_len + 32 != len {
+        return Err(bad("metadata length does not match the file".into()));
+    }
+    let mut rest = vec![0u8; (4 + meta_len + 32) as usize];
+    file.read_exact_at(&mut rest, entries_end)?;
+    let (meta, trailer) = rest.split_at(rest.len() - 32);
+    sum.update(meta);
+    if sum.finalize().as_bytes() != trailer {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(bad(format!("unknown manifest version {version}")));
+    }
+    if let Some(e) = damaged {
+        return Err(e);
+    }
+    if total != size {
+        return Err(bad(format!("entries cover {total} bytes, header says {size}")));
+    }
+    let meta = serde_json::from_slice(&meta[4..]).map_err(|e| bad(format!("metadata: {e}")))?;
+    Ok(Header {
+        size,
+        id,
+        count,
+        meta,
+    })
+}
+
+/// Entries `from..from + n` of a manifest that [`check`] passed.
+pub fn read_entries(file: &dyn ReadAt, from: u64, n: u64, what: &str) -> Result<Vec<Entry>> {
+    let mut buf = vec![0u8; n as usize * ENTRY_LEN];
+    file.read_exact_at(&mut buf, HEADER_LEN as u64 + from * ENTRY_LEN as u64)?;
+    buf.chunks_exact(ENTRY_LEN)
+        .enumerate()
+        .map(|(k, r)| Entry::decode(r, from + k as u64, what))
+        .collect()
+}
+
+/// A checked manifest whose entries are read a window at a time: `get`
+/// needs no more memory for a 16 GiB image's list than for a small one's.
+pub struct ManifestFile {
+    file: Box<dyn ReadAt>,
+    what: String,
+    /// What the manifest says of its image.
+    pub head: Header,
+}
+
+impl ManifestFile {
+    /// Checks the manifest in `file`; `what` names it in errors.
+    pub fn open(file: Box<dyn ReadAt>, what: String) -> Result<ManifestFile> {
+        let head = check(file.as_ref(), &what)?;
+        Ok(ManifestFile { file, what, head })
+    }
+
+    /// Entries `from..from + n`.
+    pub fn entries(&self, from: u64, n: u64) -> Result<Vec<Entry>> {
+        read_entries(self.file.as_ref(), from, n, &self.what)
+    }
+}
+
 /// The entry count from a manifest's header, without reading the rest.
-pub fn entry_count(file: &dyn crate::backend::ReadAt, what: &str) -> Result<u64> {
+pub fn entry_count(file: &dyn ReadAt, what: &str) -> Result<u64> {
     let mut head = [0u8; HEADER_LEN];
     file.read_exact_at(&mut head, 0)?;
     if &head[..8] != MAGIC {
@@ -271,61 +418,14 @@ impl Manifest {
 
     /// Parses and checks a manifest; `what` names it in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let bad = |d: String| Error::corrupt(what, d);
-        if bytes.len() < HEADER_LEN + 4 + 32 || &bytes[..8] != MAGIC {
-            return Err(bad("not a manifest (magic or length)".into()));
-        }
-        let (body, sum) = bytes.split_at(bytes.len() - 32);
-        if blake3::hash(body).as_bytes() != sum {
-            return Err(bad("checksum mismatch".into()));
-        }
-        let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().expect("8 bytes"));
-        let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
-            return Err(bad(format!("unknown manifest version {version}")));
-        }
-        let size = u64_at(16);
-        let id = ImageId(Digest(body[24..56].try_into().expect("32 bytes")));
-        let count = u64_at(56);
-        let entries_len = usize::try_from(count)
-            .ok()
-            .and_then(|c| c.checked_mul(ENTRY_LEN))
-            .filter(|n| HEADER_LEN + n + 4 <= body.len())
-            .ok_or_else(|| bad(format!("{count} entries do not fit the file")))?;
-        let mut entries = Vec::with_capacity(count as usize);
-        let mut total: u64 = 0;
-        for (i, r) in body[HEADER_LEN..HEADER_LEN + entries_len]
-            .chunks_exact(ENTRY_LEN)
-            .enumerate()
-        {
-            let len = u64::from_le_bytes(r[1..9].try_into().expect("8 bytes"));
-            let entry = match r[0] {
-                0 => Entry::Chunk {
-                    id: Digest(r[9..41].try_into().expect("32 bytes")),
-                    len: u32::try_from(len).map_err(|_| bad(format!("entry {i}: chunk length {len}")))?,
-                },
-                1 => Entry::Zero { len },
-                k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
-            };
-            total = total
-                .checked_add(len)
-                .ok_or_else(|| bad(format!("entry {i}: lengths overflow")))?;
-            entries.push(entry);
-        }
-        if total != size {
-            return Err(bad(format!("entries cover {total} bytes, header says {size}")));
-        }
-        let rest = &body[HEADER_LEN + entries_len..];
-        let meta_len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if rest.len() != 4 + meta_len {
-            return Err(bad("metadata length does not match the file".into()));
-        }
-        let meta = serde_json::from_slice(&rest[4..]).map_err(|e| bad(format!("metadata: {e}")))?;
+        let file = InMemory(bytes);
+        let head = check(&file, what)?;
+        let entries = read_entries(&file, 0, head.count, what)?;
         Ok(Manifest {
-            size,
-            id,
+            size: head.size,
+            id: head.id,
             entries,
-            meta,
+            meta: head.meta,
         })
     }
 
@@ -395,6 +495,31 @@ mod tests {
             .unwrap();
         assert_eq!(bytes, m.encode());
         assert_eq!(Manifest::decode(&bytes, "m").unwrap(), m);
+    }
+
+    #[test]
+    fn manifests_larger_than_a_check_window_read_back() {
+        let entries: Vec<Entry> = (0..2 * WINDOW + 7)
+            .map(|i| match i % 3 {
+                0 => Entry::Zero { len: i + 1 },
+                _ => Entry::Chunk {
+                    id: Digest::of(&i.to_le_bytes()),
+                    len: i as u32 + 1,
+                },
+            })
+            .collect();
+        let m = Manifest {
+            size: entries.iter().map(Entry::len).sum(),
+            id: ImageId(Digest::of(b"big")),
+            entries,
+            meta: ManifestMeta::default(),
+        };
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes, "m").unwrap(), m);
+        let head = check(&InMemory(&bytes), "m").unwrap();
+        assert_eq!(head.count, m.entries.len() as u64);
+        let middle = read_entries(&InMemory(&bytes), WINDOW - 2, 5, "m").unwrap();
+        assert_eq!(middle, &m.entries[WINDOW as usize - 2..WINDOW as usize + 3]);
     }
 
     #[test]

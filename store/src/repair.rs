@@ -18,6 +18,7 @@
 
 use serde::Serialize;
 
+use crate::backend::InMemory;
 use crate::error::Result;
 use crate::id::ChunkId;
 use crate::index::{self, QUARANTINE_DIR, QUARANTINE_RECORD};
@@ -25,7 +26,7 @@ use crate::pack::{self, PackBuilder, FRAME_HEADER_LEN};
 use crate::progress::Progress;
 use crate::segment::{self, INDEX_DIR};
 use crate::session::{hostname, now_unix};
-use crate::verify::{DamagedPack, Mem, VerifyOptions, VerifyReport};
+use crate::verify::{DamagedPack, VerifyOptions, VerifyReport};
 use crate::Store;
 
 /// What repair does.
@@ -109,7 +110,7 @@ impl Store {
                     let start = usize::try_from(loc.offset).ok()?;
                     let stored =
                         b.get(start + FRAME_HEADER_LEN..start + FRAME_HEADER_LEN + loc.stored_len as usize)?;
-                    let file = Mem(b);
+                    let file = InMemory(b);
                     pack::read_chunk(&file, id, loc).ok().map(|_| stored)
                 });
                 match sound {

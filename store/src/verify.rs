@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{atomic_write, EntryKind, ReadAt};
+use crate::backend::{atomic_write, EntryKind, InMemory};
 use crate::config::CONFIG_KEY;
 use crate::error::{Error, Result};
 use crate::eventlog;
@@ -220,24 +220,6 @@ struct Walk {
     segments: Vec<String>,
     packs: Vec<String>,
     logs: Vec<String>,
-}
-
-/// An in-memory pack for checking its chunks after one whole read.
-pub(crate) struct Mem<'a>(pub(crate) &'a [u8]);
-
-impl ReadAt for Mem<'_> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.0.get(start..end))
-            .ok_or_else(|| Error::corrupt("pack", format!("too short at offset {offset}")))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn size(&self) -> Result<u64> {
-        Ok(self.0.len() as u64)
-    }
 }
 
 fn is_hex_id(name: &str) -> bool {
@@ -645,7 +627,7 @@ impl Store {
                     detail: "the file's BLAKE3 does not match its name".into(),
                 });
             }
-            let entries: Vec<PackEntry> = match pack::read_footer(&Mem(&bytes), &what) {
+            let entries: Vec<PackEntry> = match pack::read_footer(&InMemory(&bytes), &what) {
                 Ok(e) => e,
                 Err(e) => {
                     info.damage(*id).footer_bad = true;
@@ -660,7 +642,7 @@ impl Store {
             let bad: Vec<(ChunkId, String)> = entries
                 .par_iter()
                 .filter_map(|e| {
-                    pack::read_chunk(&Mem(&bytes), &e.id, &e.location(*id))
+                    pack::read_chunk(&InMemory(&bytes), &e.id, &e.location(*id))
                         .err()
                         .map(|err| (e.id, err.to_string()))
                 })

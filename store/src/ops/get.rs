@@ -8,7 +8,7 @@
 //! thread hashes the previous batch and a write thread writes it. Zero runs
 //! become holes in a file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::hold;
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index;
-use crate::manifest::{Entry, Manifest};
+use crate::manifest::{Entry, ManifestFile};
 use crate::pack::{self, Check, Location};
 use crate::progress::Progress;
 use crate::refs::ImageRef;
@@ -289,7 +289,8 @@ impl Store {
     pub fn get(&self, image: &ImageRef, out: Output, progress: &dyn Progress) -> Result<GetReport> {
         let started = Instant::now();
         let resolved = self.resolve(image)?;
-        let manifest = self.manifest(&resolved.id)?;
+        let manifest = self.manifest_file(&resolved.id)?;
+        let (size, id) = (manifest.head.size, manifest.head.id);
         // A get's lease only spares it a "retry" error if GC removes packs
         // under it; its bytes are checked either way. So a full store, where
         // not even a lease fits, can still be read.
@@ -312,7 +313,7 @@ impl Store {
         };
         let sink = Sink::open(out)?;
         hold::point("get-after-open");
-        progress.start("get", Some(manifest.size));
+        progress.start("get", Some(size));
 
         let packs = Packs {
             store: self,
@@ -326,8 +327,8 @@ impl Store {
             let (tx, rx) = sync_channel::<Result<Vec<Piece>>>(2);
             let (packs, lookup, manifest) = (&packs, &lookup, &manifest);
             s.spawn(move || {
-                for batch in batches(manifest) {
-                    let pieces = fetch(packs, lookup, &manifest.id, batch, check);
+                for batch in Batches::new(manifest) {
+                    let pieces = batch.and_then(|b| fetch(packs, lookup, &id, &b, check));
                     let failed = pieces.is_err();
                     if tx.send(pieces).is_err() || failed {
                         return;
@@ -374,51 +375,83 @@ impl Store {
         progress.finish();
         let sink = written?;
         let got = ImageId(hasher.finalize().into());
-        if got != manifest.id {
+        if got != id {
             if check == Check::Frame {
                 // Name the damaged chunk: read them again, each hashed.
-                for batch in batches(&manifest) {
-                    fetch(&packs, &lookup, &manifest.id, batch, Check::Hash)?;
+                for batch in Batches::new(&manifest) {
+                    fetch(&packs, &lookup, &id, &batch?, Check::Hash)?;
                 }
             }
             return Err(Error::corrupt(
-                format!("image {}", manifest.id),
+                format!("image {id}"),
                 format!("the chunks reassemble to {got}"),
             ));
         }
-        sink.commit(manifest.size)?;
+        sink.commit(size)?;
         if let Some(s) = session {
             s.end()?;
         }
         Ok(GetReport {
-            image: manifest.id,
-            size: manifest.size,
+            image: id,
+            size,
             chunks,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
 }
 
-/// Splits a manifest into read-ahead batches of about [`BATCH_BYTES`] of chunks.
-fn batches(m: &Manifest) -> impl Iterator<Item = &[Entry]> {
-    let mut rest = &m.entries[..];
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
+/// Entries read from the manifest at a time.
+const WINDOW: u64 = 4096;
+/// Entries per read-ahead batch, at most.
+const BATCH_ENTRIES: usize = 1024;
+
+/// A manifest's entries in read-ahead batches of about [`BATCH_BYTES`] of
+/// chunks, read from the manifest file as they are needed.
+struct Batches<'a> {
+    manifest: &'a ManifestFile,
+    /// The next entry to read from the file.
+    next: u64,
+    /// Read, not yet handed out.
+    ahead: VecDeque<Entry>,
+}
+
+impl<'a> Batches<'a> {
+    fn new(manifest: &'a ManifestFile) -> Self {
+        Batches {
+            manifest,
+            next: 0,
+            ahead: VecDeque::new(),
+        }
+    }
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Result<Vec<Entry>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let count = self.manifest.head.count;
+        if self.ahead.len() < BATCH_ENTRIES && self.next < count {
+            let n = WINDOW.min(count - self.next);
+            match self.manifest.entries(self.next, n) {
+                Ok(entries) => self.ahead.extend(entries),
+                Err(e) => return Some(Err(e)),
+            }
+            self.next += n;
+        }
+        if self.ahead.is_empty() {
             return None;
         }
         let mut bytes = 0;
         let mut n = 0;
-        for e in rest {
+        for e in &self.ahead {
             n += 1;
             if let Entry::Chunk { len, .. } = e {
                 bytes += u64::from(*len);
             }
-            if bytes >= BATCH_BYTES || n >= 1024 {
+            if bytes >= BATCH_BYTES || n >= BATCH_ENTRIES {
                 break;
             }
         }
-        let (batch, tail) = rest.split_at(n);
-        rest = tail;
-        Some(batch)
-    })
+        Some(Ok(self.ahead.drain(..n).collect()))
+    }
 }

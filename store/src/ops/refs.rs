@@ -2,11 +2,11 @@
 
 use std::fmt::Write as _;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ReadAt};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
 use crate::id::{Digest, ImageId};
-use crate::manifest::{self, Manifest, MANIFESTS_DIR};
+use crate::manifest::{self, Manifest, ManifestFile, MANIFESTS_DIR};
 use crate::refs::{self, check_name, ImageRef, RefRecord, TagRef, REFS_DIR};
 use crate::session;
 use crate::Store;
@@ -97,8 +97,27 @@ impl Store {
         Ok(m)
     }
 
+    /// Opens and checks an image's manifest, to read its entries a window
+    /// at a time (see [`ManifestFile`]).
+    pub fn manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
+        let (key, file) = self.open_manifest(id)?;
+        let m = ManifestFile::open(file, format!("manifest {key}"))?;
+        if m.head.id != *id {
+            return Err(Error::corrupt(
+                format!("manifest {key}"),
+                format!("describes image {}", m.head.id),
+            ));
+        }
+        Ok(m)
+    }
+
     /// How many entries an image's manifest has (reads only its header).
     pub fn manifest_entry_count(&self, id: &ImageId) -> Result<u64> {
+        let (key, file) = self.open_manifest(id)?;
+        manifest::entry_count(file.as_ref(), &format!("manifest {key}"))
+    }
+
+    fn open_manifest(&self, id: &ImageId) -> Result<(String, Box<dyn ReadAt>)> {
         let key = manifest::key(id);
         let file = self.backend.open(&key).map_err(|e| match e {
             Error::Corrupt { .. } => {
@@ -106,7 +125,7 @@ impl Store {
             }
             other => other,
         })?;
-        manifest::entry_count(file.as_ref(), &format!("manifest {key}"))
+        Ok((key, file))
     }
 
     /// Every ref, sorted, optionally only those of one name (and the names below it).
