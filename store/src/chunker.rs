@@ -129,6 +129,62 @@ impl Chunker {
         })
     }
 
+    /// The chunks [`Chunker::chunks`] gives, found by two threads (rayon):
+    /// one cuts from the start, the other from the middle as if a chunk
+    /// began there. A cut depends only on the bytes from its chunk's start,
+    /// so once the first sequence reaches a point where the second has a
+    /// chunk start, the rest of the second is the rest of the first: the
+    /// result is the sequential one. Where they never meet (e.g. long runs
+    /// cut only at the maximum length, out of phase), the first sequence
+    /// simply goes on to the end.
+    pub fn chunks_parallel(&self, data: &[u8]) -> Vec<Range<usize>> {
+        // Small inputs gain nothing from a second thread.
+        if data.len() < 16 * self.max_len() {
+            return self.chunks(data).collect();
+        }
+        let mid = data.len() / 2;
+        let (mut first, second) = rayon::join(
+            || self.cut_from(data, 0, mid),
+            || {
+                let mut second = self.cut_from(data, mid, data.len());
+                second.reverse(); // popped in order below
+                second
+            },
+        );
+        let mut second = second;
+        let mut at = first.last().map_or(0, |r| r.end);
+        loop {
+            // Drop the second sequence's chunks that start before `at`.
+            while second.last().is_some_and(|r| r.start < at) {
+                second.pop();
+            }
+            match second.last() {
+                Some(r) if r.start == at => {
+                    first.extend(second.drain(..).rev());
+                    return first;
+                }
+                _ if at >= data.len() => return first,
+                _ => {
+                    let len = self.next_cut(&data[at..]);
+                    first.push(at..at + len);
+                    at += len;
+                }
+            }
+        }
+    }
+
+    /// Chunks of `data` from `start` on, cut as the whole of `data` would
+    /// be, until one ends at or after `stop`.
+    fn cut_from(&self, data: &[u8], mut start: usize, stop: usize) -> Vec<Range<usize>> {
+        let mut cuts = Vec::new();
+        while start < stop {
+            let len = self.next_cut(&data[start..]);
+            cuts.push(start..start + len);
+            start += len;
+        }
+        cuts
+    }
+
     /// The largest chunk this chunker can produce.
     pub fn max_len(&self) -> usize {
         self.params.max as usize
@@ -184,6 +240,34 @@ mod tests {
         842201, 859045, 865020, 884274, 912214, 938451, 961080, 978584, 983481, 992857, 1004053, 1017855,
         1044205, 1048576,
     ];
+
+    /// Cutting from both ends of a buffer at once gives exactly the
+    /// sequential cut points: on random bytes (the halves meet soon), on
+    /// long zero runs and repeated patterns (cut at the maximum length,
+    /// possibly never meeting), and on mixes of these.
+    #[test]
+    fn parallel_cuts_equal_sequential_cuts() {
+        let chunker = Chunker::new(ChunkerParams::with_avg(256, 7)).unwrap();
+        let random = bytes(64 << 10, 9);
+        let mut mixed = bytes(20_000, 10);
+        mixed.extend(vec![0u8; 30_001]);
+        mixed.extend(bytes(15_000, 11));
+        mixed.extend(b"abcdefg".repeat(5_000));
+        let inputs: Vec<(&str, Vec<u8>)> = vec![
+            ("random", random.clone()),
+            ("zeros", vec![0u8; 70_001]),
+            ("pattern", b"0123456789abcdef".repeat(5_000)),
+            ("mixed", mixed),
+            ("short", random[..1_000].to_vec()),
+        ];
+        for (name, data) in &inputs {
+            for len in [data.len(), data.len() - 1, data.len() / 2 + 333] {
+                let data = &data[..len];
+                let sequential: Vec<_> = chunker.chunks(data).collect();
+                assert_eq!(chunker.chunks_parallel(data), sequential, "{name}, {len} bytes");
+            }
+        }
+    }
 
     /// Our cut loop agrees with the crate's own iterator.
     #[test]

@@ -3,7 +3,8 @@
 //! refers to it, so a crash at any point leaves no half-visible image.
 //!
 //! Pipeline: a reader thread fills large blocks and hashes the whole image;
-//! a cutter thread finds the blocks' FastCDC boundaries; this thread has
+//! a cutter thread finds the blocks' FastCDC boundaries (each block's two
+//! halves at once, see [`Chunker::chunks_parallel`]); this thread has
 //! rayon hash the chunks, looks known chunks up in the index in one batch
 //! per block, has rayon compress the new ones, and appends them to a pack,
 //! which a writer thread writes out. Memory is a few blocks plus one pack,
@@ -309,7 +310,7 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
         let start = head - carry.len();
         buf[start..head].copy_from_slice(&carry);
         let data = &buf[start..head + len];
-        let mut cuts: Vec<std::ops::Range<usize>> = chunker.chunks(data).collect();
+        let mut cuts = chunker.chunks_parallel(data);
         // Before a hole the data ends for real: no tail is carried over it.
         if !eof && hole_after == 0 {
             cuts.pop();
