@@ -81,8 +81,8 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     table.set_bloom_filter(10.0, false);
     chunks.set_block_based_table_factory(&table);
     // An 8 MiB block cache: chunk ids are random, so a larger cache hits
-    // rarely, while it grew with the index: at 64 MiB a 16 GiB get peaked
-    // at 134 MiB, at 8 MiB 82 MiB (benches/rss_size.sh).
+    // rarely, while it fills as a put or get goes on (a 16 GiB put peaked
+    // at 161 MiB with 64 MiB, 156 MiB with 8; benches/rss_size.sh).
     chunks.optimize_for_point_lookup(8);
     vec![
         ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),

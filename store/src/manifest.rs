@@ -295,6 +295,10 @@ pub fn check(file: &dyn ReadAt, what: &str) -> Result<Header> {
     if &head[..8] != MAGIC {
         return Err(bad("not a manifest (magic or length)".into()));
     }
+    let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(bad(format!("unknown manifest version {version}")));
+    }
     let mut sum = blake3::Hasher::new();
     sum.update(&head);
     let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().expect("8 bytes"));
@@ -303,7 +307,7 @@ pub fn check(file: &dyn ReadAt, what: &str) -> Result<Header> {
     let entries_end = count
         .checked_mul(ENTRY_LEN as u64)
         .and_then(|n| n.checked_add(HEADER_LEN as u64))
-        .filter(|end| end + 4 + 32 <= len)
+        .filter(|end| end.checked_add(4 + 32).is_some_and(|e| e <= len))
         .ok_or_else(|| bad(format!("{count} entries do not fit the file")))?;
     // A damaged entry is reported after the checksum: "checksum mismatch"
     // is the plainer diagnosis when both fail.
@@ -343,10 +347,6 @@ pub fn check(file: &dyn ReadAt, what: &str) -> Result<Header> {
     sum.update(meta);
     if sum.finalize().as_bytes() != trailer {
         return Err(bad("checksum mismatch".into()));
-    }
-    let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(bad(format!("unknown manifest version {version}")));
     }
     if let Some(e) = damaged {
         return Err(e);

@@ -7,9 +7,10 @@
 //! halves at once, see [`Chunker::chunks_parallel`]); this thread has
 //! rayon hash the chunks, looks known chunks up in the index in one batch
 //! per block, has rayon compress the new ones, and appends them to a pack,
-//! which a writer thread writes out. Memory is a few blocks plus one pack,
-//! whatever the image size (and ~80 bytes per chunk for the manifest being
-//! built).
+//! which a writer thread writes out. Memory is a few blocks and two packs,
+//! whatever the image size: the manifest being built goes to a temporary
+//! file, and the chunks this put stored are remembered only until an index
+//! segment makes them findable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
