@@ -188,8 +188,33 @@ enum Sink {
         tmp: TmpFile,
         target: PathBuf,
         pos: u64,
+        /// Where the write-back started so far ends (see [`start_writeback`]).
+        flushed: u64,
     },
     Stream(Box<dyn Write + Send>),
+}
+
+/// Bytes written to the output between write-back starts.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to
+/// disk now, without waiting. The get ends with an fsync of the whole file;
+/// without this, all of it is still dirty then (a third of a warm 750 MiB
+/// get was that fsync), while started early it overlaps the get. A hint:
+/// where it is not supported, the final fsync does all the work as before.
+#[allow(unsafe_code)]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; errors come
+    // back as the return value, ignored for a hint.
+    let _ = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
 }
 
 impl Sink {
@@ -227,6 +252,7 @@ impl Sink {
                     },
                     target,
                     pos: 0,
+                    flushed: 0,
                 })
             }
         }
@@ -236,13 +262,21 @@ impl Sink {
         match (self, piece) {
             (
                 Sink::File {
-                    file, target, pos, ..
+                    file,
+                    target,
+                    pos,
+                    flushed,
+                    ..
                 },
                 Piece::Data(d),
             ) => {
                 file.write_all_at(d, *pos)
                     .map_err(|e| Error::io(target.as_path(), e))?;
                 *pos += d.len() as u64;
+                if *pos - *flushed >= WRITEBACK_STEP {
+                    start_writeback(file, *flushed, *pos - *flushed);
+                    *flushed = *pos;
+                }
             }
             (Sink::File { pos, .. }, Piece::Zero(n)) => *pos += n,
             (Sink::Stream(w), Piece::Data(d)) => w.write_all(d).map_err(|e| Error::io("<stdout>", e))?,
