@@ -68,11 +68,15 @@ fn main() {
     bench("FastCDC cut points (1 thread)", n, || {
         std::hint::black_box(chunker.chunks(&data).count());
     });
-    bench("FastCDC cut points, 8 MiB blocks, halves at once (2 threads)", n, || {
-        for block in data.chunks(8 << 20) {
-            std::hint::black_box(chunker.chunks_parallel(block).len());
-        }
-    });
+    bench(
+        "FastCDC cut points, 8 MiB blocks, halves at once (2 threads)",
+        n,
+        || {
+            for block in data.chunks(8 << 20) {
+                std::hint::black_box(chunker.chunks_parallel(block).len());
+            }
+        },
+    );
     bench("BLAKE3 per chunk (1 thread)", n, || {
         for r in &cuts {
             std::hint::black_box(ChunkId::of(&data[r.clone()]));
