@@ -20,6 +20,24 @@ fn fails(cmd: &mut assert_cmd::Command, code: i32, needle: &str) -> Output {
     out
 }
 
+/// A put keeps the manifest it builds in a temporary file: where none can
+/// be made, it fails before publishing anything and says what to set.
+#[test]
+fn unusable_tmpdir_is_named_with_what_to_do() {
+    let env = Env::new();
+    let img = env.file("img", &common::random(100_000, 5));
+    fails(
+        env.cmd()
+            .env("TMPDIR", env.path("no-such-dir"))
+            .args(["put", "lab/app:v1"])
+            .arg(&img),
+        1,
+        "set TMPDIR to a writable directory",
+    );
+    assert!(common::list_files(&env.store().join("refs")).is_empty());
+    env.put("lab/app:v1", &img);
+}
+
 #[test]
 fn bad_input_files() {
     let env = Env::new();

@@ -150,7 +150,17 @@ pub struct Spool {
 impl Spool {
     /// An empty spool in the system's temporary directory.
     pub fn new() -> Result<Spool> {
-        let file = tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let dir = std::env::temp_dir();
+        let file = tempfile::tempfile().map_err(|e| match Error::io(&dir, e) {
+            Error::Io { path, source } => Error::Io {
+                path,
+                source: io::Error::new(
+                    source.kind(),
+                    format!("cannot create the put's temporary file ({source}); set TMPDIR to a writable directory"),
+                ),
+            },
+            full => full,
+        })?;
         Ok(Spool {
             file: BufWriter::with_capacity(64 << 10, file),
             written: 0,
