@@ -132,7 +132,8 @@ pub fn decompress(stored: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Re
     Ok(raw)
 }
 
-fn check_len(raw: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<()> {
+/// Checks that a chunk's raw bytes are as long as its index entry says.
+pub fn check_len(raw: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<()> {
     if raw.len() != raw_len {
         return Err(Error::corrupt(
             what,

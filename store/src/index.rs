@@ -68,9 +68,9 @@ fn db_options() -> Options {
     // Secondaries keep every SST open so a primary's compaction cannot pull
     // a file from under them.
     opts.set_max_open_files(-1);
-    // Opening those files on RocksDB's default 16 threads spawned ~85
-    // threads per open, and a put opens the index three times: 2 threads
-    // took a small put from 41-49 ms to 32-37 ms (PERFORMANCE.md).
+    // Opening those files on RocksDB's default 16 threads made a small put
+    // (which opens the index three times) create 310 threads; 2 threads
+    // took it from 41-49 ms to 32-37 ms (PERFORMANCE.md).
     opts.set_max_file_opening_threads(2);
     opts
 }

@@ -295,6 +295,12 @@ const WINDOW: u64 = 25_000;
 /// metadata. So the manifest of a 16 GiB image is checked in as little
 /// memory as a small one's, and its entries can then be read in windows.
 pub fn check(file: &dyn ReadAt, what: &str) -> Result<Header> {
+    check_with(file, what, &mut |_| {})
+}
+
+/// [`check`], handing each entry to `each` on the way (kept only if the
+/// whole manifest checks out): [`Manifest::decode`] reads entries once.
+fn check_with(file: &dyn ReadAt, what: &str, each: &mut dyn FnMut(Entry)) -> Result<Header> {
     let bad = |d: String| Error::corrupt(what, d);
     let len = file.size()?;
     if len < (HEADER_LEN + 4 + 32) as u64 {
@@ -332,12 +338,16 @@ pub fn check(file: &dyn ReadAt, what: &str) -> Result<Header> {
         sum.update(&buf);
         for (k, r) in buf.chunks_exact(ENTRY_LEN).enumerate() {
             let i = at + k as u64;
-            let entry_len = Entry::decode(r, i, what).map(|e| e.len());
-            match entry_len.map(|l| total.checked_add(l)) {
-                Ok(Some(t)) => total = t,
-                Ok(None) => {
-                    damaged.get_or_insert(bad(format!("entry {i}: lengths overflow")));
-                }
+            match Entry::decode(r, i, what) {
+                Ok(e) => match total.checked_add(e.len()) {
+                    Some(t) => {
+                        total = t;
+                        each(e);
+                    }
+                    None => {
+                        damaged.get_or_insert(bad(format!("entry {i}: lengths overflow")));
+                    }
+                },
                 Err(e) => {
                     damaged.get_or_insert(e);
                 }
@@ -428,9 +438,8 @@ impl Manifest {
 
     /// Parses and checks a manifest; `what` names it in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let file = InMemory(bytes);
-        let head = check(&file, what)?;
-        let entries = read_entries(&file, 0, head.count, what)?;
+        let mut entries = Vec::new();
+        let head = check_with(&InMemory(bytes), what, &mut |e| entries.push(e))?;
         Ok(Manifest {
             size: head.size,
             id: head.id,

@@ -315,16 +315,7 @@ pub fn read_chunk_with(file: &dyn ReadAt, id: &ChunkId, loc: &Location, check: C
             check_header(&head, id, loc, &what)?;
             let mut raw = vec![0u8; loc.stored_len as usize];
             read_at(file, &mut raw, loc.offset + FRAME_HEADER_LEN as u64, id, &what)?;
-            if raw.len() != loc.raw_len as usize {
-                return Err(Error::corrupt(
-                    &what,
-                    format!(
-                        "chunk {id}: stored raw with {} bytes, {} expected",
-                        raw.len(),
-                        loc.raw_len
-                    ),
-                ));
-            }
+            codec::check_len(&raw, loc.raw_len as usize, id, &what)?;
             raw
         }
         Codec::Zstd => {
