@@ -1,132 +1,151 @@
-//! Micro-benchmarks of each put/get stage, in MB/s of input (the
-//! `Throughput::Bytes` of criterion, measured with `Instant`; criterion is
-//! left out on purpose: its dependency tree would change the build graph
-//! RocksDB's 8-minute C++ build hangs off). Median of 5 runs per stage.
+//! Criterion micro-benchmarks of each put/get stage, in bytes of input per
+//! second (`Throughput::Bytes`; index lookups in lookups per second).
 //!
 //! ```text
-//! cargo bench --bench micro            # 64 MiB of image-like data
-//! cargo bench --bench micro -- 256     # MiB of data
+//! cargo bench --bench micro                        # 64 MiB of image-like data
+//! IMGSTORE_MICRO_MIB=256 cargo bench --bench micro # more data per iteration
+//! cargo bench --bench micro -- zstd                # only benches whose name has "zstd"
 //! ```
+//!
+//! Whole put and get against `cp` are the end-to-end bench (`benches/e2e.rs`).
 
-use std::time::Instant;
+use std::hint::black_box;
+use std::ops::Range;
 
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use imgstore_store::backend::InMemory;
 use imgstore_store::chunker::{Chunker, ChunkerParams};
 use imgstore_store::codec::{decode, Codec, Encoder};
 use imgstore_store::pack::{read_chunk, PackBuilder};
 use imgstore_store::{ChunkId, ImageRef, InitOptions, Input, NoProgress, PutOptions, Store, TagRef};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// The input every stage works on: image-like bytes (text, code, zeros and
+/// random runs, from `testdata`), cut at 32 KiB average chunks.
+struct Corpus {
+    _dir: tempfile::TempDir,
+    img: std::path::PathBuf,
+    data: Vec<u8>,
+    chunker: Chunker,
+    cuts: Vec<Range<usize>>,
+    ids: Vec<ChunkId>,
 }
 
-/// Runs `f` 5 times; prints the median MB/s over `bytes`.
-fn bench(name: &str, bytes: usize, mut f: impl FnMut()) {
-    let times: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let t = median(times);
-    println!("| {name} | {:.0} | {:.1} ms |", bytes as f64 / 1e6 / t, t * 1e3);
-}
-
-struct Mem(Vec<u8>);
-impl imgstore_store::backend::ReadAt for Mem {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> imgstore_store::Result<()> {
-        let o = offset as usize;
-        buf.copy_from_slice(&self.0[o..o + buf.len()]);
-        Ok(())
-    }
-    fn size(&self) -> imgstore_store::Result<u64> {
-        Ok(self.0.len() as u64)
-    }
-}
-
-fn main() {
-    let mib: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
+fn corpus() -> Corpus {
+    let mib: u64 = std::env::var("IMGSTORE_MICRO_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     let dir = tempfile::tempdir().expect("temp dir");
     let img = dir.path().join("img");
-    imgstore_store::testdata::write_image(&img, (mib as u64) << 20, 7, false).expect("image");
+    imgstore_store::testdata::write_image(&img, mib << 20, 7, false).expect("image");
     let data = std::fs::read(&img).expect("read image");
-    let n = data.len();
     let chunker = Chunker::new(ChunkerParams::with_avg(32 * 1024, 1)).expect("params");
     let cuts: Vec<_> = chunker.chunks(&data).collect();
-    println!(
-        "{mib} MiB of image-like data, {} chunks of 32 KiB average; median of 5 runs",
+    let ids = cuts.iter().map(|r| ChunkId::of(&data[r.clone()])).collect();
+    eprintln!(
+        "micro: {mib} MiB of image-like data, {} chunks of 32 KiB average",
         cuts.len()
     );
-    println!();
-    println!("| stage | MB/s | time |");
-    println!("|---|---:|---:|");
+    Corpus {
+        _dir: dir,
+        img,
+        data,
+        chunker,
+        cuts,
+        ids,
+    }
+}
 
-    bench("FastCDC cut points (1 thread)", n, || {
-        std::hint::black_box(chunker.chunks(&data).count());
+/// Every chunk as put stores it: zstd where it pays, raw where not.
+fn encode_all(c: &Corpus, enc: &mut Encoder) -> Vec<(Codec, Vec<u8>)> {
+    c.cuts
+        .iter()
+        .zip(&c.ids)
+        .map(
+            |(r, id)| match enc.encode(id, &c.data[r.clone()]).expect("encode") {
+                Some(z) => (Codec::Zstd, z),
+                None => (Codec::Raw, c.data[r.clone()].to_vec()),
+            },
+        )
+        .collect()
+}
+
+fn stages(cr: &mut Criterion) {
+    let c = corpus();
+    let n = c.data.len() as u64;
+
+    let mut g = cr.benchmark_group("chunker");
+    g.throughput(Throughput::Bytes(n)).sample_size(10);
+    g.bench_function("fastcdc cut points, 1 thread", |b| {
+        b.iter(|| black_box(c.chunker.chunks(&c.data).count()))
     });
-    bench(
-        "FastCDC cut points, 8 MiB blocks, halves at once (2 threads)",
-        n,
-        || {
-            for block in data.chunks(8 << 20) {
-                std::hint::black_box(chunker.chunks_parallel(block).len());
-            }
+    g.bench_function(
+        "fastcdc cut points, 8 MiB blocks, halves at once (2 threads)",
+        |b| {
+            b.iter(|| {
+                for block in c.data.chunks(8 << 20) {
+                    black_box(c.chunker.chunks_parallel(block).len());
+                }
+            })
         },
     );
-    bench("BLAKE3 per chunk (1 thread)", n, || {
-        for r in &cuts {
-            std::hint::black_box(ChunkId::of(&data[r.clone()]));
-        }
+    g.finish();
+
+    let mut g = cr.benchmark_group("hash");
+    g.throughput(Throughput::Bytes(n)).sample_size(10);
+    g.bench_function("blake3 per chunk, 1 thread", |b| {
+        b.iter(|| {
+            for r in &c.cuts {
+                black_box(ChunkId::of(&c.data[r.clone()]));
+            }
+        })
     });
-    bench("BLAKE3 whole image (1 thread)", n, || {
-        std::hint::black_box(blake3::hash(&data));
+    g.bench_function("blake3 whole image, 1 thread", |b| {
+        b.iter(|| black_box(blake3::hash(&c.data)))
     });
-    let ids: Vec<ChunkId> = cuts.iter().map(|r| ChunkId::of(&data[r.clone()])).collect();
+    g.finish();
+
     let mut enc = Encoder::new(3);
-    let mut encoded = Vec::new();
-    bench("zstd -3 encode + verify per chunk (1 thread)", n, || {
-        encoded = cuts
-            .iter()
-            .zip(&ids)
-            .map(
-                |(r, id)| match enc.encode(id, &data[r.clone()]).expect("encode") {
-                    Some(c) => (Codec::Zstd, c),
-                    None => (Codec::Raw, data[r.clone()].to_vec()),
-                },
-            )
-            .collect();
+    let encoded = encode_all(&c, &mut enc);
+    let mut g = cr.benchmark_group("compression");
+    g.throughput(Throughput::Bytes(n)).sample_size(10);
+    g.bench_function("zstd -3 encode + round-trip check per chunk, 1 thread", |b| {
+        b.iter(|| black_box(encode_all(&c, &mut enc)))
     });
-    bench("decode + BLAKE3 check per chunk (1 thread)", n, || {
-        for ((r, id), (codec, stored)) in cuts.iter().zip(&ids).zip(&encoded) {
-            std::hint::black_box(decode(*codec, stored, r.len(), id, "bench").expect("decode"));
+    g.bench_function("decode + blake3 check per chunk, 1 thread", |b| {
+        b.iter(|| {
+            for ((r, id), (codec, stored)) in c.cuts.iter().zip(&c.ids).zip(&encoded) {
+                black_box(decode(*codec, stored, r.len(), id, "bench").expect("decode"));
+            }
+        })
+    });
+    g.finish();
+
+    let build = || {
+        let mut p = PackBuilder::with_capacity(c.data.len() + (1 << 20));
+        for ((r, id), (codec, stored)) in c.cuts.iter().zip(&c.ids).zip(&encoded) {
+            p.add(*id, r.len() as u32, *codec, stored);
         }
+        p.finish()
+    };
+    let (pack_id, pack_bytes, entries) = build();
+    let pack = InMemory(&pack_bytes);
+    let mut g = cr.benchmark_group("pack");
+    g.throughput(Throughput::Bytes(n)).sample_size(10);
+    g.bench_function("build (append frames + footer + pack id)", |b| {
+        b.iter_batched(|| (), |()| black_box(build()), BatchSize::PerIteration)
     });
-    let mut pack_bytes = Vec::new();
-    let mut entries = Vec::new();
-    let mut pack_id = None;
-    bench("pack build (append frames + footer)", n, || {
-        let mut b = PackBuilder::with_capacity(n + (1 << 20));
-        for ((r, id), (codec, stored)) in cuts.iter().zip(&ids).zip(&encoded) {
-            b.add(*id, r.len() as u32, *codec, stored);
-        }
-        let (id, bytes, e) = b.finish();
-        pack_id = Some(id);
-        pack_bytes = bytes;
-        entries = e;
+    g.bench_function("read + decode + check per chunk", |b| {
+        b.iter(|| {
+            for e in &entries {
+                black_box(read_chunk(&pack, &e.id, &e.location(pack_id)).expect("read"));
+            }
+        })
     });
-    let pack = Mem(pack_bytes);
-    let pid = pack_id.expect("built");
-    bench("pack read + decode + check per chunk", n, || {
-        for e in &entries {
-            std::hint::black_box(read_chunk(&pack, &e.id, &e.location(pid)).expect("read"));
-        }
-    });
+    g.finish();
 
     // The index, through a real store: one put fills it.
+    let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::init(
         &dir.path().join("store"),
         InitOptions::default(),
@@ -134,11 +153,14 @@ fn main() {
     )
     .expect("init");
     let r = TagRef::parse("bench/micro:v1").expect("name");
-    let t = Instant::now();
     store
-        .put(&r, Input::File(img.clone()), &PutOptions::default(), &NoProgress)
+        .put(
+            &r,
+            Input::File(c.img.clone()),
+            &PutOptions::default(),
+            &NoProgress,
+        )
         .expect("put");
-    let put_s = t.elapsed().as_secs_f64();
     let lookup = imgstore_store::index::Reader::open(store.index_dir()).expect("reader");
     let m = store
         .manifest(&store.resolve(&ImageRef::Tag(r)).expect("ref").id)
@@ -151,20 +173,18 @@ fn main() {
             _ => None,
         })
         .collect();
-    let t = Instant::now();
-    for batch in known.chunks(256) {
-        std::hint::black_box(lookup.lookup(batch).expect("lookup"));
-    }
-    let s = t.elapsed().as_secs_f64();
-    println!(
-        "| index lookups (RocksDB, batches of 256) | {:.0} lookups/ms | {:.1} ms for {} |",
-        known.len() as f64 / (s * 1e3),
-        s * 1e3,
-        known.len()
-    );
-    println!(
-        "| whole put of the image (all stages, 2 threads, fsync) | {:.0} | {:.1} ms |",
-        n as f64 / 1e6 / put_s,
-        put_s * 1e3
-    );
+    let mut g = cr.benchmark_group("index");
+    g.throughput(Throughput::Elements(known.len() as u64))
+        .sample_size(20);
+    g.bench_function("rocksdb lookups, batches of 256", |b| {
+        b.iter(|| {
+            for batch in known.chunks(256) {
+                black_box(lookup.lookup(batch).expect("lookup"));
+            }
+        })
+    });
+    g.finish();
 }
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

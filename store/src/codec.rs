@@ -76,7 +76,9 @@ impl Encoder {
     }
 
     /// Compresses `raw` if that pays, then decodes the result again and
-    /// checks it against `id` — a put never stores bytes it cannot read back.
+    /// compares it with `raw` — a put never stores bytes it cannot read back.
+    /// `raw` is the slice `id` was just computed from, so equal bytes are
+    /// the id's bytes; comparing costs a fraction of hashing them again.
     /// `None` means "store `raw` as is" (no copy is made of it).
     pub fn encode(&mut self, id: &ChunkId, raw: &[u8]) -> Result<Option<Vec<u8>>> {
         if looks_incompressible(raw) {
@@ -92,7 +94,7 @@ impl Encoder {
             .check
             .decompress(&compressed, raw.len())
             .map_err(|e| Error::corrupt(format!("chunk {id}"), format!("zstd round trip failed: {e}")))?;
-        if ChunkId::of(&back) != *id {
+        if back != raw {
             return Err(Error::corrupt(
                 format!("chunk {id}"),
                 "zstd round trip changed the bytes",
