@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::chunker::Chunker;
-use crate::codec::{Codec, Encoder};
+use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
 use crate::hold;
@@ -486,10 +486,7 @@ impl Ingest<'_> {
         let level = self.zstd_level;
         let encoded: Vec<Option<Vec<u8>>> = new
             .par_iter()
-            .map_init(
-                || Encoder::new(level),
-                |enc, (id, r)| enc.encode(id, &data[r.clone()]),
-            )
+            .map(|(id, r)| codec::encode(level, id, &data[r.clone()]))
             .collect::<Result<_>>()?;
         for ((id, r), compressed) in new.iter().zip(encoded) {
             let raw = &data[r.clone()];
