@@ -211,8 +211,8 @@ class Tool:
     def init_cmds(self):
         return []
 
-    def before_put(self, i, last):
-        """Untimed housekeeping before put i of images 0..=last."""
+    def before_put(self, i, img, last):
+        """Untimed housekeeping before put i (of `img`) of images 0..=last."""
 
     def repo_size(self, apparent=True):
         return du(self.repo, apparent)
@@ -225,13 +225,14 @@ class Cp(Tool):
         os.makedirs(self.repo)
         self.dropped = {True: 0, False: 0}
 
-    def before_put(self, i, last):
+    def before_put(self, i, img, last):
         # Only the first and last copies are got back; dropping the others
         # (counted as if kept) lets the full set's ~30 GiB of ext3 history fit
-        # beside the other tools' repositories.
+        # beside the other tools' repositories. A history is one extension,
+        # so the previous copy's name follows from this image's.
         prev = i - 1
         if 0 < prev < last:
-            d = self.dest(prev, self.imgs[prev])
+            d = self.dest(prev, img)
             for apparent in (True, False):
                 self.dropped[apparent] += du(d, apparent)
             os.remove(d)
@@ -404,7 +405,7 @@ TOOL_CLASSES = {c.name: c for c in (Cp, Imgstore, Restic, Borg, Casync)}
 
 def do_put(t, res, i, img, last):
     size = os.path.getsize(img)
-    t.before_put(i, last)
+    t.before_put(i, img, last)
     before = snapshot(t.repo)
     prev = res["puts"][-1]["repo_bytes"] if res["puts"] else res["empty_bytes"]
     drop_caches()
@@ -461,7 +462,6 @@ def run_format(fmt, images, tools, args, t_start):
     for tool in tools:
         cls = TOOL_CLASSES[tool]
         t = cls(os.path.join(args.work, fmt.strip("."), tool), args)
-        t.imgs = images
         res = {"tool": tool, "puts": [], "gets": [], "errors": [], "init_error": None,
                "repo_bytes": 0, "repo_disk_bytes": 0, "cache_bytes": 0}
         results[tool] = res

@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::ops::Range;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use imgstore_store::backend::InMemory;
 use imgstore_store::chunker::{Chunker, ChunkerParams};
 use imgstore_store::codec::{decode, Codec, Encoder};
@@ -133,7 +133,7 @@ fn stages(cr: &mut Criterion) {
     let mut g = cr.benchmark_group("pack");
     g.throughput(Throughput::Bytes(n)).sample_size(10);
     g.bench_function("build (append frames + footer + pack id)", |b| {
-        b.iter_batched(|| (), |()| black_box(build()), BatchSize::PerIteration)
+        b.iter(|| black_box(build()))
     });
     g.bench_function("read + decode + check per chunk", |b| {
         b.iter(|| {
