@@ -97,3 +97,26 @@ fn closed_stdout_is_not_a_panic() {
         assert!(!err.contains("panicked"), "{args}: {err}");
     }
 }
+
+/// A log captured to a file or pipe is plain text: no colour escapes.
+#[test]
+fn captured_log_has_no_colour_codes() {
+    let env = Env::new();
+    let a = env.file("a.img", &crate::common::image(1 << 20, 40));
+    let b = env.file("b.img", &crate::common::image(1 << 20, 41));
+    env.put("t/a:v", &a);
+    // This put catches the index up on the first one's segment: a debug event.
+    let out = env
+        .cmd()
+        .env("IMGSTORE_LOG", "imgstore_store=debug")
+        .args(["put", "t/b:v"])
+        .arg(&b)
+        .assert()
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+    let log = String::from_utf8_lossy(&out);
+    assert!(log.contains("index caught up"), "no debug event logged: {log}");
+    assert!(!log.contains('\x1b'), "colour escapes in a captured log: {log:?}");
+}

@@ -697,8 +697,8 @@ impl Store {
 
         // No catch-up here: the segments are durable in the store, and every
         // command catches the index up before it reads it. Opening the index
-        // once more cost ~6 ms of every put
-        // (PERFORMANCE.md, "Fixed cost of a put").
+        // once more cost ~6 ms of every put (PERFORMANCE.md, "Fixed cost of
+        // a put").
         hold::point("put-after-segment");
 
         let id = ImageId(Digest::from(image.finalize()));
