@@ -20,7 +20,7 @@ fn real_pack() -> Vec<u8> {
         let c = vec![i; 300];
         b.add(Digest::of(&c), 300, Codec::Raw, &c);
     }
-    b.finish().1
+    b.finish().1.to_vec()
 }
 
 /// A real pack with `edits` (position, xor) applied and cut to `cut` bytes.

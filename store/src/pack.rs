@@ -124,9 +124,17 @@ pub fn list(backend: &dyn Backend) -> Result<Vec<(PackId, String)>> {
     Ok(out)
 }
 
+/// Where a pack's bytes start in a [`PackBuilder`]'s buffer: a page
+/// boundary, so the backend can write them with direct I/O
+/// ([`Backend::stage`](crate::backend::Backend::stage)) instead of copying
+/// them into the page cache.
+pub const ALIGN: usize = 4096;
+
 /// Builds a pack in memory; [`PackBuilder::finish`] gives its bytes and id.
 pub struct PackBuilder {
+    /// `start` bytes of padding, then the pack.
     buf: Vec<u8>,
+    start: usize,
     entries: Vec<PackEntry>,
 }
 
@@ -143,9 +151,18 @@ impl PackBuilder {
     }
 
     /// An empty pack with room for `bytes` before it reallocates: sized to
-    /// the pack limit, a growing pack never doubles past it.
+    /// the pack limit, a growing pack never doubles past it (nor moves off
+    /// its page boundary).
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(bytes.max(HEADER_LEN));
+        Self::reuse(Vec::with_capacity(bytes.max(HEADER_LEN) + ALIGN))
+    }
+
+    /// An empty pack in the buffer of a written one (its bytes are dropped,
+    /// its capacity kept: no new allocation, no page faults).
+    pub fn reuse(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        let start = buf.as_ptr().align_offset(ALIGN).min(buf.capacity());
+        buf.resize(start, 0);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
         buf.extend_from_slice(&0u32.to_le_bytes());
@@ -154,23 +171,14 @@ impl PackBuilder {
         buf.extend_from_slice(&nonce);
         PackBuilder {
             buf,
+            start,
             entries: Vec::new(),
         }
     }
 
-    /// An empty pack in the buffer of a written one (its bytes are dropped,
-    /// its capacity kept: no new allocation, no page faults).
-    pub fn reuse(mut buf: Vec<u8>) -> Self {
-        buf.clear();
-        let mut b = Self::with_capacity(0);
-        buf.extend_from_slice(&b.buf);
-        b.buf = buf;
-        b
-    }
-
     /// Appends one chunk's stored bytes.
     pub fn add(&mut self, id: ChunkId, raw_len: u32, codec: Codec, stored: &[u8]) {
-        let offset = self.buf.len() as u64;
+        let offset = self.len() as u64;
         let stored_len = u32::try_from(stored.len()).expect("chunks are far below 4 GiB");
         self.buf.extend_from_slice(&id.0);
         self.buf.extend_from_slice(&raw_len.to_le_bytes());
@@ -189,7 +197,7 @@ impl PackBuilder {
 
     /// Bytes so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// True when no chunk was added.
@@ -198,7 +206,7 @@ impl PackBuilder {
     }
 
     /// Appends the footer; returns the pack's id, bytes and entries.
-    pub fn finish(mut self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
+    pub fn finish(mut self) -> (PackId, PackBytes, Vec<PackEntry>) {
         let footer_start = self.buf.len();
         for e in &self.entries {
             self.buf.extend_from_slice(&e.id.0);
@@ -214,8 +222,32 @@ impl PackBuilder {
         self.buf.extend_from_slice(&0u32.to_le_bytes());
         self.buf.extend_from_slice(sum.as_bytes());
         self.buf.extend_from_slice(END_MAGIC);
-        let id = Digest::of(&self.buf);
-        (id, self.buf, self.entries)
+        let bytes = PackBytes {
+            buf: self.buf,
+            start: self.start,
+        };
+        (Digest::of(&bytes), bytes, self.entries)
+    }
+}
+
+/// A finished pack's bytes (derefs to them), in the builder's buffer.
+pub struct PackBytes {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl PackBytes {
+    /// The buffer, for [`PackBuilder::reuse`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl std::ops::Deref for PackBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
 }
 
@@ -409,7 +441,7 @@ mod tests {
             b.add(ChunkId::of(c), c.len() as u32, Codec::Raw, c);
         }
         let (id, bytes, entries) = b.finish();
-        (id, bytes, entries, chunks)
+        (id, bytes.to_vec(), entries, chunks)
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{sync_dir, unique_suffix, ReadAt};
+use crate::backend::{start_writeback, sync_dir, unique_suffix, ReadAt};
 use crate::error::{Error, Result};
 use crate::hold;
 use crate::id::{ChunkId, ImageId, PackId};
@@ -194,28 +194,10 @@ enum Sink {
     Stream(Box<dyn Write + Send>),
 }
 
-/// Bytes written to the output between write-back starts.
+/// Bytes written to the output between write-back starts. The get ends
+/// with an fsync of the whole file; without these starts all of it is still
+/// dirty then (a third of a warm 750 MiB get was that fsync).
 const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// Asks the kernel to start writing `len` bytes at `offset` of `file` to
-/// disk now, without waiting. The get ends with an fsync of the whole file;
-/// without this, all of it is still dirty then (a third of a warm 750 MiB
-/// get was that fsync), while started early it overlaps the get. A hint:
-/// where it is not supported, the final fsync does all the work as before.
-#[allow(unsafe_code)]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: sync_file_range only reads its integer arguments; errors come
-    // back as the return value, ignored for a hint.
-    let _ = unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
-}
 
 impl Sink {
     fn open(out: Output) -> Result<Sink> {

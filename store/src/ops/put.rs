@@ -12,7 +12,7 @@
 //! file, and the chunks this put stored are remembered only until an index
 //! segment makes them findable.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -25,7 +25,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Staged};
 use crate::chunker::Chunker;
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
@@ -348,19 +348,33 @@ fn test_packs_per_segment() -> Option<u64> {
         .filter(|&n| n > 0)
 }
 
+/// Packs written but not yet committed (fsynced and renamed into place).
+/// Each pack's write-back starts when it is written, and its commit waits
+/// until the next one is written, so the disk works on one pack while the
+/// next is filled, and the pack's buffer goes back to the put at once
+/// instead of after its fsync.
+const STAGED_PACKS: usize = 1;
+
 /// Writes finished packs, hands their buffers back through `free`, and
 /// writes an index segment every [`PACKS_PER_SEGMENT`] packs and at the end,
 /// telling `indexed` how many packs the segments written so far cover.
-/// Returns the number of packs. A segment only says where chunks are; until
-/// the ref is written no image uses them, and a put that fails leaves them
-/// to gc like its packs.
+/// Returns the number of packs. A segment only says where chunks are, and
+/// is written only after the packs it names are durable; until the ref is
+/// written no image uses them, and a put that fails leaves them to gc like
+/// its packs (an uncommitted pack is a temporary file gc removes).
 fn spawn_pack_writer(
     backend: Arc<dyn Backend>,
     packs: Receiver<PackBuilder>,
     free: SyncSender<Vec<u8>>,
     indexed: std::sync::mpsc::Sender<u64>,
 ) -> JoinHandle<Result<u64>> {
-    let write_segment = |backend: &dyn Backend, locations: &mut Vec<(ChunkId, Location)>| -> Result<()> {
+    let write_segment = |backend: &dyn Backend,
+                         staged: &mut VecDeque<Box<dyn Staged>>,
+                         locations: &mut Vec<(ChunkId, Location)>|
+     -> Result<()> {
+        for pack in staged.drain(..) {
+            pack.commit()?;
+        }
         if !locations.is_empty() {
             let (seg_id, bytes) = segment::encode(locations);
             backend.write(&seg_id.key(INDEX_DIR), &bytes)?;
@@ -372,21 +386,25 @@ fn spawn_pack_writer(
         .name("imgstore-pack".into())
         .spawn(move || {
             let mut locations = Vec::new();
+            let mut staged = VecDeque::new();
             let mut count: u64 = 0;
             let per_segment = test_packs_per_segment().unwrap_or(PACKS_PER_SEGMENT);
             for builder in packs {
                 let (id, bytes, entries) = builder.finish();
-                backend.write(&pack::key(&id), &bytes)?;
+                staged.push_back(backend.stage(&pack::key(&id), &bytes)?);
                 // The builder may be gone (it failed): then so is the pool.
-                let _ = free.send(bytes);
+                let _ = free.send(bytes.into_buffer());
+                if staged.len() > STAGED_PACKS {
+                    staged.pop_front().expect("not empty").commit()?;
+                }
                 locations.extend(entries.iter().map(|e| (e.id, e.location(id))));
                 count += 1;
                 if count.is_multiple_of(per_segment) {
-                    write_segment(backend.as_ref(), &mut locations)?;
+                    write_segment(backend.as_ref(), &mut staged, &mut locations)?;
                     let _ = indexed.send(count);
                 }
             }
-            write_segment(backend.as_ref(), &mut locations)?;
+            write_segment(backend.as_ref(), &mut staged, &mut locations)?;
             Ok(count)
         })
         .expect("threads can be spawned")
@@ -610,7 +628,7 @@ impl Store {
         let (pack_tx, pack_rx) = sync_channel(0);
         let (free_pack_tx, free_pack_rx) = sync_channel(2);
         free_pack_tx
-            .send(Vec::with_capacity(pack_capacity))
+            .send(Vec::with_capacity(pack_capacity + pack::ALIGN))
             .expect("channel has room");
         let (indexed_tx, indexed_rx) = std::sync::mpsc::channel();
         let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, indexed_tx);
