@@ -9,9 +9,8 @@
 //! become holes in a file.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
@@ -20,12 +19,13 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{start_writeback, sync_dir, unique_suffix, ReadAt};
+use crate::backend::{sync_dir, unique_suffix, ReadAt};
 use crate::error::{Error, Result};
 use crate::hold;
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index;
 use crate::manifest::{Entry, ManifestFile};
+use crate::ops::outfile::OutFile;
 use crate::pack::{self, Check, Location};
 use crate::progress::Progress;
 use crate::refs::ImageRef;
@@ -184,20 +184,12 @@ impl Drop for TmpFile {
 
 enum Sink {
     File {
-        file: File,
+        file: OutFile,
         tmp: TmpFile,
         target: PathBuf,
-        pos: u64,
-        /// Where the write-back started so far ends (see [`start_writeback`]).
-        flushed: u64,
     },
     Stream(Box<dyn Write + Send>),
 }
-
-/// Bytes written to the output between write-back starts. The get ends
-/// with an fsync of the whole file; without these starts all of it is still
-/// dirty then (a third of a warm 750 MiB get was that fsync).
-const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl Sink {
     fn open(out: Output) -> Result<Sink> {
@@ -221,11 +213,7 @@ impl Sink {
                     name.to_string_lossy(),
                     unique_suffix()
                 ));
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)
-                    .map_err(|e| Error::io(&tmp, e))?;
+                let file = OutFile::create(&tmp)?;
                 Ok(Sink::File {
                     file,
                     tmp: TmpFile {
@@ -233,8 +221,6 @@ impl Sink {
                         keep: false,
                     },
                     target,
-                    pos: 0,
-                    flushed: 0,
                 })
             }
         }
@@ -242,25 +228,8 @@ impl Sink {
 
     fn write(&mut self, piece: &Piece) -> Result<()> {
         match (self, piece) {
-            (
-                Sink::File {
-                    file,
-                    target,
-                    pos,
-                    flushed,
-                    ..
-                },
-                Piece::Data(d),
-            ) => {
-                file.write_all_at(d, *pos)
-                    .map_err(|e| Error::io(target.as_path(), e))?;
-                *pos += d.len() as u64;
-                if *pos - *flushed >= WRITEBACK_STEP {
-                    start_writeback(file, *flushed, *pos - *flushed);
-                    *flushed = *pos;
-                }
-            }
-            (Sink::File { pos, .. }, Piece::Zero(n)) => *pos += n,
+            (Sink::File { file, .. }, Piece::Data(d)) => file.write(d)?,
+            (Sink::File { file, .. }, Piece::Zero(n)) => file.zeros(*n)?,
             (Sink::Stream(w), Piece::Data(d)) => w.write_all(d).map_err(|e| Error::io("<stdout>", e))?,
             (Sink::Stream(w), Piece::Zero(n)) => {
                 let zeros = [0u8; 64 * 1024];
@@ -282,11 +251,8 @@ impl Sink {
                 file,
                 mut tmp,
                 target,
-                ..
             } => {
-                // set_len makes a trailing zero run a hole too.
-                file.set_len(size).map_err(|e| Error::io(&target, e))?;
-                file.sync_all().map_err(|e| Error::io(&target, e))?;
+                file.finish(size)?;
                 fs::rename(&tmp.path, &target).map_err(|e| Error::io(&target, e))?;
                 tmp.keep = true;
                 sync_dir(

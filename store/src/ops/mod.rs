@@ -1,6 +1,7 @@
 //! Operations on a store, one file each.
 
 pub mod get;
+mod outfile;
 pub mod prune;
 pub mod put;
 pub mod refs;
