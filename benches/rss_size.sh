@@ -2,7 +2,8 @@
 # Peak RSS of put and get against image size: for each SIZE (GiB), a dense
 # image of random bytes (nothing for zstd or hole skipping to save) is put
 # into a fresh store and got back to /dev/null (the whole-image check still
-# runs); prints wall time, CPU time and peak RSS of each (GNU time). Usage:
+# runs) and to a file; prints wall time, CPU time and peak RSS of each (GNU
+# time). Usage:
 #   benches/rss_size.sh [WORKDIR] [SIZE_GIB...]   (default: a temp dir, 1 16)
 # Needs about 2 x the largest SIZE of free disk and the release binary:
 #   cargo build --release --bin imgstore
@@ -24,5 +25,9 @@ for g in "$@"; do
     [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
     /usr/bin/time -f "get ${g} GiB: %e s wall, %U+%S s CPU, %M KiB peak RSS" \
         "$BIN" get -q "rss/app:${g}g" -o - > /dev/null
+    [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
+    /usr/bin/time -f "get ${g} GiB to a file: %e s wall, %U+%S s CPU, %M KiB peak RSS" \
+        "$BIN" get -q "rss/app:${g}g" -o "$WORK/out"
+    rm -f "$WORK/out"
 done
 rm -rf "$IMGSTORE_STORE" "$IMGSTORE_INDEX_DIR"
