@@ -115,16 +115,25 @@ impl OutFile {
         }
         let block = &self.buf[self.pad..];
         let aligned = len.is_multiple_of(PAGE) && (block.as_ptr() as usize).is_multiple_of(PAGE);
-        let direct = self.direct.as_ref().filter(|_| aligned);
-        match direct {
+        let direct = match self.direct.as_ref().filter(|_| aligned) {
             Some(d) => d.write_all_at(block, self.at),
-            None => self.file.write_all_at(block, self.at).inspect(|()| {
+            None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        match direct {
+            Ok(()) => {}
+            // Refused (no direct I/O, or not at this alignment): from now on
+            // through the page cache.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct = None;
+                self.file
+                    .write_all_at(block, self.at)
+                    .map_err(|e| Error::io(&self.path, e))?;
                 // Started now, the write-back overlaps the rest of the get
                 // instead of all waiting for the final fsync.
                 start_writeback(&self.file, self.at, len as u64);
-            }),
+            }
+            Err(e) => return Err(Error::io(&self.path, e)),
         }
-        .map_err(|e| Error::io(&self.path, e))?;
         self.at += len as u64;
         self.buf.truncate(self.pad);
         Ok(())
