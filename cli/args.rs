@@ -67,7 +67,8 @@ pub enum Command {
     ///
     /// Runs in two phases across runs: a run condemns garbage, and a later
     /// run (after --grace, and after every put/get that was running at
-    /// condemnation has ended) deletes it. Run it from cron; see
+    /// condemnation has ended) deletes it. Each run also removes what killed
+    /// puts left (temporary files over an hour old). Run it from cron; see
     /// docs/OPERATIONS.md.
     Gc(GcArgs),
     /// Check the store: structure always, every stored byte with --read-data.

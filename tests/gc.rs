@@ -439,3 +439,79 @@ fn prune_keeps_by_rule_and_says_why() {
         .assert()
         .success();
 }
+
+/// Temporary files below the store, as paths.
+fn temporaries(env: &Env) -> Vec<std::path::PathBuf> {
+    common::list_files(&env.store())
+        .into_iter()
+        .filter(|f| f.rsplit('/').next().unwrap().starts_with(".tmp-"))
+        .map(|f| env.store().join(f))
+        .collect()
+}
+
+/// Sets a file's mtime `ago` in the past: how an hour passing looks to gc.
+fn age(path: &std::path::Path, ago: Duration) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+}
+
+#[test]
+fn gc_removes_what_killed_puts_left_but_not_a_live_puts_files() {
+    let env = Env::new();
+    let old = common::image(4 << 20, 5);
+    env.put("lab/app:v1", &env.file("v1.img", &old));
+    let new = common::random(4 << 20, 6);
+    let input = env.file("v2.img", &new);
+    let args = ["put", "lab/app:v2", input.to_str().unwrap()];
+
+    // A put SIGKILLed with its pack staged leaves it as a temporary file.
+    let mut killed = common::spawn_held(&env, "put-after-stage", &args, &[]);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    common::release(&env, "put-after-stage");
+    let left = temporaries(&env);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let left = &left[0];
+    let bytes = std::fs::metadata(left).unwrap().len();
+    assert!(bytes >= 4 << 20, "the staged pack holds the image: {bytes} B");
+
+    // While its session is live, or while it is fresh, it may still be a
+    // writer's: kept.
+    let fresh = gc(&env, &[]);
+    assert_eq!(fresh["temporaries_removed"], 0, "{fresh}");
+    for f in common::list_files(&env.store().join("sessions")) {
+        age(&env.store().join("sessions").join(f), Duration::from_secs(7200));
+    }
+    let fresh = gc(&env, &[]);
+    assert_eq!(fresh["temporaries_removed"], 0, "{fresh}");
+    assert!(left.exists());
+
+    // An hour later...
+    age(left, Duration::from_secs(7200));
+    // ...while another put is live, its own staged pack as old.
+    let live = common::spawn_held(
+        &env,
+        "put-after-stage",
+        &["put", "lab/app:v3", input.to_str().unwrap()],
+        &[],
+    );
+    let live_tmp: Vec<_> = temporaries(&env).into_iter().filter(|t| t != left).collect();
+    assert_eq!(live_tmp.len(), 1, "{live_tmp:?}");
+    age(&live_tmp[0], Duration::from_secs(7200));
+
+    let dry = gc(&env, &["--dry-run"]);
+    assert_eq!(dry["temporaries_removed"], 1, "{dry}");
+    assert!(left.exists(), "a dry run removed a file");
+    let run = gc(&env, &[]);
+    assert_eq!(run["temporaries_removed"], 1, "{run}");
+    assert_eq!(run["temporary_bytes_freed"], bytes, "{run}");
+    assert!(!left.exists(), "the killed put's pack is still there");
+    assert!(live_tmp[0].exists(), "gc removed a live put's pack");
+
+    common::release(&env, "put-after-stage");
+    let out = live.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.get("lab/app:v3") == new);
+    assert!(temporaries(&env).is_empty(), "{:?}", temporaries(&env));
+    env.cmd().args(["verify", "--read-data"]).assert().success();
+}

@@ -102,6 +102,13 @@ pub fn gc(g: &Global, a: &GcArgs) -> Result<()> {
         output::size(r.bytes_condemned),
         humantime::format_duration(a.grace)
     );
+    if r.temporaries_removed > 0 {
+        crate::out!(
+            "{verb}remove {} temporary files left by interrupted writers, freeing {}",
+            r.temporaries_removed,
+            output::size(r.temporary_bytes_freed)
+        );
+    }
     if let Some(w) = &r.waiting {
         crate::out!("pending plan not executed yet: {w}");
     }

@@ -100,6 +100,21 @@ pub trait Backend: Send + Sync {
     /// `Ok(None)` when another process holds it and `wait` is false. Locks
     /// only avoid wasted work; no safety property rests on them.
     fn lock(&self, key: &str, wait: bool) -> Result<Option<LockGuard>>;
+    /// Every temporary file in the store (names starting [`TMP_PREFIX`]),
+    /// found without following symlinks, sorted by key: what writers have
+    /// in progress and what interrupted ones left behind.
+    fn temporaries(&self) -> Result<Vec<Temporary>>;
+}
+
+/// A temporary file found by [`Backend::temporaries`].
+#[derive(Debug, Clone)]
+pub struct Temporary {
+    /// Its key; [`Backend::delete`] takes it.
+    pub key: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// When it was last written, by the store's clock.
+    pub modified: SystemTime,
 }
 
 /// A file from [`Backend::stage`], written but not yet in place.
@@ -553,6 +568,51 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+
+    fn temporaries(&self) -> Result<Vec<Temporary>> {
+        let mut found = Vec::new();
+        let mut dirs = vec![String::new()];
+        while let Some(dir) = dirs.pop() {
+            let path = if dir.is_empty() {
+                self.root.clone()
+            } else {
+                self.root.join(&dir)
+            };
+            let entries = match fs::read_dir(&path) {
+                Ok(e) => e,
+                // Removed since it was listed: a concurrent gc or repair.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(path, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io(&path, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let key = if dir.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{dir}/{name}")
+                };
+                // `DirEntry::metadata` does not follow symlinks.
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(entry.path(), e)),
+                };
+                if meta.is_dir() {
+                    dirs.push(key);
+                } else if meta.is_file() && name.starts_with(TMP_PREFIX) {
+                    let modified = meta.modified().map_err(|e| Error::io(entry.path(), e))?;
+                    found.push(Temporary {
+                        key,
+                        bytes: meta.len(),
+                        modified,
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
     }
 }
 

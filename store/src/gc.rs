@@ -17,6 +17,10 @@
 //!   deleting a pack it writes a tombstone, so every host's index drops it;
 //!   before each batch it re-checks its own lease.
 //!
+//! Each run also removes the temporary files of writers that died (a put
+//! killed mid-way leaves up to two 32 MiB packs-to-be): those older than
+//! [`STALE_TEMPORARY`] and not named for a live session's process.
+//!
 //! Every read error during a mark aborts the run (fail closed). A crashed
 //! run leaves either the old plan, the new plan, or tombstones for packs that
 //! may or may not be deleted yet — each of which the next run handles.
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, TMP_PREFIX};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event, GcDone};
 use crate::hold;
@@ -46,6 +50,11 @@ pub const LOCK_KEY: &str = "gc/lock";
 const CLOCK_KEY: &str = "gc/clock";
 /// Default grace period between condemning and deleting.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// A temporary file this much older than the store's now, and not named for
+/// a live session's process, was left by a writer that died. Writers that
+/// hold no session (tag, rm, repair) finish their files in well under a
+/// second; a put's staged pack waits only for the next pack to fill.
+pub const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 /// A pack whose garbage is at least this share of its bytes is repacked.
 pub const REPACK_THRESHOLD: f64 = 0.5;
 
@@ -110,6 +119,10 @@ pub struct GcReport {
     /// Why the pending plan was not executed, if it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Temporary files of writers that died, removed this run.
+    pub temporaries_removed: u64,
+    /// Their bytes.
+    pub temporary_bytes_freed: u64,
     /// Refs and images marked.
     pub refs: usize,
     /// Distinct images marked.
@@ -269,6 +282,8 @@ impl Store {
             hold::point("gc-after-plan-sessions");
             self.remove_dead_sessions(now)?;
         }
+        (report.temporaries_removed, report.temporary_bytes_freed) =
+            self.remove_stale_temporaries(now, opts.dry_run)?;
         if let Some(s) = session {
             s.end()?;
         }
@@ -331,6 +346,43 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Removes the temporary files that writers which died left behind (see
+    /// [`STALE_TEMPORARY`]); returns how many and their bytes. The pid in a
+    /// temporary's name (`.tmp-<pid>-<random>`) is checked against the live
+    /// sessions' pids: pids repeat across hosts, so a match only keeps a
+    /// file until a later run.
+    fn remove_stale_temporaries(&self, now: SystemTime, dry_run: bool) -> Result<(u64, u64)> {
+        let mut live_pids = HashSet::new();
+        for name in self.backend.list(SESSIONS_DIR)? {
+            let key = format!("{SESSIONS_DIR}/{name}");
+            let live = self
+                .session_silence(&key, now)?
+                .is_some_and(|(silent, lease)| silent <= lease);
+            if live {
+                // Session files are named `<kind>-<pid>-<random>.json`.
+                live_pids.extend(name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok()));
+            }
+        }
+        let (mut files, mut bytes) = (0, 0);
+        for tmp in self.backend.temporaries()? {
+            let name = tmp.key.rsplit('/').next().unwrap_or(&tmp.key);
+            let pid = name
+                .strip_prefix(TMP_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            let age = now.duration_since(tmp.modified).unwrap_or_default();
+            if age <= STALE_TEMPORARY || pid.is_some_and(|p| live_pids.contains(&p)) {
+                continue;
+            }
+            if !dry_run {
+                self.backend.delete(&tmp.key)?;
+            }
+            files += 1;
+            bytes += tmp.bytes;
+        }
+        Ok((files, bytes))
     }
 
     /// `None` when the plan may be executed, else why not.

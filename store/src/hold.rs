@@ -12,6 +12,7 @@ use std::time::Duration;
 
 /// Steps of a put, in order.
 pub const PUT_STEPS: &[&str] = &[
+    "put-after-stage",
     "put-after-lookup",
     "put-after-pack",
     "put-after-segment",

@@ -395,6 +395,7 @@ fn spawn_pack_writer(
             for builder in packs {
                 let (id, bytes, entries) = builder.finish();
                 staged.push_back(backend.stage(&pack::key(&id), &bytes)?);
+                hold::point("put-after-stage");
                 // The builder may be gone (it failed): then so is the pool.
                 let _ = free.send(bytes.into_buffer());
                 if staged.len() > STAGED_PACKS {
