@@ -619,6 +619,45 @@ def report(fmt, images, results, out, sizes):
         w()
 
 
+def targets(runs, out):
+    """The issue's targets, per run and pooled over runs, from --json files."""
+    w = lambda s="": print(s, file=out)
+    pooled = {}
+    w("| run | format | known put ×cp, commits 1.. | median | new put ×borg | get ×cp | first put CPU s / wall s "
+      "| peak RSS MiB | commits stored in no more bytes than the best peer |")
+    w("|---|---|---|---:|---:|---|---:|---:|---|")
+    for name, saved in runs:
+        for fmt, g in saved["formats"].items():
+            r = g["results"]
+            im, cp, borg = r["imgstore"], r.get("cp"), r.get("borg")
+            ratio = lambda a, b: a["wall"] and b["wall"] / a["wall"] if a.get("ok") and b.get("ok") else float("nan")
+            known = [ratio(e, cp["puts"][e["i"]]) for e in im["puts"][1:]] if cp else []
+            new = ratio(im["puts"][0], borg["puts"][0]) if borg and borg["puts"] else float("nan")
+            cp_gets = {e["i"]: e for e in cp["gets"]} if cp else {}
+            gets = [ratio(e, cp_gets[e["i"]]) for e in im["gets"] if e["i"] in cp_gets]
+            first = im["puts"][0]
+            rss = max(e.get("rss_kib", 0) for e in im["puts"] + im["gets"]) / 1024
+            peers = [t for t in ("restic", "borg", "casync") if t in r]
+            won = []
+            for e in im["puts"]:
+                best = min((r[t]["puts"][e["i"]]["added"] for t in peers if e["i"] < len(r[t]["puts"])), default=None)
+                if best is not None:
+                    won.append(f"c{e['i']:02d} {'yes' if e['added'] <= best else 'no'} ({(e['added'] - best) / MiB:+.1f} MiB)")
+            w(f"| {name} | {FORMAT_NAMES.get(fmt, fmt)} | {' '.join(f(x, '{:.2f}') for x in known)} "
+              f"| {f(med(known), '{:.2f}')} | {f(new, '{:.2f}')} | {' '.join(f(x, '{:.2f}') for x in gets)} "
+              f"| {first['cpu']:.2f} / {first['wall']:.2f} = {first['cpu'] / first['wall']:.2f} | {rss:.0f} "
+              f"| {', '.join(won) or '–'} |")
+            p = pooled.setdefault(FORMAT_NAMES.get(fmt, fmt), {"known": [], "new": [], "get": []})
+            p["known"] += known
+            p["new"].append(new)
+            p["get"] += gets
+    w()
+    for fmt, p in pooled.items():
+        w(f"- {fmt}, pooled over {len(runs)} run(s): known put ×cp median {f(med(p['known']), '{:.2f}')} "
+          f"({sum(x >= 1 for x in p['known'])} of {len(p['known'])} at or above 1.0), new put ×borg median "
+          f"{f(med(p['new']), '{:.2f}')}, get ×cp median {f(med(p['get']), '{:.2f}')} ({len(p['get'])} gets)")
+
+
 def versions(args):
     def first_line(cmd):
         try:
@@ -644,10 +683,19 @@ def main():
     ap.add_argument("--imgstore", default=DEFAULT_IMGSTORE, help="the imgstore release binary")
     ap.add_argument("--json", help="also write all raw measurements to this file")
     ap.add_argument("--from-json", metavar="FILE", help="only print the tables of an earlier run's --json file")
+    ap.add_argument("--targets", metavar="FILE", nargs="+",
+                    help="only print the issue's targets, per run and pooled, from earlier runs' --json files")
     ap.add_argument("--keep", action="store_true", help="keep the repositories")
     args = ap.parse_args()
     out = sys.stdout
     w = lambda s="": print(s, file=out, flush=True)
+    if args.targets:
+        runs = []
+        for path in args.targets:
+            with open(path) as fh:
+                runs.append((os.path.basename(path), json.load(fh)))
+        targets(runs, out)
+        return
     if args.from_json:
         with open(args.from_json) as fh:
             saved = json.load(fh)

@@ -54,11 +54,13 @@ fn bench_compare_smoke() {
     let (f0, f1) = (env.file("c00.sqfs", &c0), env.file("c01.sqfs", &c1));
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/compare.py");
     let out = std::process::Command::new("python3")
-        .arg(script)
+        .arg(&script)
         .arg("--imgstore")
         .arg(assert_cmd::cargo::cargo_bin("imgstore"))
         .args(["--tools", "cp,imgstore", "--work"])
         .arg(env.path("work"))
+        .arg("--json")
+        .arg(env.path("run.json"))
         .args([&f0, &f1])
         .output()
         .unwrap();
@@ -71,6 +73,19 @@ fn bench_compare_smoke() {
     assert!(stdout.contains("| imgstore |"), "{stdout}");
     assert!(stdout.matches("identical").count() >= 4, "{stdout}");
     assert!(!stdout.contains("differ"), "{stdout}");
+    // The targets, read back from the run's raw figures.
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--targets")
+        .arg(env.path("run.json"))
+        .output()
+        .unwrap();
+    let targets = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        targets.contains("| run.json | squashfs |") && targets.contains("known put ×cp median"),
+        "{targets}"
+    );
 }
 
 /// A reader that goes away (`imgstore ls | head`) ends the command quietly
