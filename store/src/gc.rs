@@ -52,8 +52,8 @@ const CLOCK_KEY: &str = "gc/clock";
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// A temporary file this much older than the store's now, and not named for
 /// a live session's process, was left by a writer that died. Writers that
-/// hold no session (tag, rm, repair) finish their files in well under a
-/// second; a put's staged pack waits only for the next pack to fill.
+/// hold no session (tag, rm, repair) write a file in seconds at most; a
+/// put's staged pack waits only for the next pack to fill.
 pub const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 /// A pack whose garbage is at least this share of its bytes is repacked.
 pub const REPACK_THRESHOLD: f64 = 0.5;
