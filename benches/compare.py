@@ -630,7 +630,7 @@ def targets(runs, out):
         for fmt, g in saved["formats"].items():
             r = g["results"]
             im, cp, borg = r["imgstore"], r.get("cp"), r.get("borg")
-            ratio = lambda a, b: a["wall"] and b["wall"] / a["wall"] if a.get("ok") and b.get("ok") else float("nan")
+            ratio = lambda a, b: mbps(a) / mbps(b)  # same image: b's wall time / a's; nan if either failed
             known = [ratio(e, cp["puts"][e["i"]]) for e in im["puts"][1:]] if cp else []
             new = ratio(im["puts"][0], borg["puts"][0]) if borg and borg["puts"] else float("nan")
             cp_gets = {e["i"]: e for e in cp["gets"]} if cp else {}

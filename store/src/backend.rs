@@ -310,8 +310,20 @@ fn stage_file(
     Ok(staged)
 }
 
-/// Direct I/O moves whole pages only, from page-aligned memory.
-const DIRECT_ALIGN: usize = 4096;
+/// Direct I/O moves whole pages only, from page-aligned memory, at
+/// page-aligned file offsets.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Pads the empty `buf` with zeros up to its first page boundary, so that
+/// what is appended next can be written with direct I/O; returns the
+/// padding. `buf` needs [`DIRECT_ALIGN`] bytes of capacity beyond what it
+/// will hold, or a later growth moves it off the boundary.
+pub fn pad_to_page(buf: &mut Vec<u8>) -> usize {
+    debug_assert!(buf.is_empty());
+    let pad = buf.as_ptr().align_offset(DIRECT_ALIGN).min(buf.capacity());
+    buf.resize(pad, 0);
+    pad
+}
 
 /// [`stage_file`] of `data` with direct I/O (`O_DIRECT`): its whole pages
 /// go from `data` to the disk without a copy into the page cache, the

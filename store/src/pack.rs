@@ -15,7 +15,7 @@
 //! chunks: a put that stores a GC-condemned chunk anew must write a file GC
 //! will not delete, not the condemned file again under the same name.
 
-use crate::backend::{Backend, ReadAt};
+use crate::backend::{pad_to_page, Backend, ReadAt, DIRECT_ALIGN};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, PackId};
@@ -124,13 +124,10 @@ pub fn list(backend: &dyn Backend) -> Result<Vec<(PackId, String)>> {
     Ok(out)
 }
 
-/// Where a pack's bytes start in a [`PackBuilder`]'s buffer: a page
-/// boundary, so the backend can write them with direct I/O
-/// ([`Backend::stage`](crate::backend::Backend::stage)) instead of copying
-/// them into the page cache.
-pub const ALIGN: usize = 4096;
-
 /// Builds a pack in memory; [`PackBuilder::finish`] gives its bytes and id.
+/// The pack starts on a page boundary of the buffer, so the backend can
+/// write it with direct I/O ([`Backend::stage`](crate::backend::Backend::stage))
+/// instead of copying it into the page cache.
 pub struct PackBuilder {
     /// `start` bytes of padding, then the pack.
     buf: Vec<u8>,
@@ -154,15 +151,14 @@ impl PackBuilder {
     /// the pack limit, a growing pack never doubles past it (nor moves off
     /// its page boundary).
     pub fn with_capacity(bytes: usize) -> Self {
-        Self::reuse(Vec::with_capacity(bytes.max(HEADER_LEN) + ALIGN))
+        Self::reuse(Vec::with_capacity(bytes.max(HEADER_LEN) + DIRECT_ALIGN))
     }
 
     /// An empty pack in the buffer of a written one (its bytes are dropped,
     /// its capacity kept: no new allocation, no page faults).
     pub fn reuse(mut buf: Vec<u8>) -> Self {
         buf.clear();
-        let start = buf.as_ptr().align_offset(ALIGN).min(buf.capacity());
-        buf.resize(start, 0);
+        let start = pad_to_page(&mut buf);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
         buf.extend_from_slice(&0u32.to_le_bytes());

@@ -10,12 +10,11 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::backend::start_writeback;
+use crate::backend::{pad_to_page, start_writeback, DIRECT_ALIGN};
 use crate::error::{Error, Result};
 
-/// Direct I/O moves whole pages only, from page-aligned memory, at
-/// page-aligned file offsets.
-const PAGE: usize = 4096;
+/// Direct I/O's unit: see [`DIRECT_ALIGN`].
+const PAGE: usize = DIRECT_ALIGN;
 /// Bytes gathered before a write: large enough that each write is cheap
 /// for the disk, a multiple of [`PAGE`].
 const BLOCK: usize = 8 << 20;
@@ -49,8 +48,7 @@ impl OutFile {
             .open(path)
             .ok();
         let mut buf: Vec<u8> = Vec::with_capacity(BLOCK + PAGE);
-        let pad = buf.as_ptr().align_offset(PAGE).min(PAGE);
-        buf.resize(pad, 0);
+        let pad = pad_to_page(&mut buf);
         Ok(OutFile {
             file,
             direct,

@@ -25,7 +25,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{Backend, Staged};
+use crate::backend::{Backend, Staged, DIRECT_ALIGN};
 use crate::chunker::Chunker;
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
@@ -632,7 +632,7 @@ impl Store {
         let (pack_tx, pack_rx) = sync_channel(0);
         let (free_pack_tx, free_pack_rx) = sync_channel(2);
         free_pack_tx
-            .send(Vec::with_capacity(pack_capacity + pack::ALIGN))
+            .send(Vec::with_capacity(pack_capacity + DIRECT_ALIGN))
             .expect("channel has room");
         let (indexed_tx, indexed_rx) = std::sync::mpsc::channel();
         let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, indexed_tx);
