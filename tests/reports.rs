@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use imgstore_store::manifest::{Entry, Manifest};
+use imgstore_store::manifest::{Entry, Manifest, ManifestFile};
 use imgstore_store::{Backend, ImageId, LocalBackend};
 use serde_json::Value;
 
@@ -36,7 +36,14 @@ impl Truth {
         let mut chunks = HashMap::new();
         for id in images {
             let key = imgstore_store::manifest::key(id);
-            let m = Manifest::decode(&backend.read(&key).unwrap().unwrap(), &key).unwrap();
+            // A delta manifest reads through its base's full manifest.
+            let mut base = |b: &ImageId| {
+                let key = imgstore_store::manifest::key(b);
+                ManifestFile::open_full(backend.open(&key)?, key)
+            };
+            let m = ManifestFile::open(backend.open(&key).unwrap(), key.clone(), &mut base)
+                .and_then(ManifestFile::into_manifest)
+                .unwrap();
             let set = m
                 .entries
                 .iter()

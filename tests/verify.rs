@@ -46,7 +46,7 @@ fn verify(env: &Env, args: &[&str]) -> (i32, serde_json::Value) {
     (common::code(&out), v)
 }
 
-fn damaged_refs(report: &serde_json::Value) -> Vec<String> {
+pub(crate) fn damaged_refs(report: &serde_json::Value) -> Vec<String> {
     let mut refs: Vec<String> = report["damaged"]
         .as_array()
         .unwrap()

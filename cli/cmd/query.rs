@@ -83,6 +83,9 @@ struct InspectReport {
     labels: BTreeMap<String, String>,
     has_deffile: bool,
     sif: bool,
+    /// The image whose full manifest this image's is a delta against
+    /// (`null`: a full manifest).
+    manifest_base: Option<ImageId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     created: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,7 +104,9 @@ pub fn inspect(g: &Global, a: &RefArg) -> Result<()> {
     let image = ImageRef::parse(&a.reference)?;
     let store = super::open(g)?;
     let resolved = store.resolve(&image)?;
-    let m = store.manifest(&resolved.id)?;
+    let file = store.manifest_file(&resolved.id)?;
+    let manifest_base = file.head.base;
+    let m = file.into_manifest()?;
     let (unique_chunks, unique_chunk_bytes) = m.unique_chunks();
     let sif = m.meta.sif.as_ref();
     let mut labels = sif.map(|s| s.labels.clone()).unwrap_or_default();
@@ -129,6 +134,7 @@ pub fn inspect(g: &Global, a: &RefArg) -> Result<()> {
         labels,
         has_deffile: rec.is_some_and(|r| r.deffile.is_some()) || sif.is_some_and(|s| s.deffile.is_some()),
         sif: sif.is_some(),
+        manifest_base,
         created: rec.map(|r| r.created),
         user: rec.map(|r| r.user.clone()),
         host: rec.map(|r| r.host.clone()),
@@ -164,6 +170,13 @@ pub fn inspect(g: &Global, a: &RefArg) -> Result<()> {
             "SIF".into()
         } else {
             "raw image".into()
+        },
+    ]);
+    t.add_row(vec![
+        "manifest".to_string(),
+        match report.manifest_base {
+            Some(base) => format!("delta against {base}"),
+            None => "full".into(),
         },
     ]);
     t.add_row(vec![

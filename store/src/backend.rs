@@ -69,6 +69,15 @@ pub trait Backend: Send + Sync {
     /// [`Backend::write`] of what `fill` writes: for files too large to
     /// build in memory first (a manifest of a many-GB image).
     fn write_with(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<()>;
+    /// [`Backend::write_with`] that never replaces: if `key` exists (or
+    /// appears while this writes), nothing is written and this returns
+    /// `Ok(false)`. For files other files depend on staying as they are (a
+    /// manifest that deltas name as their base).
+    fn write_new_with(
+        &self,
+        key: &str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<bool>;
     /// [`Backend::write`] in two steps, so a writer can reuse `data`'s
     /// buffer before the file is durable: the bytes are handed over now,
     /// and the file appears under `key`, durable, only at
@@ -411,6 +420,35 @@ impl Staged for LocalStaged {
     }
 }
 
+impl LocalStaged {
+    /// [`Staged::commit`] under a name that must not exist yet: the file is
+    /// linked to it (atomic, and refused if the name exists, on local
+    /// filesystems and NFS alike). `Ok(false)` when the name was taken.
+    fn commit_new(mut self) -> Result<bool> {
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        let tmp = self.tmp.clone().expect("committed once");
+        match fs::hard_link(&tmp, &self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            // A filesystem without hard links: check, then rename (a
+            // writer racing in between is the only way to lose that check).
+            Err(_) if self.path.exists() => return Ok(false),
+            Err(_) => {
+                fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+                self.tmp = None;
+            }
+        }
+        // Dropping removes the temporary name (if the link left it).
+        drop(self);
+        sync_dir(path_parent(&tmp))?;
+        Ok(true)
+    }
+}
+
+fn path_parent(path: &Path) -> &Path {
+    path.parent().expect("store paths have a parent")
+}
+
 impl Drop for LocalStaged {
     fn drop(&mut self) {
         if let Some(tmp) = &self.tmp {
@@ -484,6 +522,18 @@ impl ReadAt for LocalFile {
 impl Backend for LocalBackend {
     fn write_with(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<()> {
         atomic_write_from(&self.checked(key)?, fill, self.perms)
+    }
+
+    fn write_new_with(
+        &self,
+        key: &str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<bool> {
+        let path = self.checked(key)?;
+        if path.exists() {
+            return Ok(false);
+        }
+        stage_file(&path, fill, self.perms)?.commit_new()
     }
 
     fn stage(&self, key: &str, data: &[u8]) -> Result<Box<dyn Staged>> {

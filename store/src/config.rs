@@ -19,8 +19,13 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Default size at which a pack is closed and written.
 pub const DEFAULT_PACK_SIZE: u64 = 32 * 1024 * 1024;
 
+/// Puts may write an image's manifest as a delta against an earlier
+/// image's (FORMAT.md, "Delta manifest"). Stores made by `init` have it;
+/// a build that predates it refuses such a store instead of misreading it.
+pub const MANIFEST_DELTAS: &str = "manifest-deltas";
+
 /// Format features this build understands; a store listing any other is refused.
-const KNOWN_FEATURES: &[&str] = &[];
+const KNOWN_FEATURES: &[&str] = &[MANIFEST_DELTAS];
 
 /// The contents of `STORE/config` (JSON, so an admin can read it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +65,7 @@ impl Config {
         let config = Config {
             format: "imgstore".into(),
             version: FORMAT_VERSION,
-            features: Vec::new(),
+            features: vec![MANIFEST_DELTAS.into()],
             store_id: hex::encode(&rnd[..16]),
             chunker: ChunkerParams::with_avg(avg_chunk, seed),
             hash: "blake3".into(),
@@ -69,6 +74,11 @@ impl Config {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Whether the store uses format feature `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.features.iter().any(|f| f == name)
     }
 
     /// Parses and checks a config file's bytes.

@@ -28,12 +28,13 @@ use serde::Serialize;
 use crate::backend::{Backend, Staged, DIRECT_ALIGN};
 use crate::chunker::Chunker;
 use crate::codec::{self, Codec};
+use crate::config::MANIFEST_DELTAS;
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
 use crate::hold;
 use crate::id::{ChunkId, Digest, ImageId, PackId};
 use crate::index;
-use crate::manifest::{self, Entry, ManifestMeta};
+use crate::manifest::{self, Entry, ManifestFile, ManifestMeta};
 use crate::pack::{self, Location, PackBuilder};
 use crate::progress::Progress;
 use crate::refs::{Added, RefRecord, TagRef};
@@ -583,6 +584,62 @@ impl Ingest<'_> {
 }
 
 impl Store {
+    /// Writes the manifest of the image `id` unless a sound one is there:
+    /// one in place is never replaced by a delta, since deltas may name it
+    /// as their base, and a damaged one is replaced by a full manifest.
+    fn store_manifest(
+        &self,
+        reference: &TagRef,
+        size: u64,
+        id: &ImageId,
+        meta: &ManifestMeta,
+        entries: &manifest::Spooled,
+    ) -> Result<()> {
+        let key = manifest::key(id);
+        if self.backend.modified(&key)?.is_none() {
+            let delta = match self.delta_base(reference, id) {
+                Some(base) => manifest::delta::plan(entries, &base)?,
+                None => None,
+            };
+            let written = self.backend.write_new_with(&key, &mut |w| match &delta {
+                Some(plan) => plan.write(entries, size, id, meta, w),
+                None => entries.write_manifest(size, id, meta, w),
+            })?;
+            if written {
+                return Ok(());
+            }
+        }
+        match self.manifest_file(id) {
+            Ok(_) => Ok(()),
+            Err(Error::Corrupt { detail, .. }) => {
+                tracing::warn!("replacing the damaged manifest {key} ({detail})");
+                self.backend
+                    .write_with(&key, &mut |w| entries.write_manifest(size, id, meta, w))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The full manifest a new image of `reference`'s name is written as a
+    /// delta against: that of the newest other image of the same name, or
+    /// its base. `None` (write it full) in a store without deltas, for a
+    /// name's first image, or if that manifest does not check out.
+    fn delta_base(&self, reference: &TagRef, id: &ImageId) -> Option<ManifestFile> {
+        if !self.config.has(MANIFEST_DELTAS) {
+            return None;
+        }
+        let refs = self.refs(Some(&reference.name)).ok()?;
+        let (_, newest) = refs
+            .iter()
+            .filter(|(r, rec)| r.name == reference.name && rec.image != *id)
+            .max_by_key(|(_, rec)| rec.created)?;
+        let m = self.manifest_file(&newest.image).ok()?;
+        match m.head.base {
+            Some(base) => self.full_manifest_file(&base).ok(),
+            None => Some(m),
+        }
+    }
+
     /// Stores an image under `reference`. The ref is written last: until
     /// then no reader can see any part of this put.
     pub fn put(
@@ -726,12 +783,8 @@ impl Store {
         let id = ImageId(Digest::from(image.finalize()));
         let meta = ManifestMeta { sif: sif_info };
         let is_sif = meta.sif.is_some();
-        // Identical bytes give an identical manifest, so rewriting one that
-        // a concurrent put just wrote is harmless.
-        let mut entries = entries.finish()?;
-        self.backend.write_with(&manifest::key(&id), &mut |w| {
-            entries.write_manifest(size, &id, &meta, w)
-        })?;
+        let entries = entries.finish()?;
+        self.store_manifest(reference, size, &id, &meta, &entries)?;
         hold::point("put-after-manifest");
 
         let previous = self.read_ref(reference)?.map(|r| r.image).filter(|p| *p != id);

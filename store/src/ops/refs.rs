@@ -80,35 +80,28 @@ impl Store {
         }
     }
 
-    /// Reads and checks an image's manifest.
+    /// Reads and checks an image's manifest (and a delta's base), all its
+    /// entries in memory.
     pub fn manifest(&self, id: &ImageId) -> Result<Manifest> {
-        let key = manifest::key(id);
-        let bytes = self
-            .backend
-            .read(&key)?
-            .ok_or_else(|| Error::corrupt(format!("image {id}"), format!("manifest {key} is missing")))?;
-        let m = Manifest::decode(&bytes, &format!("manifest {key}"))?;
-        if m.id != *id {
-            return Err(Error::corrupt(
-                format!("manifest {key}"),
-                format!("describes image {}", m.id),
-            ));
-        }
-        Ok(m)
+        self.manifest_file(id)?.into_manifest()
     }
 
-    /// Opens and checks an image's manifest, to read its entries a window
-    /// at a time (see [`ManifestFile`]).
+    /// Opens and checks an image's manifest (and a delta's base), to read
+    /// its entries a window at a time (see [`ManifestFile`]).
     pub fn manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
         let (key, file) = self.open_manifest(id)?;
-        let m = ManifestFile::open(file, format!("manifest {key}"))?;
-        if m.head.id != *id {
-            return Err(Error::corrupt(
-                format!("manifest {key}"),
-                format!("describes image {}", m.head.id),
-            ));
-        }
-        Ok(m)
+        let m = ManifestFile::open(file, format!("manifest {key}"), &mut |base| {
+            self.full_manifest_file(base)
+        })?;
+        described(m, id, &key)
+    }
+
+    /// Opens and checks an image's manifest, refusing a delta: a delta's
+    /// base is always a full manifest.
+    pub(crate) fn full_manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
+        let (key, file) = self.open_manifest(id)?;
+        let m = ManifestFile::open_full(file, format!("manifest {key}"))?;
+        described(m, id, &key)
     }
 
     /// How many entries an image's manifest has (reads only its header).
@@ -256,4 +249,15 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// `m`, if it is the manifest of `id` (its name says so; its header must too).
+fn described(m: ManifestFile, id: &ImageId, key: &str) -> Result<ManifestFile> {
+    if m.head.id != *id {
+        return Err(Error::corrupt(
+            format!("manifest {key}"),
+            format!("describes image {}", m.head.id),
+        ));
+    }
+    Ok(m)
 }

@@ -13,9 +13,17 @@
 //! meta           u32 length, then JSON (ManifestMeta): tolerant of added fields
 //! trailer 32 B   BLAKE3 of everything before it
 //! ```
+//!
+//! That is a full manifest (version 1). In a store with the
+//! `manifest-deltas` feature a put may instead write a delta (version 2,
+//! [`delta`]) against an earlier image's full manifest; [`ManifestFile`]
+//! reads both the same way.
+
+pub mod delta;
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +71,7 @@ impl Entry {
     }
 
     /// Entry `i` of a manifest from its [`ENTRY_LEN`] bytes.
-    fn decode(r: &[u8], i: u64, what: &str) -> Result<Entry> {
+    pub(crate) fn decode(r: &[u8], i: u64, what: &str) -> Result<Entry> {
         let len = u64::from_le_bytes(r[1..9].try_into().expect("8 bytes"));
         match r[0] {
             0 => Ok(Entry::Chunk {
@@ -108,13 +116,23 @@ impl Write for Hashing<'_> {
     }
 }
 
-/// Writes a manifest whose `count` entries `entries` writes, encoded.
+/// The header of a full manifest.
+fn full_header(size: u64, id: &ImageId, count: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&size.to_le_bytes());
+    h[24..56].copy_from_slice(&id.0 .0);
+    h[56..64].copy_from_slice(&count.to_le_bytes());
+    h
+}
+
+/// Writes a manifest: `head`, what `body` writes, the metadata and the
+/// trailer.
 fn write_encoded(
     out: &mut dyn Write,
-    size: u64,
-    id: &ImageId,
-    count: u64,
-    entries: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    head: &[u8],
+    body: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     meta: &ManifestMeta,
 ) -> io::Result<()> {
     let meta = serde_json::to_vec(meta).expect("metadata serializes");
@@ -122,13 +140,8 @@ fn write_encoded(
         out,
         sum: blake3::Hasher::new(),
     };
-    w.write_all(MAGIC)?;
-    w.write_all(&VERSION.to_le_bytes())?;
-    w.write_all(&0u32.to_le_bytes())?;
-    w.write_all(&size.to_le_bytes())?;
-    w.write_all(&id.0 .0)?;
-    w.write_all(&count.to_le_bytes())?;
-    entries(&mut w)?;
+    w.write_all(head)?;
+    body(&mut w)?;
     w.write_all(&(meta.len() as u32).to_le_bytes())?;
     w.write_all(&meta)?;
     let sum = w.sum.finalize();
@@ -217,33 +230,49 @@ impl Spooled {
         self.count
     }
 
-    /// Writes the manifest of the image `id` of `size` bytes, with the
+    /// Entries `from..from + n`, encoded. A failure says it was reading
+    /// the spool back, not just "I/O error" under the manifest's name.
+    fn read_raw(&self, from: u64, n: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; (n * ENTRY_LEN as u64) as usize];
+        self.file
+            .read_exact_at(&mut buf, from * ENTRY_LEN as u64)
+            .map_err(|e| {
+                let dir = std::env::temp_dir();
+                io::Error::new(e.kind(), format!("temporary file in {}: {e}", dir.display()))
+            })?;
+        Ok(buf)
+    }
+
+    /// Entries `from..from + n`.
+    fn read(&self, from: u64, n: u64) -> Result<Vec<Entry>> {
+        let buf = self
+            .read_raw(from, n)
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        buf.chunks_exact(ENTRY_LEN)
+            .enumerate()
+            .map(|(k, r)| Entry::decode(r, from + k as u64, "the put's temporary entry list"))
+            .collect()
+    }
+
+    /// Writes the full manifest of the image `id` of `size` bytes, with the
     /// spooled entries, to `out` (for [`crate::backend::Backend::write_with`]).
     pub fn write_manifest(
-        &mut self,
+        &self,
         size: u64,
         id: &ImageId,
         meta: &ManifestMeta,
         out: &mut dyn Write,
     ) -> io::Result<()> {
-        // A failure reading the spool back says so, not just "I/O error"
-        // under the manifest's name.
-        let spool = |e: io::Error| {
-            let dir = std::env::temp_dir();
-            io::Error::new(e.kind(), format!("temporary file in {}: {e}", dir.display()))
-        };
-        self.file.rewind().map_err(spool)?;
-        let mut entries = (&mut self.file).take(self.count * ENTRY_LEN as u64);
         let mut copy = |w: &mut dyn Write| {
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                match entries.read(&mut buf).map_err(spool)? {
-                    0 => return Ok(()),
-                    n => w.write_all(&buf[..n])?,
-                }
+            let mut at = 0;
+            while at < self.count {
+                let n = (self.count - at).min(WINDOW);
+                w.write_all(&self.read_raw(at, n)?)?;
+                at += n;
             }
+            Ok(())
         };
-        write_encoded(out, size, id, self.count, &mut copy, meta)
+        write_encoded(out, &full_header(size, id, self.count), &mut copy, meta)
     }
 }
 
@@ -285,6 +314,8 @@ pub struct Header {
     pub count: u64,
     /// Metadata lifted from the image.
     pub meta: ManifestMeta,
+    /// The image whose full manifest this one is a delta against.
+    pub base: Option<ImageId>,
 }
 
 /// Entries read at a time while checking: ~1 MB.
@@ -312,6 +343,9 @@ fn check_with(file: &dyn ReadAt, what: &str, each: &mut dyn FnMut(Entry)) -> Res
         return Err(bad("not a manifest (magic or length)".into()));
     }
     let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+    if version == delta::VERSION {
+        return Err(bad("is a delta, not a full manifest".into()));
+    }
     if version != VERSION {
         return Err(bad(format!("unknown manifest version {version}")));
     }
@@ -380,6 +414,7 @@ fn check_with(file: &dyn ReadAt, what: &str, each: &mut dyn FnMut(Entry)) -> Res
         id,
         count,
         meta,
+        base: None,
     })
 }
 
@@ -393,25 +428,72 @@ pub fn read_entries(file: &dyn ReadAt, from: u64, n: u64, what: &str) -> Result<
         .collect()
 }
 
-/// A checked manifest whose entries are read a window at a time: `get`
-/// needs no more memory for a 16 GiB image's list than for a small one's.
+/// A checked manifest, full or delta, whose entries are read a window at
+/// a time: `get` needs no more memory for a 16 GiB image's list than for a
+/// small one's.
 pub struct ManifestFile {
-    file: Box<dyn ReadAt>,
+    body: Body,
     what: String,
     /// What the manifest says of its image.
     pub head: Header,
 }
 
+enum Body {
+    Full(Box<dyn ReadAt>),
+    Delta(delta::Delta),
+}
+
 impl ManifestFile {
-    /// Checks the manifest in `file`; `what` names it in errors.
-    pub fn open(file: Box<dyn ReadAt>, what: String) -> Result<ManifestFile> {
+    /// Checks the manifest in `file`; `what` names it in errors. A delta's
+    /// base is opened with `base`.
+    pub fn open(
+        file: Box<dyn ReadAt>,
+        what: String,
+        base: &mut dyn FnMut(&ImageId) -> Result<ManifestFile>,
+    ) -> Result<ManifestFile> {
+        let mut head = [0u8; 12];
+        if file.size()? >= 12 {
+            file.read_exact_at(&mut head, 0)?;
+        }
+        let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        if &head[..8] == MAGIC && version == delta::VERSION {
+            let (head, d) = delta::open(file.as_ref(), &what, base)?;
+            return Ok(ManifestFile {
+                body: Body::Delta(d),
+                what,
+                head,
+            });
+        }
+        ManifestFile::open_full(file, what)
+    }
+
+    /// Checks the full manifest in `file`, refusing a delta.
+    pub fn open_full(file: Box<dyn ReadAt>, what: String) -> Result<ManifestFile> {
         let head = check(file.as_ref(), &what)?;
-        Ok(ManifestFile { file, what, head })
+        Ok(ManifestFile {
+            body: Body::Full(file),
+            what,
+            head,
+        })
     }
 
     /// Entries `from..from + n`.
     pub fn entries(&self, from: u64, n: u64) -> Result<Vec<Entry>> {
-        read_entries(self.file.as_ref(), from, n, &self.what)
+        match &self.body {
+            Body::Full(file) => read_entries(file.as_ref(), from, n, &self.what),
+            Body::Delta(d) => d.entries(from, n, &self.what),
+        }
+    }
+
+    /// Every entry, in memory.
+    pub fn into_manifest(self) -> Result<Manifest> {
+        let entries = self.entries(0, self.head.count)?;
+        Ok(Manifest {
+            size: self.head.size,
+            id: self.head.id,
+            entries,
+            meta: self.head.meta,
+        })
     }
 }
 
@@ -429,10 +511,9 @@ impl Manifest {
     /// Serialized bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(HEADER_LEN + self.entries.len() * ENTRY_LEN + 100);
-        let count = self.entries.len() as u64;
+        let head = full_header(self.size, &self.id, self.entries.len() as u64);
         let mut entries = |w: &mut dyn Write| self.entries.iter().try_for_each(|e| w.write_all(&e.encode()));
-        write_encoded(&mut buf, self.size, &self.id, count, &mut entries, &self.meta)
-            .expect("writing to memory does not fail");
+        write_encoded(&mut buf, &head, &mut entries, &self.meta).expect("writing to memory does not fail");
         buf
     }
 
@@ -506,7 +587,7 @@ mod tests {
                 spool.push(*e).unwrap();
             }
         }
-        let mut spooled = spool.finish().unwrap();
+        let spooled = spool.finish().unwrap();
         assert_eq!(spooled.count(), 3);
         let mut bytes = Vec::new();
         spooled
