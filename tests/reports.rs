@@ -41,11 +41,12 @@ impl Truth {
                 let key = imgstore_store::manifest::key(b);
                 ManifestFile::open_full(backend.open(&key)?, key)
             };
-            let m = ManifestFile::open(backend.open(&key).unwrap(), key.clone(), &mut base)
-                .and_then(ManifestFile::into_manifest)
-                .unwrap();
-            let set = m
-                .entries
+            let mut entries = Vec::new();
+            ManifestFile::open_each(backend.open(&key).unwrap(), key.clone(), &mut base, &mut |e| {
+                entries.push(e)
+            })
+            .unwrap();
+            let set = entries
                 .iter()
                 .filter_map(|e| match e {
                     Entry::Chunk { id, len } => Some((id.0, u64::from(*len))),

@@ -104,9 +104,8 @@ pub fn inspect(g: &Global, a: &RefArg) -> Result<()> {
     let image = ImageRef::parse(&a.reference)?;
     let store = super::open(g)?;
     let resolved = store.resolve(&image)?;
-    let file = store.manifest_file(&resolved.id)?;
-    let manifest_base = file.head.base;
-    let m = file.into_manifest()?;
+    let m = store.manifest(&resolved.id)?;
+    let manifest_base = store.manifest_base(&resolved.id)?;
     let (unique_chunks, unique_chunk_bytes) = m.unique_chunks();
     let sif = m.meta.sif.as_ref();
     let mut labels = sif.map(|s| s.labels.clone()).unwrap_or_default();

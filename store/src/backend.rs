@@ -440,13 +440,9 @@ impl LocalStaged {
         }
         // Dropping removes the temporary name (if the link left it).
         drop(self);
-        sync_dir(path_parent(&tmp))?;
+        sync_dir(tmp.parent().expect("store paths have a parent"))?;
         Ok(true)
     }
-}
-
-fn path_parent(path: &Path) -> &Path {
-    path.parent().expect("store paths have a parent")
 }
 
 impl Drop for LocalStaged {

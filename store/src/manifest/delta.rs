@@ -97,11 +97,13 @@ impl Delta {
 }
 
 /// Checks the delta manifest in `file` whole (trailer, ops, entries, that
-/// the entries cover the image size) against its base, which `base` opens.
+/// the entries cover the image size) against its base, which `base` opens,
+/// handing each entry to `each` on the way.
 pub(super) fn open(
     file: &dyn ReadAt,
     what: &str,
     base: &mut dyn FnMut(&ImageId) -> Result<ManifestFile>,
+    each: &mut dyn FnMut(Entry),
 ) -> Result<(Header, Delta)> {
     let bad = |d: String| Error::corrupt(what, d);
     let len = file.size()?;
@@ -207,6 +209,7 @@ pub(super) fn open(
             total = total
                 .checked_add(e.len())
                 .ok_or_else(|| bad(format!("entry lengths overflow near entry {at}")))?;
+            each(e);
         }
         at += n;
     }
@@ -221,6 +224,23 @@ pub(super) fn open(
         base: Some(base_id),
     };
     Ok((head, delta))
+}
+
+/// The image whose full manifest the manifest in `file` is a delta
+/// against, from its header alone; `None` for a full manifest. Unchecked:
+/// a caller that uses the base opens and checks it.
+pub fn base_of(file: &dyn ReadAt, what: &str) -> Result<Option<ImageId>> {
+    let mut head = [0u8; 96];
+    let n = file.size()?.min(head.len() as u64) as usize;
+    file.read_exact_at(&mut head[..n], 0)?;
+    if n < 12 || &head[..8] != MAGIC {
+        return Err(Error::corrupt(what, "not a manifest (magic)"));
+    }
+    match u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) {
+        VERSION if n == head.len() => Ok(Some(ImageId(Digest(head[64..96].try_into().expect("32 bytes"))))),
+        VERSION => Err(Error::corrupt(what, "delta header cut short")),
+        _ => Ok(None),
+    }
 }
 
 /// A delta worked out by [`plan`], ready to write.
@@ -472,7 +492,7 @@ mod tests {
         let bytes = delta_bytes(&next, &base).expect("a small edit pays");
         // Four edits cost a few runs, not the whole list (1.5 MB).
         assert!(bytes.len() < 500, "{} bytes", bytes.len());
-        let m = open_delta(bytes, &base).unwrap();
+        let m = open_delta(bytes.clone(), &base).unwrap();
         assert_eq!(m.head.base, Some(base.id));
         assert_eq!(
             (m.head.size, m.head.count),
@@ -488,7 +508,9 @@ mod tests {
             let want = &next.entries[from as usize..(from + n) as usize];
             assert_eq!(m.entries(from, n).unwrap(), want, "entries {from}..+{n}");
         }
-        assert_eq!(m.into_manifest().unwrap(), next);
+        assert_eq!(m.entries(0, m.head.count).unwrap(), next.entries);
+        assert_eq!(base_of(&InMemory(&bytes), "d").unwrap(), Some(base.id));
+        assert_eq!(base_of(&InMemory(&base.encode()), "b").unwrap(), None);
     }
 
     #[test]

@@ -451,20 +451,37 @@ impl ManifestFile {
         what: String,
         base: &mut dyn FnMut(&ImageId) -> Result<ManifestFile>,
     ) -> Result<ManifestFile> {
+        ManifestFile::open_each(file, what, base, &mut |_| {})
+    }
+
+    /// [`ManifestFile::open`], handing each entry to `each` as the check
+    /// reads it (kept only if the whole manifest checks out), so a caller
+    /// wanting every entry reads the manifest once.
+    pub fn open_each(
+        file: Box<dyn ReadAt>,
+        what: String,
+        base: &mut dyn FnMut(&ImageId) -> Result<ManifestFile>,
+        each: &mut dyn FnMut(Entry),
+    ) -> Result<ManifestFile> {
         let mut head = [0u8; 12];
         if file.size()? >= 12 {
             file.read_exact_at(&mut head, 0)?;
         }
         let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
         if &head[..8] == MAGIC && version == delta::VERSION {
-            let (head, d) = delta::open(file.as_ref(), &what, base)?;
+            let (head, d) = delta::open(file.as_ref(), &what, base, each)?;
             return Ok(ManifestFile {
                 body: Body::Delta(d),
                 what,
                 head,
             });
         }
-        ManifestFile::open_full(file, what)
+        let head = check_with(file.as_ref(), &what, each)?;
+        Ok(ManifestFile {
+            body: Body::Full(file),
+            what,
+            head,
+        })
     }
 
     /// Checks the full manifest in `file`, refusing a delta.
@@ -483,17 +500,6 @@ impl ManifestFile {
             Body::Full(file) => read_entries(file.as_ref(), from, n, &self.what),
             Body::Delta(d) => d.entries(from, n, &self.what),
         }
-    }
-
-    /// Every entry, in memory.
-    pub fn into_manifest(self) -> Result<Manifest> {
-        let entries = self.entries(0, self.head.count)?;
-        Ok(Manifest {
-            size: self.head.size,
-            id: self.head.id,
-            entries,
-            meta: self.head.meta,
-        })
     }
 }
 

@@ -633,11 +633,8 @@ impl Store {
             .iter()
             .filter(|(r, rec)| r.name == reference.name && rec.image != *id)
             .max_by_key(|(_, rec)| rec.created)?;
-        let m = self.manifest_file(&newest.image).ok()?;
-        match m.head.base {
-            Some(base) => self.full_manifest_file(&base).ok(),
-            None => Some(m),
-        }
+        let base = self.manifest_base(&newest.image).ok()?.unwrap_or(newest.image);
+        self.full_manifest_file(&base).ok()
     }
 
     /// Stores an image under `reference`. The ref is written last: until

@@ -83,7 +83,21 @@ impl Store {
     /// Reads and checks an image's manifest (and a delta's base), all its
     /// entries in memory.
     pub fn manifest(&self, id: &ImageId) -> Result<Manifest> {
-        self.manifest_file(id)?.into_manifest()
+        let (key, file) = self.open_manifest(id)?;
+        let mut entries = Vec::new();
+        let m = ManifestFile::open_each(
+            file,
+            format!("manifest {key}"),
+            &mut |base| self.full_manifest_file(base),
+            &mut |e| entries.push(e),
+        )?;
+        let head = described(m, id, &key)?.head;
+        Ok(Manifest {
+            size: head.size,
+            id: head.id,
+            entries,
+            meta: head.meta,
+        })
     }
 
     /// Opens and checks an image's manifest (and a delta's base), to read
@@ -102,6 +116,13 @@ impl Store {
         let (key, file) = self.open_manifest(id)?;
         let m = ManifestFile::open_full(file, format!("manifest {key}"))?;
         described(m, id, &key)
+    }
+
+    /// The image whose full manifest an image's manifest is a delta
+    /// against (reads only its header; unchecked).
+    pub fn manifest_base(&self, id: &ImageId) -> Result<Option<ImageId>> {
+        let (key, file) = self.open_manifest(id)?;
+        manifest::delta::base_of(file.as_ref(), &format!("manifest {key}"))
     }
 
     /// How many entries an image's manifest has (reads only its header).
