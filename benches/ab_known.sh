@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Known-put A/B, cold (run as root: it drops the page cache). Usage:
+# Known-put A/B, cold: as root the page cache is dropped before each put
+# (not otherwise). Usage:
 #   benches/ab_known.sh ROUNDS NEW_IMAGE KNOWN_IMAGE BIN...
 # each binary has its own store holding NEW; each round puts KNOWN
 # cold under a fresh tag, then removes that tag and the manifest it wrote, so
@@ -7,7 +8,7 @@
 set -euo pipefail
 rounds=$1 new=$2 known=$3; shift 3
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+drop() { sync; [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches || true; }
 for bin in "$@"; do
   b=$(basename $bin); S=$W/$b
   $bin --store $S/store --index-dir $S/index -q init
