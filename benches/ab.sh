@@ -4,7 +4,7 @@
 # chunk new), a put of KNOWN (mostly the same bytes), a get of KNOWN to a
 # file, and `cp KNOWN && sync` in the same minute. As root the page cache is
 # dropped before each timed command. Prints wall s, user s, sys s and peak
-# RSS KiB of each (GNU time). Usage:
+# RSS KiB of each (GNU time), and the store's bytes after each put. Usage:
 #   benches/ab.sh ROUNDS NEW_IMAGE KNOWN_IMAGE BIN...
 # e.g. benches/ab.sh 3 c00-init.sqfs c01-edit.sqfs /tmp/imgstore-old target/release/imgstore
 set -euo pipefail
@@ -21,7 +21,9 @@ for r in $(seq 1 "$rounds"); do
         run=("$bin" --store "$work/store" --index-dir "$work/index" -q)
         "${run[@]}" init
         drop; a=$(timed "${run[@]}" put lab/ab:new "$new")
+        a="$a | store $(du -sb "$work/store" | cut -f1) B"
         drop; b=$(timed "${run[@]}" put lab/ab:known "$known")
+        b="$b | store $(du -sb "$work/store" | cut -f1) B"
         drop; c=$(timed "${run[@]}" get lab/ab:known -o "$work/out")
         cmp -s "$work/out" "$known" || { echo "$bin: get gave other bytes" >&2; exit 1; }
         drop; d=$(timed sh -c "cp '$known' '$work/cp' && sync '$work/cp'")

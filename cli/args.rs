@@ -110,7 +110,7 @@ pub struct InitArgs {
     #[arg(long, default_value = "32KiB", value_name = "SIZE")]
     pub chunk_size: ByteSize,
     /// zstd level for new chunks (1-19). Chunks that do not shrink are stored raw.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, default_value_t = imgstore_store::config::DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
     /// A store shared by a group: make the directory group-writable and
     /// setgid (chgrp it to the group first). Every file and directory

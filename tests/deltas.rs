@@ -146,7 +146,10 @@ fn a_store_made_without_deltas_keeps_writing_full_manifests() {
     let env = Env::new();
     let config = env.store().join("config");
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    assert_eq!(v["features"], serde_json::json!(["manifest-deltas"]));
+    assert_eq!(
+        v["features"],
+        serde_json::json!(["manifest-deltas", "chunk-groups"])
+    );
     v["features"] = serde_json::json!([]);
     std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     for (data, report) in history(&env) {

@@ -515,3 +515,79 @@ fn gc_removes_what_killed_puts_left_but_not_a_live_puts_files() {
     assert!(temporaries(&env).is_empty(), "{:?}", temporaries(&env));
     env.cmd().args(["verify", "--read-data"]).assert().success();
 }
+
+/// A repack copies group frames whole, as they are stored: a group with a
+/// live member keeps its dead ones, a group with none goes, and every copy
+/// of a chunk stays the same bytes.
+#[test]
+fn repacks_copy_group_frames_whole() {
+    use imgstore_store::codec::Codec;
+    let env = Env::new();
+    let x = common::text(8 << 20, 21);
+    let mut y = x[..(2 << 20) + 100_000].to_vec();
+    y.extend(common::text(6 << 20, 22));
+    env.put("lab/x:v1", &env.file("x.img", &x));
+    let old = common::packs(&env.store());
+    assert_eq!(old.len(), 1);
+    let old_frames = frames(&old[0].1, &old[0].2);
+    let members = old[0].2.iter().filter(|e| e.codec == Codec::ZstdGroup).count();
+    assert!(
+        old_frames.len() >= 8 && members > old_frames.len(),
+        "{} frames",
+        old_frames.len()
+    );
+    env.put("lab/y:v1", &env.file("y.img", &y));
+    env.cmd().args(["rm", "lab/x:v1"]).assert().success();
+    let before_gc: Vec<_> = common::packs(&env.store())
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect();
+    let first = gc(&env, &[]);
+    assert_eq!(first["packs_repacked"], 1, "{first}");
+    let second = gc(&env, &[]);
+    assert!(second["packs_deleted"].as_u64().unwrap() >= 1, "{second}");
+    assert!(env.get("lab/y:v1") == y);
+    env.cmd().args(["verify", "--read-data"]).assert().success();
+    // The repacked frames are x's frames, byte for byte: those that hold
+    // y's prefix (the last group of them partly x's own, dead, bytes).
+    let now = common::packs(&env.store());
+    let repacked: Vec<_> = now.iter().filter(|(p, _, _)| !before_gc.contains(p)).collect();
+    assert_eq!(repacked.len(), 1);
+    let (_, bytes, entries) = repacked[0];
+    let copied = frames(bytes, entries);
+    assert!(
+        !copied.is_empty() && copied.len() < old_frames.len(),
+        "{} of {}",
+        copied.len(),
+        old_frames.len()
+    );
+    for f in &copied {
+        assert!(
+            old_frames.contains(f),
+            "a repacked frame differs from its original"
+        );
+    }
+    // The reports still add up to the bytes on disk.
+    let s = env.json(&["stats"]);
+    let n = |k: &str| s[k].as_u64().unwrap();
+    assert_eq!(n("stored_bytes"), env.pack_bytes(), "{s}");
+    assert_eq!(
+        n("stored_bytes"),
+        n("live_stored_bytes")
+            + n("duplicate_bytes")
+            + n("unreferenced_bytes")
+            + n("condemned_bytes")
+            + n("overhead_bytes"),
+        "{s}"
+    );
+}
+
+/// The bytes (header and stored bytes) of each frame of a pack.
+fn frames(pack: &[u8], entries: &[imgstore_store::pack::PackEntry]) -> Vec<Vec<u8>> {
+    imgstore_store::pack::frames(entries)
+        .map(|f| {
+            let at = f[0].offset as usize;
+            pack[at..at + imgstore_store::pack::FRAME_HEADER_LEN + f[0].stored_len as usize].to_vec()
+        })
+        .collect()
+}

@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::common::{self, Env};
 
-/// Per-chunk overhead in a pack (frame header + footer entry) and per pack.
-const CHUNK_OVERHEAD: u64 = 104;
+/// Per-chunk overhead in a pack (its footer entry; the 48 B frame header is
+/// in the chunk's stored share, `Truth::stored`) and per pack.
+const CHUNK_OVERHEAD: u64 = 56;
 const PACK_OVERHEAD: u64 = 80;
 
 fn json(env: &Env, host: &str, args: &[&str]) -> Value {
@@ -60,8 +61,9 @@ impl Truth {
             for name in backend.list(&format!("packs/{shard}")).unwrap() {
                 let key = format!("packs/{shard}/{name}");
                 let f = backend.open(&key).unwrap();
-                for e in imgstore_store::pack::read_footer(f.as_ref(), &key).unwrap() {
-                    stored.insert(e.id.0, u64::from(e.stored_len));
+                let footer = imgstore_store::pack::read_footer(f.as_ref(), &key).unwrap();
+                for (e, share) in footer.iter().zip(imgstore_store::pack::framed_shares(&footer)) {
+                    stored.insert(e.id.0, share);
                     entries += 1;
                 }
                 packs += 1;

@@ -234,3 +234,71 @@ fn images_of_many_manifest_windows_round_trip() {
     assert!(out.status.success());
     assert!(out.stdout == data, "streamed bytes differ");
 }
+
+/// Compressible data is stored in group frames (version 2 packs) that
+/// `get` and `verify --read-data` read back; a store made before groups
+/// (no `chunk-groups` feature) keeps writing version 1 packs and segments,
+/// which the builds before groups read.
+#[test]
+fn groups_in_new_stores_and_none_in_old_ones() {
+    use imgstore_store::codec::Codec;
+    let data = {
+        let mut d = common::text(3 << 20, 1);
+        d.extend(common::random(1 << 20, 2));
+        d.extend(common::text(2 << 20, 3));
+        d
+    };
+    for groups in [true, false] {
+        let env = Env::new();
+        if !groups {
+            let config = env.store().join("config");
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+            v["features"] = serde_json::json!(["manifest-deltas"]);
+            std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        }
+        let put = env.put("lab/app:v1", &env.file("a.img", &data));
+        let packs = common::packs(&env.store());
+        let entries: Vec<_> = packs.iter().flat_map(|(_, _, e)| e.clone()).collect();
+        let grouped = entries.iter().filter(|e| e.codec == Codec::ZstdGroup).count();
+        let raw = entries.iter().filter(|e| e.codec == Codec::Raw).count();
+        assert!(raw > 0, "the random MiB is stored raw");
+        let segments = common::list_files(&env.store().join("index"));
+        let seg_version = |p: &String| {
+            let b = std::fs::read(env.store().join("index").join(p)).unwrap();
+            u32::from_le_bytes(b[8..12].try_into().unwrap())
+        };
+        if groups {
+            // Groups of 1 MiB at most: 5 MiB of text makes at least 5.
+            let frames: std::collections::HashSet<_> = entries
+                .iter()
+                .filter(|e| e.codec == Codec::ZstdGroup)
+                .map(|e| e.offset)
+                .collect();
+            assert!(
+                frames.len() >= 5 && grouped > 5 * 8,
+                "{} frames, {grouped} members",
+                frames.len()
+            );
+            assert!(packs.iter().all(|(_, b, _)| b[8..12] == 2u32.to_le_bytes()));
+            assert!(segments.iter().all(|s| seg_version(s) == 2));
+        } else {
+            assert_eq!(grouped, 0);
+            assert!(packs.iter().all(|(_, b, _)| b[8..12] == 1u32.to_le_bytes()));
+            assert!(segments.iter().all(|s| seg_version(s) == 1));
+        }
+        // Stored: the text shrinks (more with groups), the random part does not.
+        let stored = put["added"]["stored_bytes"].as_u64().unwrap();
+        assert!(stored < (1 << 20) + (5 << 20) / 2, "{groups}: stored {stored}");
+        assert!(env.get("lab/app:v1") == data, "{groups}: get to a file");
+        let streamed = env
+            .cmd()
+            .args(["get", "lab/app:v1", "-o", "-"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        assert!(streamed == data, "{groups}: get to a stream");
+        env.cmd().args(["verify", "--read-data"]).assert().success();
+    }
+}

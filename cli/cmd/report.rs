@@ -99,7 +99,7 @@ pub fn stats_rows(r: &StatsReport) -> Vec<(&'static str, String, &'static str)> 
         (
             "pack overhead",
             s(r.overhead_bytes),
-            "104 B per chunk (frame + footer), 80 B per pack",
+            "56 B per chunk (footer entry), 80 B per pack",
         ),
         (
             "index",

@@ -1,5 +1,7 @@
-//! Per-chunk compression: zstd where it pays, raw bytes where it does not
-//! (squashfs data is already gzip-compressed and barely shrinks).
+//! Chunk compression: zstd where it pays, raw bytes where it does not
+//! (squashfs data is already gzip-compressed and barely shrinks). A put
+//! compresses a run of consecutive new chunks as one frame (a group): zstd
+//! on 32 KiB alone lacks the context to find repeats (benches/zstd_groups.py).
 
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
@@ -12,6 +14,9 @@ pub enum Codec {
     Raw = 0,
     /// One zstd frame.
     Zstd = 1,
+    /// A slice of one zstd frame that holds several consecutive chunks
+    /// (a group): decoding the frame gives them all, one after another.
+    ZstdGroup = 2,
 }
 
 impl Codec {
@@ -20,6 +25,7 @@ impl Codec {
         match b {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
+            2 => Some(Codec::ZstdGroup),
             _ => None,
         }
     }
@@ -84,8 +90,19 @@ impl Encoder {
         if looks_incompressible(raw) {
             return Ok(None);
         }
+        self.compress(&format!("chunk {id}"), raw)
+    }
+
+    /// Compresses `raw`, the bytes of several consecutive chunks whose ids
+    /// were just computed from it, as one frame, if that pays; checked as
+    /// [`Encoder::encode`] checks. `what` names the chunks for errors.
+    pub fn encode_group(&mut self, what: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.compress(what, raw)
+    }
+
+    fn compress(&mut self, id: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
         let compressed = self.zstd.compress(raw).map_err(|e| Error::BadInput {
-            reason: format!("zstd failed on chunk {id}: {e}"),
+            reason: format!("zstd failed on {id}: {e}"),
         })?;
         if !pays(raw.len(), compressed.len()) {
             return Ok(None);
@@ -93,12 +110,9 @@ impl Encoder {
         let back = self
             .check
             .decompress(&compressed, raw.len())
-            .map_err(|e| Error::corrupt(format!("chunk {id}"), format!("zstd round trip failed: {e}")))?;
+            .map_err(|e| Error::corrupt(id, format!("zstd round trip failed: {e}")))?;
         if back != raw {
-            return Err(Error::corrupt(
-                format!("chunk {id}"),
-                "zstd round trip changed the bytes",
-            ));
+            return Err(Error::corrupt(id, "zstd round trip changed the bytes"));
         }
         Ok(Some(compressed))
     }
@@ -111,15 +125,31 @@ thread_local! {
     static ENCODER: std::cell::RefCell<Option<(i32, Encoder)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// [`Encoder::encode`] with this thread's encoder at zstd `level`.
-pub fn encode(level: i32, id: &ChunkId, raw: &[u8]) -> Result<Option<Vec<u8>>> {
+/// Runs `f` with this thread's encoder at zstd `level`.
+fn with_encoder<T>(level: i32, f: impl FnOnce(&mut Encoder) -> T) -> T {
     ENCODER.with_borrow_mut(|slot| {
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = Some((level, Encoder::new(level)));
         }
         let (_, enc) = slot.as_mut().expect("set above");
-        enc.encode(id, raw)
+        f(enc)
     })
+}
+
+/// [`Encoder::encode`] with this thread's encoder at zstd `level`.
+pub fn encode(level: i32, id: &ChunkId, raw: &[u8]) -> Result<Option<Vec<u8>>> {
+    with_encoder(level, |enc| enc.encode(id, raw))
+}
+
+/// [`Encoder::encode_group`] with this thread's encoder at zstd `level`.
+pub fn encode_group(level: i32, what: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
+    with_encoder(level, |enc| enc.encode_group(what, raw))
+}
+
+/// Whether a chunk is worth trying to compress: not when a sample of it
+/// looks as random as compressed data.
+pub fn worth_compressing(raw: &[u8]) -> bool {
+    !looks_incompressible(raw)
 }
 
 thread_local! {
@@ -136,6 +166,12 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, id: &ChunkId, what: &
             stored.to_vec()
         }
         Codec::Zstd => decompress(stored, raw_len, id, what)?,
+        Codec::ZstdGroup => {
+            return Err(Error::corrupt(
+                what,
+                format!("chunk {id}: a group member is decoded with its group"),
+            ))
+        }
     };
     check_hash(&raw, id, what)?;
     Ok(raw)
@@ -143,13 +179,17 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, id: &ChunkId, what: &
 
 /// Decompresses a zstd-stored chunk (no hash check: see [`check_hash`]).
 pub fn decompress(stored: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<Vec<u8>> {
-    // One decoder context per thread: creating one per chunk cost 5% of
-    // a get (perf, 1 GiB image).
-    let raw = DECODER
-        .with_borrow_mut(|d| d.decompress(stored, raw_len))
+    let raw = decompress_frame(stored, raw_len)
         .map_err(|e| Error::corrupt(what, format!("chunk {id}: zstd: {e}")))?;
     check_len(&raw, raw_len, id, what)?;
     Ok(raw)
+}
+
+/// Decompresses one zstd frame of at most `capacity` bytes.
+pub fn decompress_frame(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    // One decoder context per thread: creating one per chunk cost 5% of
+    // a get (perf, 1 GiB image).
+    DECODER.with_borrow_mut(|d| d.decompress(stored, capacity))
 }
 
 /// Checks that a chunk's raw bytes are as long as its index entry says.

@@ -469,37 +469,40 @@ impl Store {
         progress.start("gc mark", Some(all.len() as u64));
         for (id, size, entries) in &all {
             progress.advance(1);
-            let stored = |e: &PackEntry| u64::from(e.stored_len) + pack::FRAME_HEADER_LEN as u64;
             // A chunk is garbage here if no image needs it, or if the index
             // places it in another pack: a duplicate (two puts stored it at
             // once, or an interrupted gc repacked it without condemning).
+            // Frames are kept or dropped whole (a repack copies them as
+            // they are), so a group with one live member is all live.
             let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
             let placed = lookup.lookup(&ids)?;
-            let garbage: u64 = entries
+            let is_garbage: Vec<bool> = entries
                 .iter()
                 .zip(&placed)
-                .filter(|(e, loc)| !m.live.may_contain(&e.id) || loc.is_some_and(|l| l.pack != *id))
-                .map(|(e, _)| stored(e))
-                .sum();
-            let total: u64 = entries.iter().map(stored).sum();
+                .map(|(e, loc)| !m.live.may_contain(&e.id) || loc.is_some_and(|l| l.pack != *id))
+                .collect();
+            let mut garbage = 0;
+            let mut total = 0;
+            let mut keep = Vec::new();
+            let mut at = 0;
+            for frame in pack::frames(entries) {
+                let dead = is_garbage[at..at + frame.len()].iter().all(|g| *g);
+                at += frame.len();
+                let bytes = u64::from(frame[0].stored_len)
+                    + (pack::FRAME_HEADER_LEN + pack::FOOTER_ENTRY_LEN * frame.len()) as u64;
+                total += bytes;
+                if dead {
+                    garbage += bytes;
+                } else {
+                    keep.extend_from_slice(frame);
+                }
+            }
             if garbage == total {
                 condemned.push(*id);
                 bytes += size;
             } else if garbage as f64 >= REPACK_THRESHOLD * total as f64 && !out_of_time() {
-                // Copy only live chunks the index places here; a chunk with
-                // a copy elsewhere needs no new one.
-                let live: Vec<&PackEntry> = entries.iter().filter(|e| m.live.may_contain(&e.id)).collect();
-                let ids: Vec<_> = live.iter().map(|e| e.id).collect();
-                let locs = lookup.lookup(&ids)?;
                 let file = self.backend.open(&pack::key(id))?;
-                for (e, loc) in live.iter().zip(locs) {
-                    if loc.is_some_and(|l| l.pack != *id) {
-                        continue;
-                    }
-                    let (_, stored) = pack::read_checked(file.as_ref(), &e.id, &e.location(*id))?;
-                    repacked.add(e.id, e.raw_len, e.codec, &stored);
-                    report.bytes_repacked += stored.len() as u64;
-                }
+                report.bytes_repacked += pack::copy_frames(file.as_ref(), *id, &keep, &mut repacked)?;
                 report.packs_repacked += 1;
                 to_condemn_after_repack.push((*id, *size));
                 if repacked.len() as u64 >= self.config.pack_size && !opts.dry_run {

@@ -19,10 +19,11 @@
 use serde::Serialize;
 
 use crate::backend::InMemory;
+use crate::codec::{self, Codec};
 use crate::error::Result;
 use crate::id::ChunkId;
 use crate::index::{self, QUARANTINE_DIR, QUARANTINE_RECORD};
-use crate::pack::{self, PackBuilder, FRAME_HEADER_LEN};
+use crate::pack::{self, PackBuilder, PackEntry};
 use crate::progress::Progress;
 use crate::segment::{self, INDEX_DIR};
 use crate::session::{hostname, now_unix};
@@ -105,17 +106,37 @@ impl Store {
             };
             let mut builder = PackBuilder::new();
             let mut lost = Vec::new();
-            for (id, loc) in &located {
-                let sound = bytes.as_deref().and_then(|b| {
-                    let start = usize::try_from(loc.offset).ok()?;
-                    let stored =
-                        b.get(start + FRAME_HEADER_LEN..start + FRAME_HEADER_LEN + loc.stored_len as usize)?;
-                    let file = InMemory(b);
-                    pack::read_chunk(&file, id, loc).ok().map(|_| stored)
-                });
-                match sound {
-                    Some(stored) => builder.add(*id, loc.raw_len, loc.codec, stored),
-                    None => lost.push(*id),
+            let level = self.config.compression.zstd_level;
+            let mut entries: Vec<PackEntry> = located
+                .iter()
+                .map(|(id, loc)| PackEntry {
+                    id: *id,
+                    offset: loc.offset,
+                    raw_len: loc.raw_len,
+                    stored_len: loc.stored_len,
+                    codec: loc.codec,
+                    inner: loc.inner,
+                })
+                .collect();
+            entries.sort_unstable_by_key(|e| (e.offset, e.inner));
+            for frame in pack::frames(&entries) {
+                let Some(b) = bytes.as_deref() else {
+                    lost.extend(frame.iter().map(|e| e.id));
+                    continue;
+                };
+                // A sound frame is copied whole; else each chunk that still
+                // reads back right is stored again on its own.
+                if pack::copy_frames(&InMemory(b), d.pack, frame, &mut builder).is_ok() {
+                    continue;
+                }
+                for e in frame {
+                    let sound = pack::read_chunk(&InMemory(b), &e.id, &e.location(d.pack))
+                        .and_then(|raw| Ok((codec::encode(level, &e.id, &raw)?, raw)));
+                    match sound {
+                        Ok((Some(z), _)) => builder.add(e.id, e.raw_len, Codec::Zstd, &z),
+                        Ok((None, raw)) => builder.add(e.id, e.raw_len, Codec::Raw, &raw),
+                        Err(_) => lost.push(e.id),
+                    }
                 }
             }
             let salvaged = (located.len() - lost.len()) as u64;

@@ -30,7 +30,6 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{atomic_write, EntryKind, InMemory};
@@ -639,14 +638,7 @@ impl Store {
                     continue;
                 }
             };
-            let bad: Vec<(ChunkId, String)> = entries
-                .par_iter()
-                .filter_map(|e| {
-                    pack::read_chunk(&InMemory(&bytes), &e.id, &e.location(*id))
-                        .err()
-                        .map(|err| (e.id, err.to_string()))
-                })
-                .collect();
+            let bad = pack::check_all(&InMemory(&bytes), *id, &entries);
             report.chunks_read += entries.len() as u64;
             for (chunk, detail) in bad {
                 clean = false;

@@ -163,6 +163,38 @@ pub fn random(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// `n` seeded compressible bytes: words drawn at random, like text or
+/// code (zstd stores them in about a third; groups form).
+pub fn text(n: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "cuda", "lib", "init", "blas", "fft", "dnn", "0x7f", "rand", "import", "def", "return", "self", "np",
+        "torch", "float", "int",
+    ];
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut v = Vec::with_capacity(n + 16);
+    while v.len() < n {
+        v.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
+        v.push(if rng.random_range(0..8) == 0 { b'\n' } else { b' ' });
+    }
+    v.truncate(n);
+    v
+}
+
+/// Every pack of the store at `store`: its bytes and footer entries.
+pub fn packs(store: &Path) -> Vec<(PathBuf, Vec<u8>, Vec<imgstore_store::pack::PackEntry>)> {
+    let dir = store.join("packs");
+    list_files(&dir)
+        .into_iter()
+        .map(|p| {
+            let path = dir.join(&p);
+            let bytes = std::fs::read(&path).expect("read pack");
+            let entries = imgstore_store::pack::read_footer(&imgstore_store::backend::InMemory(&bytes), &p)
+                .expect("pack footer reads");
+            (path, bytes, entries)
+        })
+        .collect()
+}
+
 /// An image-like buffer: random, text-like and zero regions, seeded.
 pub fn image(n: usize, seed: u64) -> Vec<u8> {
     let mut rng = SmallRng::seed_from_u64(seed);

@@ -86,13 +86,19 @@ impl Packs<'_> {
     }
 }
 
-/// Reads the chunks of `batch` in parallel, in order.
+/// Decoded groups by pack and frame offset, kept from one batch to the
+/// next so that a group whose members straddle two batches is decoded once.
+type Groups = HashMap<(PackId, u64), Arc<Vec<u8>>>;
+
+/// Reads the chunks of `batch` in parallel, in order. Each group frame the
+/// batch needs is decoded once (`groups` holds those of the last batch).
 fn fetch(
     packs: &Packs,
     lookup: &index::Reader,
     image: &ImageId,
     batch: &[Entry],
     check: Check,
+    groups: &mut Groups,
 ) -> Result<Vec<Piece>> {
     let ids: Vec<_> = batch
         .iter()
@@ -117,13 +123,54 @@ fn fetch(
                 })
             }
         })
-        .collect::<Result<_>>()?;
-    jobs.into_par_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let mut wanted: Vec<Location> = jobs
+        .iter()
+        .filter_map(|job| job.as_ref().ok().map(|(_, loc)| *loc))
+        .filter(|loc| loc.in_group())
+        .collect();
+    wanted.sort_unstable_by_key(|l| (l.pack, l.offset));
+    wanted.dedup_by_key(|l| (l.pack, l.offset));
+    let mut now = Groups::new();
+    let mut decode = Vec::new();
+    for loc in wanted {
+        match groups.remove(&(loc.pack, loc.offset)) {
+            Some(g) => {
+                now.insert((loc.pack, loc.offset), g);
+            }
+            None => decode.push(loc),
+        }
+    }
+    // A group that fails to decode is left out: its members are then read
+    // one by one, which names the damage or finds where gc moved them.
+    let decoded: Vec<_> = decode
+        .par_iter()
+        .filter_map(|loc| {
+            let group = packs
+                .get(&loc.pack)
+                .and_then(|f| pack::read_group(f.as_ref(), loc));
+            group.ok().map(|g| ((loc.pack, loc.offset), Arc::new(g)))
+        })
+        .collect();
+    now.extend(decoded);
+    let pieces = jobs
+        .into_par_iter()
         .map(|job| match job {
             Err(len) => Ok(Piece::Zero(len)),
-            Ok((id, loc)) => read_or_relocate(packs, lookup, image, &id, &loc, check).map(Piece::Data),
+            Ok((id, loc)) => {
+                let from_group = now
+                    .get(&(loc.pack, loc.offset))
+                    .filter(|_| loc.in_group())
+                    .and_then(|g| pack::member(g, &id, &loc, check).ok());
+                match from_group {
+                    Some(raw) => Ok(Piece::Data(raw)),
+                    None => read_or_relocate(packs, lookup, image, &id, &loc, check).map(Piece::Data),
+                }
+            }
         })
-        .collect()
+        .collect();
+    *groups = now;
+    pieces
 }
 
 /// Reads a chunk; if GC deleted its pack meanwhile (a tombstone says so),
@@ -309,8 +356,9 @@ impl Store {
             let (tx, rx) = sync_channel::<Result<Vec<Piece>>>(2);
             let (packs, lookup, manifest) = (&packs, &lookup, &manifest);
             s.spawn(move || {
+                let mut groups = Groups::new();
                 for batch in Batches::new(manifest) {
-                    let pieces = batch.and_then(|b| fetch(packs, lookup, &id, &b, check));
+                    let pieces = batch.and_then(|b| fetch(packs, lookup, &id, &b, check, &mut groups));
                     let failed = pieces.is_err();
                     if tx.send(pieces).is_err() || failed {
                         return;
@@ -360,8 +408,9 @@ impl Store {
         if got != id {
             if check == Check::Frame {
                 // Name the damaged chunk: read them again, each hashed.
+                let mut groups = Groups::new();
                 for batch in Batches::new(&manifest) {
-                    fetch(&packs, &lookup, &id, &batch?, Check::Hash)?;
+                    fetch(&packs, &lookup, &id, &batch?, Check::Hash, &mut groups)?;
                 }
             }
             return Err(Error::corrupt(

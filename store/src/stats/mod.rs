@@ -28,9 +28,10 @@ use crate::refs::{RefRecord, TagRef};
 use crate::Store;
 use view::{PackInfo, SetTotals, StoreTotals, View};
 
-/// Pack bytes that are not chunk data: per chunk copy, a 48 B frame header
-/// before the stored bytes and a 56 B footer entry.
-pub const CHUNK_OVERHEAD: u64 = 48 + 56;
+/// Pack bytes that are not a chunk's frame: per chunk copy, a 56 B footer
+/// entry. A copy's stored bytes include its frame header (48 B; a group's
+/// is shared among its members), as [`crate::pack::framed_shares`] counts.
+pub const CHUNK_OVERHEAD: u64 = 56;
 /// Pack bytes that are not chunk data: per pack, a 32 B header and a 48 B tail.
 pub const PACK_OVERHEAD: u64 = 32 + 48;
 /// The summary cache of earlier versions, removed when found.
@@ -103,7 +104,7 @@ pub struct StatsReport {
     /// Pack framing of the live, one-copy chunks and pack headers/tails in
     /// non-condemned packs: `CHUNK_OVERHEAD` per chunk + `PACK_OVERHEAD` per pack.
     pub overhead_bytes: u64,
-    /// Framing per chunk copy (48 B frame header + 56 B footer entry).
+    /// Framing per chunk copy outside its frame (the 56 B footer entry).
     pub chunk_overhead: u64,
     /// Framing per pack (32 B header + 48 B tail).
     pub pack_overhead: u64,

@@ -53,7 +53,7 @@ const IMAGE: u8 = b'I';
 const PAIR: u8 = b'r';
 /// `P` + pack id -> file bytes, condemned flag: a pack applied.
 const PACK: u8 = b'P';
-/// `p` + pack id -> each (chunk id, raw length, stored length) of its footer.
+/// `p` + pack id -> each (chunk id, raw length, framed share) of its footer.
 const PACK_ENTRIES: u8 = b'p';
 /// `n` + name key -> the name's [`SetTotals`].
 const NAME: u8 = b'n';
@@ -61,7 +61,7 @@ const NAME: u8 = b'n';
 const STORE: &[u8] = b"G";
 /// The layout version; a view without it (or another) is rebuilt.
 const SCHEMA: &[u8] = b"V";
-const SCHEMA_VERSION: &[u8] = b"1";
+const SCHEMA_VERSION: &[u8] = b"2";
 
 /// Chunk references (image chunks and pack entries) gathered before a batch
 /// is applied: bounds the positions held for new images (4 B each). Large,
@@ -141,8 +141,17 @@ pub struct StoreTotals {
 pub struct ChunkState {
     /// Raw length.
     pub raw: u32,
-    /// Stored length of a copy (all copies of a chunk encode alike).
+    /// Stored bytes of one copy, as image and name totals count it. Copies
+    /// of a chunk are alike (gc copies frames as they are) unless two puts
+    /// grouped it differently (concurrent puts, or one storing anew a chunk
+    /// gc condemned): then this is fixed while images use the chunk, so
+    /// their totals stay right, and `duplicates` takes the difference.
     pub stored: u32,
+    /// Stored bytes of its copies in packs the gc plan has not condemned,
+    /// added up, so the store's totals stay exact however copies differ.
+    pub copies_stored: u32,
+    /// The same for its copies in condemned packs.
+    pub condemned_stored: u32,
     /// Live images using it.
     pub images: u32,
     /// XOR of their id prefixes.
@@ -165,13 +174,30 @@ impl ChunkState {
         }
     }
 
+    /// What [`ChunkState::stored`] becomes when no image holds it to a
+    /// value: the mean of the copies that stay, else of the condemned ones.
+    fn stored_now(&self) -> u32 {
+        self.copies_stored
+            .checked_div(self.copies)
+            .or_else(|| self.condemned_stored.checked_div(self.condemned))
+            .unwrap_or(0)
+    }
+
     fn is_empty(&self) -> bool {
         self.images == 0 && self.copies == 0 && self.condemned == 0
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(28 + 12 * self.names.len());
-        for v in [self.raw, self.stored, self.images, self.copies, self.condemned] {
+        let mut out = Vec::with_capacity(36 + 12 * self.names.len());
+        for v in [
+            self.raw,
+            self.stored,
+            self.copies_stored,
+            self.condemned_stored,
+            self.images,
+            self.copies,
+            self.condemned,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&self.xor.to_le_bytes());
@@ -183,18 +209,20 @@ impl ChunkState {
     }
 
     fn decode(b: &[u8]) -> Option<ChunkState> {
-        if b.len() < 28 || !(b.len() - 28).is_multiple_of(12) {
+        if b.len() < 36 || !(b.len() - 36).is_multiple_of(12) {
             return None;
         }
         let u = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         Some(ChunkState {
             raw: u(0),
             stored: u(4),
-            images: u(8),
-            copies: u(12),
-            condemned: u(16),
-            xor: u64::from_le_bytes(b[20..28].try_into().expect("8 bytes")),
-            names: b[28..]
+            copies_stored: u(8),
+            condemned_stored: u(12),
+            images: u(16),
+            copies: u(20),
+            condemned: u(24),
+            xor: u64::from_le_bytes(b[28..36].try_into().expect("8 bytes")),
+            names: b[36..]
                 .chunks_exact(12)
                 .map(|e| {
                     let k = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
@@ -206,16 +234,17 @@ impl ChunkState {
 
     /// Adds this state's figures to the totals, with `sign` +1 or -1.
     fn contribute(&self, sign: i64, to: &mut Changes) {
-        let framed = i64::from(self.stored) + CHUNK_OVERHEAD as i64;
+        let copies = i64::from(self.copies);
+        let framed_all = i64::from(self.copies_stored) + copies * CHUNK_OVERHEAD as i64;
         if self.images == 0 {
-            to.store.unreferenced_bytes += sign * i64::from(self.copies) * framed;
+            to.store.unreferenced_bytes += sign * framed_all;
             return;
         }
         let stored = self.stored_one();
         to.store.live.add(sign, self.raw, stored);
         if self.copies > 0 {
             to.store.first_copies += sign;
-            to.store.duplicate_bytes += sign * i64::from(self.copies - 1) * framed;
+            to.store.duplicate_bytes += sign * (framed_all - stored as i64 - CHUNK_OVERHEAD as i64);
         }
         let alone = self.names.len() == 1;
         for (k, _) in &self.names {
@@ -234,10 +263,12 @@ impl ChunkState {
         if d.raw != 0 {
             self.raw = d.raw;
         }
-        if let Some(s) = d.stored {
-            self.stored = s;
-        }
         let add = |v: u32, by: i64| u32::try_from(i64::from(v) + by).ok();
+        self.copies_stored = add(self.copies_stored, d.copies_stored)?;
+        self.condemned_stored = add(self.condemned_stored, d.condemned_stored)?;
+        // Image totals counted `stored` when the images came in: it moves
+        // only while no image holds it (or while no copy gave it a value).
+        let was_held = self.images > 0;
         self.images = add(self.images, d.images)?;
         self.copies = add(self.copies, d.copies)?;
         self.condemned = add(self.condemned, d.condemned)?;
@@ -255,6 +286,9 @@ impl ChunkState {
                 Err(_) => return None,
             }
         }
+        if !was_held || self.stored == 0 {
+            self.stored = self.stored_now();
+        }
         Some(self)
     }
 }
@@ -264,7 +298,8 @@ impl ChunkState {
 struct Delta {
     /// Raw length when known (0: unknown).
     raw: u32,
-    stored: Option<u32>,
+    copies_stored: i64,
+    condemned_stored: i64,
     images: i64,
     xor: u64,
     copies: i64,
@@ -579,16 +614,25 @@ impl View {
             }
             let entries = self.pack_entries(id)?;
             batch.refs += entries.len();
-            for (c, _, _) in entries {
+            for (c, _, stored) in entries {
                 let d = batch.delta(c).1;
+                let stored = i64::from(stored);
                 if info.condemned {
                     d.condemned -= 1;
+                    d.condemned_stored -= stored;
                 } else {
                     d.copies -= 1;
+                    d.copies_stored -= stored;
                 }
                 match now {
-                    Some(true) => d.condemned += 1,
-                    Some(false) => d.copies += 1,
+                    Some(true) => {
+                        d.condemned += 1;
+                        d.condemned_stored += stored;
+                    }
+                    Some(false) => {
+                        d.copies += 1;
+                        d.copies_stored += stored;
+                    }
                     None => {}
                 }
             }
@@ -614,17 +658,21 @@ impl View {
             let is_condemned = condemned.contains(id);
             batch.refs += entries.len();
             let mut value = Vec::with_capacity(40 * entries.len());
-            for e in &entries {
+            // A chunk's stored bytes: its frame, or its share of its group's.
+            for (e, stored) in entries.iter().zip(pack::framed_shares(&entries)) {
+                let stored = u32::try_from(stored)
+                    .map_err(|_| Error::corrupt(format!("pack {k}"), "a frame over 4 GiB"))?;
                 value.extend_from_slice(&e.id.0);
                 value.extend_from_slice(&e.raw_len.to_le_bytes());
-                value.extend_from_slice(&e.stored_len.to_le_bytes());
+                value.extend_from_slice(&stored.to_le_bytes());
                 let d = batch.delta(e.id).1;
                 d.raw = e.raw_len;
-                d.stored = Some(e.stored_len);
                 if is_condemned {
                     d.condemned += 1;
+                    d.condemned_stored += i64::from(stored);
                 } else {
                     d.copies += 1;
+                    d.copies_stored += i64::from(stored);
                 }
             }
             let info = PackInfo {
@@ -882,6 +930,8 @@ mod tests {
         let s = ChunkState {
             raw: 10,
             stored: 7,
+            copies_stored: 7,
+            condemned_stored: 0,
             images: 2,
             xor: 5,
             copies: 1,
