@@ -550,24 +550,30 @@ impl Ingest<'_> {
             .map(|(_, r)| codec::worth_compressing(&data[r.clone()]))
             .collect();
         let runs = runs(&new, &compressible, self.group_bytes);
-        let encoded: Vec<Encoded> = runs
-            .par_iter()
+        // Each run's chunks as (id, raw length), the way a pack lists them.
+        let members: Vec<Vec<(ChunkId, u32)>> = runs
+            .iter()
             .map(|run| {
-                let members: Vec<(ChunkId, u32)> = new[run.clone()]
+                new[run.clone()]
                     .iter()
                     .map(|(id, r)| (*id, r.len() as u32))
-                    .collect();
+                    .collect()
+            })
+            .collect();
+        let encoded: Vec<Encoded> = runs
+            .par_iter()
+            .zip(&members)
+            .map(|(run, members)| {
                 if compressible[run.start] {
-                    pack::encode_run(level, &members, &data[span(&new[run.clone()])])
+                    pack::encode_run(level, members, &data[span(&new[run.clone()])])
                 } else {
                     Ok(Encoded::Each(vec![None]))
                 }
             })
             .collect::<Result<_>>()?;
-        for (run, encoded) in runs.iter().zip(&encoded) {
+        for ((run, members), encoded) in runs.iter().zip(&members).zip(&encoded) {
             let chunks = &new[run.clone()];
-            let members: Vec<(ChunkId, u32)> = chunks.iter().map(|(id, r)| (*id, r.len() as u32)).collect();
-            self.added.stored_bytes += self.pack.add_run(&members, &data[span(chunks)], encoded);
+            self.added.stored_bytes += self.pack.add_run(members, &data[span(chunks)], encoded);
             for (id, r) in chunks {
                 self.added.chunks += 1;
                 self.added.raw_bytes += r.len() as u64;
