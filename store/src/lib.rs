@@ -8,6 +8,7 @@ pub mod backend;
 pub mod chunker;
 pub mod codec;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod eventlog;
 pub mod gc;

@@ -29,6 +29,7 @@ use crate::backend::{Backend, Staged, DIRECT_ALIGN};
 use crate::chunker::Chunker;
 use crate::codec;
 use crate::config::{CHUNK_GROUPS, MANIFEST_DELTAS};
+use crate::direct::{self, FileReader};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
 use crate::hold;
@@ -147,13 +148,15 @@ fn read_sif(path: &Path, f: &File, len: u64) -> Result<Option<sif::SifInfo>> {
 
 /// What the reader thread reads from.
 enum Source {
-    File(File, u64),
+    File(FileReader, u64),
     Stream(Box<dyn Read + Send>),
 }
 
 /// A block of input, with room before the data for the previous block's tail.
 struct Block {
     buf: Vec<u8>,
+    /// Where the data starts in `buf` (page-aligned, for `O_DIRECT`).
+    at: usize,
     len: usize,
     eof: bool,
     /// A hole of this many bytes follows the block's data (sparse files).
@@ -225,23 +228,23 @@ fn spawn_reader(
     full: SyncSender<Result<Block>>,
     free: Receiver<Vec<u8>>,
 ) -> JoinHandle<blake3::Hasher> {
-    use std::os::unix::fs::FileExt;
     std::thread::Builder::new()
         .name("imgstore-read".into())
         .spawn(move || {
             let mut image = blake3::Hasher::new();
             let mut pos: u64 = 0;
             let mut hole = match &source {
-                Source::File(f, len) => next_hole(f, 0, *len),
+                Source::File(f, len) => next_hole(f.file(), 0, *len),
                 Source::Stream(_) => None,
             };
             while let Ok(mut buf) = free.recv() {
-                let room = buf.len() - head;
+                let at = direct::data_start(&buf, head);
+                let room = buf.len() - head - direct::ALIGN;
                 let limit = match hole {
                     Some((start, _)) if start >= pos => (start - pos).min(room as u64) as usize,
                     _ => room,
                 };
-                let window = &mut buf[head..head + limit];
+                let window = &mut buf[at..at + limit];
                 let filled = match &mut source {
                     Source::File(f, _) => fill(window, |b, off| f.read_at(b, pos + off as u64)),
                     Source::Stream(r) => fill(window, |b, _| r.read(b)),
@@ -250,10 +253,10 @@ fn spawn_reader(
                     Ok(done) => done,
                     Err(e) => {
                         let _ = full.send(Err(Error::io(&name, e)));
-                        return image;
+                        break;
                     }
                 };
-                image.update(&buf[head..head + len]);
+                image.update(&buf[at..at + len]);
                 pos += len as u64;
                 let mut hole_after = 0;
                 if let Some((start, hole_len)) = hole.filter(|(s, _)| *s == pos && !eof) {
@@ -261,18 +264,22 @@ fn spawn_reader(
                     hole_after = hole_len;
                     pos = start + hole_len;
                     if let Source::File(f, file_len) = &source {
-                        hole = next_hole(f, pos, *file_len);
+                        hole = next_hole(f.file(), pos, *file_len);
                     }
                 }
                 let block = Block {
                     buf,
+                    at,
                     len,
                     eof,
                     hole_after,
                 };
                 if full.send(Ok(block)).is_err() || eof {
-                    return image;
+                    break;
                 }
+            }
+            if let Source::File(f, _) = &source {
+                tracing::debug!(direct_bytes = f.direct_bytes(), "input read");
             }
             image
         })
@@ -302,6 +309,7 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
     for block in blocks {
         let Block {
             mut buf,
+            at,
             len,
             eof,
             hole_after,
@@ -312,9 +320,9 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
                 return;
             }
         };
-        let start = head - carry.len();
-        buf[start..head].copy_from_slice(&carry);
-        let data = &buf[start..head + len];
+        let start = at - carry.len();
+        buf[start..at].copy_from_slice(&carry);
+        let data = &buf[start..at + len];
         let mut cuts = chunker.chunks_parallel(data);
         // Before a hole the data ends for real: no tail is carried over it.
         if !eof && hole_after == 0 {
@@ -710,7 +718,7 @@ impl Store {
                 let total = st.len;
                 let check = f.try_clone().map_err(|e| Error::io(&path, e))?;
                 (
-                    Source::File(f, st.len),
+                    Source::File(FileReader::new(f), st.len),
                     Some(total),
                     Some((path, check, st)),
                     sif_info,
@@ -734,7 +742,9 @@ impl Store {
         let (full_tx, full_rx) = sync_channel(BLOCKS_IN_FLIGHT);
         let (free_tx, free_rx) = sync_channel(BLOCKS_IN_FLIGHT);
         for _ in 0..BLOCKS_IN_FLIGHT {
-            free_tx.send(vec![0u8; head + BLOCK]).expect("channel has room");
+            free_tx
+                .send(direct::aligned_buffer(head, BLOCK))
+                .expect("channel has room");
         }
         let read_thread = spawn_reader(reader, head, input_name.clone(), full_tx, free_rx);
         // Room for a full pack plus the group that crosses the limit and the footer.
