@@ -93,8 +93,9 @@ impl Encoder {
         self.compress(&format!("chunk {id}"), raw)
     }
 
-    /// Compresses `raw`, the bytes of several consecutive chunks whose ids
-    /// were just computed from it, as one frame, if that pays; checked as
+    /// Compresses `raw`, the bytes of one or several consecutive chunks
+    /// whose ids were just computed from it and that a caller already found
+    /// worth compressing, as one frame, if that pays; checked as
     /// [`Encoder::encode`] checks. `what` names the chunks for errors.
     pub fn encode_group(&mut self, what: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
         self.compress(what, raw)

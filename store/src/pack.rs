@@ -145,25 +145,24 @@ impl PackEntry {
 /// the sum of its entries' shares, a footer entry per chunk, and its header
 /// and tail — what storage reports rely on.
 pub fn framed_shares(entries: &[PackEntry]) -> Vec<u64> {
-    let mut group_raw: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    for e in entries.iter().filter(|e| e.codec == Codec::ZstdGroup) {
-        *group_raw.entry(e.offset).or_default() += u64::from(e.raw_len);
+    let mut shares = Vec::with_capacity(entries.len());
+    for frame in frames(entries) {
+        let framed = u64::from(frame[0].stored_len) + FRAME_HEADER_LEN as u64;
+        if let [_] = frame {
+            shares.push(framed);
+            continue;
+        }
+        let total: u64 = frame.iter().map(|e| u64::from(e.raw_len)).sum::<u64>().max(1);
+        // Each member gets the frame bytes up to its end minus those up to
+        // its start, so rounding never loses or adds a byte over the frame.
+        let mut before = 0;
+        for e in frame {
+            let upto = before + u64::from(e.raw_len);
+            shares.push(framed * upto / total - framed * before / total);
+            before = upto;
+        }
     }
-    entries
-        .iter()
-        .map(|e| match e.codec {
-            Codec::ZstdGroup => {
-                let total = group_raw[&e.offset].max(1);
-                let stored = u64::from(e.stored_len) + FRAME_HEADER_LEN as u64;
-                // Shares by raw bytes before and up to this member's end, so
-                // rounding never loses or adds a byte over the group.
-                let end = u64::from(e.inner) + u64::from(e.raw_len);
-                (stored * end.min(total) / total)
-                    .saturating_sub(stored * u64::from(e.inner).min(total) / total)
-            }
-            _ => u64::from(e.stored_len) + FRAME_HEADER_LEN as u64,
-        })
-        .collect()
+    shares
 }
 
 /// The store key of a pack.
@@ -482,21 +481,25 @@ pub fn read_chunk_with(file: &dyn ReadAt, id: &ChunkId, loc: &Location, check: C
 /// frame header (codec, stored length) and the decoded length.
 pub fn read_group(file: &dyn ReadAt, loc: &Location) -> Result<Vec<u8>> {
     let what = frame_what(loc);
-    let buf = read_frame_bytes(file, loc, &what)?;
+    decode_group(&read_frame_bytes(file, loc, &what)?, loc, &what)
+}
+
+/// [`read_group`] of a frame already read (header and stored bytes).
+fn decode_group(buf: &[u8], loc: &Location, what: &str) -> Result<Vec<u8>> {
     let head = &buf[..FRAME_HEADER_LEN];
     let raw_len = u32::from_le_bytes(head[32..36].try_into().expect("4 bytes"));
     let stored_len = u32::from_le_bytes(head[36..40].try_into().expect("4 bytes"));
     if head[40] != Codec::ZstdGroup as u8 || stored_len != loc.stored_len || raw_len > MAX_GROUP_RAW {
         return Err(Error::corrupt(
-            &what,
+            what,
             "group frame header does not match the index",
         ));
     }
     let raw = codec::decompress_frame(&buf[FRAME_HEADER_LEN..], raw_len as usize)
-        .map_err(|e| Error::corrupt(&what, format!("group frame: zstd: {e}")))?;
+        .map_err(|e| Error::corrupt(what, format!("group frame: zstd: {e}")))?;
     if raw.len() != raw_len as usize {
         return Err(Error::corrupt(
-            &what,
+            what,
             format!("group frame: {} bytes decoded, {raw_len} expected", raw.len()),
         ));
     }
@@ -555,13 +558,19 @@ pub enum Encoded {
 }
 
 /// Encodes `raw`, the bytes of `members` (id, raw length) one after
-/// another, at zstd `level`; see [`Encoded`].
+/// another and already found worth compressing, at zstd `level`; see
+/// [`Encoded`].
 pub fn encode_run(level: i32, members: &[(ChunkId, u32)], raw: &[u8]) -> Result<Encoded> {
-    if members.len() > 1 {
-        let what = format!("the {} chunks from {}", members.len(), members[0].0);
-        if let Some(stored) = codec::encode_group(level, &what, raw)? {
-            return Ok(Encoded::Group(stored));
-        }
+    if let [(id, _)] = members {
+        return Ok(Encoded::Each(vec![codec::encode_group(
+            level,
+            &format!("chunk {id}"),
+            raw,
+        )?]));
+    }
+    let what = format!("the {} chunks from {}", members.len(), members[0].0);
+    if let Some(stored) = codec::encode_group(level, &what, raw)? {
+        return Ok(Encoded::Group(stored));
     }
     let mut at = 0;
     members
@@ -628,7 +637,8 @@ pub fn copy_frames(
             added += stored.len() as u64;
             continue;
         }
-        let group = read_group(file, &first)?;
+        let buf = read_frame_bytes(file, &first, &what)?;
+        let group = decode_group(&buf, &first, &what)?;
         let mut inner = 0usize;
         for e in frame {
             if e.inner as usize != inner {
@@ -643,7 +653,6 @@ pub fn copy_frames(
         if inner != group.len() {
             return Err(Error::corrupt(&what, "group members do not cover the group"));
         }
-        let buf = read_frame_bytes(file, &first, &what)?;
         let members: Vec<(ChunkId, u32)> = frame.iter().map(|e| (e.id, e.raw_len)).collect();
         into.add_group(&members, &buf[FRAME_HEADER_LEN..]);
         added += u64::from(first.stored_len);
