@@ -115,6 +115,14 @@ impl Chunker {
         len.max(1)
     }
 
+    /// Length of every chunk that starts in a run of zero bytes and ends
+    /// before the run does: a cut depends only on the chunk's own bytes, so
+    /// within zeros all chunks are this long. This lets a put cut through a
+    /// hole it never reads exactly as if it had read the zeros.
+    pub fn zero_chunk_len(&self) -> usize {
+        self.next_cut(&vec![0u8; 2 * self.max_len()])
+    }
+
     /// Every chunk of `data`, treating its end as the end of the input.
     pub fn chunks<'a>(&'a self, data: &'a [u8]) -> impl Iterator<Item = Range<usize>> + 'a {
         let mut start = 0;

@@ -4,10 +4,12 @@
 //!
 //! Pipeline: a reader thread fills large blocks and hashes the whole image;
 //! a cutter thread finds the blocks' FastCDC boundaries (each block's two
-//! halves at once, see [`Chunker::chunks_parallel`]); this thread has
-//! rayon hash the chunks, looks known chunks up in the index in one batch
-//! per block, has rayon compress the new ones, and appends them to a pack,
-//! which a writer thread writes out. Memory is a few blocks and two packs,
+//! halves at once, see [`Chunker::chunks_parallel`]) and has rayon hash the
+//! chunks; this thread looks known chunks up in the index in one batch per
+//! block and hands the block's new chunks to rayon to compress, without
+//! waiting, so that the pool compresses several blocks at once while this
+//! thread goes on; it appends each block's compressed chunks to a pack in
+//! image order, and a writer thread writes the packs out. Memory is a few blocks and two packs,
 //! whatever the image size: the manifest being built goes to a temporary
 //! file, and the chunks this put stored are remembered only until an index
 //! segment makes them findable.
@@ -51,8 +53,9 @@ use crate::Store;
 /// 1.14-1.31 s with 8 MiB (cold, 4 rounds each), with less CPU and 16-21 MiB
 /// less peak RSS (PERFORMANCE.md, "Input block size").
 const BLOCK: usize = 2 << 20;
-/// Blocks in flight between the reader and the chunker.
-const BLOCKS_IN_FLIGHT: usize = 8;
+/// Blocks in flight: read ahead, being cut and hashed, being compressed
+/// ([`ENCODING_BLOCKS`] + 1) and waiting in between.
+const BLOCKS_IN_FLIGHT: usize = 12;
 
 /// Where the image comes from.
 pub enum Input {
@@ -164,7 +167,11 @@ struct Block {
 }
 
 /// Holes at least this long in a sparse input file are skipped without
-/// reading them; they become zero runs with a chunk boundary at each edge.
+/// reading them. Chunks are cut through them as if they had been read (see
+/// [`cut_blocks`]), because which zeros a filesystem calls a hole can change
+/// from one read to the next: ext4 reports unwritten extents as holes only
+/// while their pages are not cached, and a cold and a warm put of the same
+/// image cut 64566 and 65497 chunks before chunks were cut through holes.
 const HOLE_MIN: u64 = 1 << 20;
 
 /// `lseek(fd, offset, whence)`, or `None` past the end (ENXIO) or on
@@ -179,8 +186,15 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> Option<u64> {
 }
 
 /// Where the next hole of at least [`HOLE_MIN`] bytes at or after `pos`
-/// starts, and how long it is.
-fn next_hole(file: &File, pos: u64, file_len: u64) -> Option<(u64, u64)> {
+/// starts, and how long it is; the first `lead` bytes of it are left to be
+/// read (as zeros), so that the chunk that runs into the hole ends in it.
+fn next_hole(file: &File, pos: u64, file_len: u64, lead: u64) -> Option<(u64, u64)> {
+    next_hole_whole(file, pos, file_len)
+        .filter(|&(_, len)| len > lead)
+        .map(|(start, len)| (start + lead, len - lead))
+}
+
+fn next_hole_whole(file: &File, pos: u64, file_len: u64) -> Option<(u64, u64)> {
     let mut at = pos;
     while at < file_len {
         let start = seek(file, at, libc::SEEK_HOLE)?;
@@ -233,8 +247,10 @@ fn spawn_reader(
         .spawn(move || {
             let mut image = blake3::Hasher::new();
             let mut pos: u64 = 0;
+            // Page-aligned, so that reads stay aligned for O_DIRECT.
+            let lead = head.next_multiple_of(direct::ALIGN) as u64;
             let mut hole = match &source {
-                Source::File(f, len) => next_hole(f.file(), 0, *len),
+                Source::File(f, len) => next_hole(f.file(), 0, *len, lead),
                 Source::Stream(_) => None,
             };
             while let Ok(mut buf) = free.recv() {
@@ -264,7 +280,7 @@ fn spawn_reader(
                     hole_after = hole_len;
                     pos = start + hole_len;
                     if let Source::File(f, file_len) = &source {
-                        hole = next_hole(f.file(), pos, *file_len);
+                        hole = next_hole(f.file(), pos, *file_len, lead);
                     }
                 }
                 let block = Block {
@@ -293,18 +309,29 @@ struct Cut {
     data: std::ops::Range<usize>,
     /// Chunk ranges, relative to `data`.
     cuts: Vec<std::ops::Range<usize>>,
+    /// Each chunk's id; `None` for a chunk of zeros (stored as nothing).
+    ids: Vec<Option<ChunkId>>,
     /// Input bytes this block brought.
     len: usize,
     eof: bool,
-    /// Zero bytes of a skipped hole that follow the block.
+    /// Input bytes of a skipped hole that follow the block.
     hole: u64,
+    /// Zero bytes, cut into whole chunks, that follow the block's chunks.
+    zeros: u64,
 }
 
-/// Cuts blocks into chunks. The last chunk of a block may have been cut by
-/// the block's end rather than by content, so it is carried to the front of
-/// the next block and cut again there (a cut depends only on the bytes from
-/// the chunk's start, so this equals cutting the whole input at once).
+/// Cuts blocks into chunks and hashes them (rayon). The last chunk of a
+/// block may have been cut by the block's end rather than by content, so it
+/// is carried to the front of the next block and cut again there (a cut
+/// depends only on the bytes from the chunk's start, so this equals cutting
+/// the whole input at once). A skipped hole is cut the same way without
+/// its bytes: the reader read its first `head` bytes, so the carried tail is
+/// zeros and starts a chunk; from there every chunk that fits in the zeros
+/// is [`Chunker::zero_chunk_len`] long, and what is left of the zeros is
+/// carried on. Hashing here, a stage ahead of the lookups, keeps it off the
+/// thread that puts chunks in packs.
 fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, out: SyncSender<Result<Cut>>) {
+    let zero_len = chunker.zero_chunk_len() as u64;
     let mut carry: Vec<u8> = Vec::with_capacity(head);
     for block in blocks {
         let Block {
@@ -324,20 +351,36 @@ fn cut_blocks(chunker: &Chunker, head: usize, blocks: Receiver<Result<Block>>, o
         buf[start..at].copy_from_slice(&carry);
         let data = &buf[start..at + len];
         let mut cuts = chunker.chunks_parallel(data);
-        // Before a hole the data ends for real: no tail is carried over it.
-        if !eof && hole_after == 0 {
+        if !eof {
             cuts.pop();
         }
         let consumed = cuts.last().map_or(0, |r| r.end);
+        let ids = cuts
+            .par_iter()
+            .map(|r| {
+                let c = &data[r.clone()];
+                (!is_zero(c)).then(|| ChunkId::of(c))
+            })
+            .collect();
         carry.clear();
         carry.extend_from_slice(&data[consumed..]);
+        let mut zeros = 0;
+        if hole_after > 0 {
+            debug_assert!(is_zero(&carry), "the tail before a hole is zeros");
+            // A cut may look at the byte after it: keep one zero back.
+            let run = carry.len() as u64 + hole_after;
+            zeros = (run - 1) / zero_len * zero_len;
+            carry.resize((run - zeros) as usize, 0);
+        }
         let cut = Cut {
             buf,
             data: start..start + consumed,
             cuts,
+            ids,
             len,
             eof,
             hole: hole_after,
+            zeros,
         };
         if out.send(Ok(cut)).is_err() || eof {
             return;
@@ -468,6 +511,67 @@ fn is_zero(data: &[u8]) -> bool {
         && rest.iter().all(|&b| b == 0)
 }
 
+/// Blocks whose new chunks may be compressing on the rayon pool at once,
+/// beyond the one being looked up: enough that both cores always have a
+/// run to compress while this thread looks up the next block and fills
+/// packs in image order.
+const ENCODING_BLOCKS: usize = 4;
+
+/// A block's new chunks, compressed on the rayon pool, on their way into
+/// packs in image order.
+struct EncodedBlock {
+    buf: Vec<u8>,
+    /// The part of `buf` the chunk ranges below are relative to.
+    data: std::ops::Range<usize>,
+    /// The chunks this block stores, in image order, with their bytes.
+    new: Vec<(ChunkId, std::ops::Range<usize>)>,
+    /// `new` split into runs, each encoded as one unit.
+    runs: Vec<std::ops::Range<usize>>,
+    encoded: Result<Vec<Encoded>>,
+}
+
+impl EncodedBlock {
+    /// Splits `new` into runs and compresses them, on the calling thread
+    /// and, through rayon, the pool.
+    fn encode(
+        buf: Vec<u8>,
+        data: std::ops::Range<usize>,
+        new: Vec<(ChunkId, std::ops::Range<usize>)>,
+        level: i32,
+        group_bytes: usize,
+    ) -> EncodedBlock {
+        let bytes = &buf[data.clone()];
+        let compressible: Vec<bool> = new
+            .par_iter()
+            .map(|(_, r)| codec::worth_compressing(&bytes[r.clone()]))
+            .collect();
+        let runs = runs(&new, &compressible, group_bytes);
+        let encoded = runs
+            .par_iter()
+            .map(|run| {
+                if compressible[run.start] {
+                    let chunks = &new[run.clone()];
+                    pack::encode_run(level, &members(chunks), &bytes[span(chunks)])
+                } else {
+                    Ok(Encoded::Each(vec![None]))
+                }
+            })
+            .collect();
+        EncodedBlock {
+            buf,
+            data,
+            new,
+            runs,
+            encoded,
+        }
+    }
+}
+
+/// Chunks as (id, raw length), the way a pack lists them.
+fn members(chunks: &[(ChunkId, std::ops::Range<usize>)]) -> Vec<(ChunkId, u32)> {
+    chunks.iter().map(|(id, r)| (*id, r.len() as u32)).collect()
+}
+
 /// State of one put between blocks.
 struct Ingest<'a> {
     store: &'a Store,
@@ -483,6 +587,8 @@ struct Ingest<'a> {
     /// repeating itself stores each once: id -> the pack it went into
     /// ([`PENDING`] until it is in one).
     written: HashMap<ChunkId, u64>,
+    /// Blocks being compressed, oldest first.
+    encoding: VecDeque<Receiver<EncodedBlock>>,
     /// Packs handed to the writer so far.
     packs_sent: u64,
     /// From the writer: segments now cover this many of this put's packs.
@@ -503,18 +609,15 @@ struct Ingest<'a> {
 const PENDING: u64 = u64::MAX;
 
 impl Ingest<'_> {
-    /// Hashes the chunks `cuts` of `data` and stores what is new. `data`
-    /// ends where the last cut ends: the tail the block end may have cut
-    /// short was kept back by the cutter.
-    fn block(&mut self, data: &[u8], cuts: &[std::ops::Range<usize>]) -> Result<()> {
+    /// Looks up the chunks of a cut block, lists them in the manifest and
+    /// has the pool compress the new ones; packs get them, in image order,
+    /// once up to [`ENCODING_BLOCKS`] later blocks are on their way too.
+    /// Blocks whose chunks are in packs go back to the reader by `free`.
+    fn block(&mut self, cut: Cut, free: &SyncSender<Vec<u8>>) -> Result<()> {
         self.forget_indexed()?;
-        let ids: Vec<Option<ChunkId>> = cuts
-            .par_iter()
-            .map(|r| {
-                let c = &data[r.clone()];
-                (!is_zero(c)).then(|| ChunkId::of(c))
-            })
-            .collect();
+        let Cut {
+            buf, data, cuts, ids, ..
+        } = cut;
         // Look up, in one batch, every chunk this put has not stored itself.
         let mut ask: Vec<ChunkId> = ids
             .iter()
@@ -552,36 +655,59 @@ impl Ingest<'_> {
                 }
             }
         }
-        let level = self.zstd_level;
-        let compressible: Vec<bool> = new
-            .par_iter()
-            .map(|(_, r)| codec::worth_compressing(&data[r.clone()]))
-            .collect();
-        let runs = runs(&new, &compressible, self.group_bytes);
-        // Each run's chunks as (id, raw length), the way a pack lists them.
-        let members: Vec<Vec<(ChunkId, u32)>> = runs
-            .iter()
-            .map(|run| {
-                new[run.clone()]
-                    .iter()
-                    .map(|(id, r)| (*id, r.len() as u32))
-                    .collect()
-            })
-            .collect();
-        let encoded: Vec<Encoded> = runs
-            .par_iter()
-            .zip(&members)
-            .map(|(run, members)| {
-                if compressible[run.start] {
-                    pack::encode_run(level, members, &data[span(&new[run.clone()])])
-                } else {
-                    Ok(Encoded::Each(vec![None]))
+        let (tx, rx) = sync_channel(1);
+        if new.is_empty() {
+            let done = EncodedBlock {
+                buf,
+                data,
+                new,
+                runs: Vec::new(),
+                encoded: Ok(Vec::new()),
+            };
+            tx.send(done).expect("channel has room");
+        } else {
+            let (level, group_bytes) = (self.zstd_level, self.group_bytes);
+            rayon::spawn_fifo(move || {
+                // The receiver is gone only if the put already failed.
+                let _ = tx.send(EncodedBlock::encode(buf, data, new, level, group_bytes));
+            });
+        }
+        self.encoding.push_back(rx);
+        self.settle(free, ENCODING_BLOCKS)
+    }
+
+    /// Packs the encoded blocks at the front of the queue, waiting for the
+    /// oldest while more than `keep` are still being encoded.
+    fn settle(&mut self, free: &SyncSender<Vec<u8>>, keep: usize) -> Result<()> {
+        while let Some(oldest) = self.encoding.front() {
+            let done = if self.encoding.len() > keep {
+                oldest.recv().ok()
+            } else {
+                match oldest.try_recv() {
+                    Ok(done) => Some(done),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
                 }
-            })
-            .collect::<Result<_>>()?;
-        for ((run, members), encoded) in runs.iter().zip(&members).zip(&encoded) {
-            let chunks = &new[run.clone()];
-            self.added.stored_bytes += self.pack.add_run(members, &data[span(chunks)], encoded);
+            };
+            self.encoding.pop_front();
+            let done = done.ok_or_else(|| Error::BadInput {
+                reason: "a compression task stopped".into(),
+            })?;
+            let buf = self.add_to_packs(done)?;
+            // The pool has room for every buffer; a closed one means the
+            // reader is gone, and its error comes from it.
+            let _ = free.send(buf);
+        }
+        Ok(())
+    }
+
+    /// Adds an encoded block's runs to packs; returns its buffer.
+    fn add_to_packs(&mut self, block: EncodedBlock) -> Result<Vec<u8>> {
+        let bytes = &block.buf[block.data.clone()];
+        for (run, encoded) in block.runs.iter().zip(&block.encoded?) {
+            let chunks = &block.new[run.clone()];
+            let stored = self.pack.add_run(&members(chunks), &bytes[span(chunks)], encoded);
+            self.added.stored_bytes += stored;
             for (id, r) in chunks {
                 self.added.chunks += 1;
                 self.added.raw_bytes += r.len() as u64;
@@ -591,11 +717,11 @@ impl Ingest<'_> {
                 self.flush_pack()?;
             }
         }
-        Ok(())
+        Ok(block.buf)
     }
 
-    /// A run of `len` zero bytes that was never read (a hole; the reader
-    /// hashed it).
+    /// Zero chunks, `len` bytes in all, cut through a hole that was never
+    /// read (the reader hashed it).
     fn zero_run(&mut self, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -771,6 +897,7 @@ impl Store {
             pack_size: self.config.pack_size as usize,
             entries: manifest::Spool::new()?,
             written: HashMap::new(),
+            encoding: VecDeque::new(),
             packs_sent: 0,
             indexed: indexed_rx,
             wait_for_segments: test_packs_per_segment(),
@@ -792,24 +919,17 @@ impl Store {
             let chunker = &chunker;
             scope.spawn(move || cut_blocks(chunker, head, full_rx, cut_tx));
             for cut in cut_rx {
-                let Cut {
-                    buf,
-                    data,
-                    cuts,
-                    len,
-                    eof,
-                    hole,
-                } = cut?;
-                ingest.block(&buf[data], &cuts)?;
-                ingest.zero_run(hole)?;
-                size += len as u64 + hole;
-                progress.advance(len as u64 + hole);
-                let _ = free_tx.send(buf);
+                let cut = cut?;
+                let (len, eof, hole, zeros) = (cut.len as u64, cut.eof, cut.hole, cut.zeros);
+                ingest.block(cut, &free_tx)?;
+                ingest.zero_run(zeros)?;
+                size += len + hole;
+                progress.advance(len + hole);
                 if eof {
-                    return Ok(());
+                    break;
                 }
             }
-            Ok(())
+            ingest.settle(&free_tx, 0)
         });
         let image = read_thread.join().expect("the read thread does not panic");
         let flushed = ingested.and_then(|()| ingest.flush_pack());
