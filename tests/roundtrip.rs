@@ -268,6 +268,45 @@ fn repeats_across_index_segments_are_stored_once() {
     }
 }
 
+/// The local index keeps few table files however many puts it saw: each
+/// reader (every put and get) opens all of them. Before, closing the index
+/// cancelled the compaction RocksDB had scheduled, and the segments' files
+/// (one key each) were moved down whole instead of merged, so every put
+/// left a file or two behind; after a few hundred puts a put failed with
+/// "Too many open files" at the common limit of 1,024 descriptors. Forty
+/// puts, each its own segment, must leave a number of files that does not
+/// grow with them, and must work under a limit of 64 descriptors.
+#[test]
+fn the_local_index_keeps_few_files_however_many_puts() {
+    let env = Env::new();
+    let tables = || {
+        let db = env.path("index-a").join("db");
+        std::fs::read_dir(&db)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sst"))
+            .count()
+    };
+    for i in 0..40u64 {
+        let file = env.file("img", &common::random(64 << 10, 100 + i));
+        env.put(&format!("lab/many:v{i}"), &file);
+        if i == 9 || i == 39 {
+            assert!(tables() <= 20, "{} table files after {} puts", tables(), i + 1);
+        }
+    }
+    let mut limited = std::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" put -q lab/many:limited \"$1\"")
+        .arg(assert_cmd::cargo::cargo_bin("imgstore"))
+        .arg(env.file("img", &common::random(64 << 10, 99)))
+        .env("IMGSTORE_STORE", env.store())
+        .env("IMGSTORE_INDEX_DIR", env.path("index-a"))
+        .env("IMGSTORE_HOSTNAME", "host-a");
+    let out = limited.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.get("lab/many:v0"), common::random(64 << 10, 100));
+}
+
 /// A get reads the manifest a window of entries at a time: an image of
 /// many more chunks than a window (1 KiB chunks), with zero runs between
 /// them, must come back byte for byte, to a file and to a stream.

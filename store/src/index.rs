@@ -16,7 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, Options,
+    WaitForCompactOptions, WriteBatch, WriteOptions, DB,
+};
 
 use crate::backend::{lock_path, unique_suffix, Backend, LockGuard};
 use crate::error::{Error, Result};
@@ -251,15 +254,54 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
         done.tombstones += 1;
     }
     drop_quarantined(&db, &db_path, &quarantined)?;
+    // Every column family into table files now, not left in the log: the
+    // next open need not replay it, and a reader (a secondary) following
+    // this database drops its in-memory copy of what was flushed, so a put
+    // that catches up every few packs does not hold every chunk it stored.
+    // Then the compactions RocksDB scheduled are let finish: closing the
+    // database cancels them, and level 0 grew by a table file per catch-up
+    // (47 after a 16 GiB put), each one read by every lookup and held open
+    // by every reader. Nothing pending returns at once; an index left with
+    // many level-0 files by an older build is compacted here.
+    let mut settle = WaitForCompactOptions::default();
+    settle.set_flush(true);
+    db.wait_for_compact(&settle).map_err(|e| index_err(&db_path, e))?;
+    merge_small_files(&db, &db_path)?;
     if done.segments > 0 || done.tombstones > 0 {
-        // Into table files now, not left in the log: the next open need not
-        // replay it, and a reader (a secondary) following this database
-        // drops its in-memory copy of what was flushed, so a put that
-        // catches up every few packs does not hold every chunk it stored.
-        db.flush().map_err(|e| index_err(&db_path, e))?;
         tracing::debug!(segments = done.segments, chunks = done.chunks, "index caught up");
     }
     Ok(done)
+}
+
+/// A column family whose files number more than this and average less than
+/// [`SMALL_FILE`] bytes is merged into one file.
+const MAX_SMALL_FILES: usize = 8;
+const SMALL_FILE: usize = 1 << 20;
+
+/// Merges the files of a column family that RocksDB leaves apart. The
+/// segments family gets one key per segment, and a flushed file whose keys
+/// overlap no other file is moved down whole rather than merged, so it kept
+/// a file per put: every reader opens every file (`max_open_files(-1)`),
+/// so after a few hundred puts each put and get opened hundreds of files
+/// and, at the common limit of 1,024 descriptors, failed with "Too many
+/// open files". A large family (the chunks) is left to RocksDB's own
+/// compaction, whose files are large.
+fn merge_small_files(db: &DB, db_path: &Path) -> Result<()> {
+    let files = db.live_files().map_err(|e| index_err(db_path, e))?;
+    for cf in [CF_CHUNKS, CF_SEGMENTS, CF_META, CF_DELETED] {
+        let (count, bytes) = files
+            .iter()
+            .filter(|f| f.column_family_name == cf)
+            .fold((0, 0), |(n, b), f| (n + 1, b + f.size));
+        if count > MAX_SMALL_FILES && bytes < count * SMALL_FILE {
+            let handle = db.cf_handle(cf).expect("cf exists");
+            let mut opts = CompactOptions::default();
+            opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+            db.compact_range_cf_opt(handle, None::<&[u8]>, None::<&[u8]>, &opts);
+            tracing::debug!(cf, files = count, bytes, "index files merged");
+        }
+    }
+    Ok(())
 }
 
 /// Follows a deleted pack's copy of `id` through later tombstones (a copy
