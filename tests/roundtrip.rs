@@ -272,7 +272,7 @@ fn repeats_across_index_segments_are_stored_once() {
 /// reader (every put and get) opens all of them. Before, closing the index
 /// cancelled the compaction RocksDB had scheduled, and the segments' files
 /// (one key each) were moved down whole instead of merged, so every put
-/// left a file or two behind; after a few hundred puts a put failed with
+/// left a file or two behind, and the 987th put into a store failed with
 /// "Too many open files" at the common limit of 1,024 descriptors. Forty
 /// puts, each its own segment, must leave a number of files that does not
 /// grow with them, and must work under a limit of 64 descriptors.

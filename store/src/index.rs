@@ -259,10 +259,10 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
     // this database drops its in-memory copy of what was flushed, so a put
     // that catches up every few packs does not hold every chunk it stored.
     // Then the compactions RocksDB scheduled are let finish: closing the
-    // database cancels them, and level 0 grew by a table file per catch-up
-    // (47 after a 16 GiB put), each one read by every lookup and held open
-    // by every reader. Nothing pending returns at once; an index left with
-    // many level-0 files by an older build is compacted here.
+    // database cancelled them, and the chunks' level 0 kept a table file
+    // per catch-up, each one read by every lookup and held open by every
+    // reader (47 files in all after a 16 GiB put, 10 now after 4 GiB).
+    // Nothing pending returns at once.
     let mut settle = WaitForCompactOptions::default();
     settle.set_flush(true);
     db.wait_for_compact(&settle).map_err(|e| index_err(&db_path, e))?;
