@@ -429,6 +429,21 @@ pub struct View {
     _lock: LockGuard,
 }
 
+/// What [`View::open_locked`] found.
+enum Opened {
+    Current(View),
+    /// Laid out by another version: closed, its lock kept.
+    Outdated(LockGuard),
+}
+
+/// Deletes the view's files, if there are any.
+fn remove_view(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
 fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::Index {
         path: path.to_path_buf(),
@@ -438,16 +453,32 @@ fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
 
 impl View {
     /// Opens the view in `index_dir`, waiting for another report on this
-    /// host to finish with it. `fresh` deletes what is there first.
+    /// host to finish with it. `fresh` deletes what is there first; so does
+    /// a view another version of imgstore laid out, which is not damage but
+    /// an upgrade, and is rebuilt without alarming anyone.
     pub fn open(index_dir: &Path, fresh: bool) -> Result<View> {
         let lock = lock_path(&index_dir.join(LOCK_FILE), true)?.expect("a waiting lock is always taken");
         let path = index_dir.join(VIEW_DIR);
         if fresh {
-            match fs::remove_dir_all(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
-                _ => {}
-            }
+            remove_view(&path)?;
         }
+        let view = match View::open_locked(&path, lock)? {
+            Opened::Current(view) => view,
+            Opened::Outdated(lock) => {
+                tracing::info!("the report view is from another version of imgstore; building it again");
+                remove_view(&path)?;
+                match View::open_locked(&path, lock)? {
+                    Opened::Current(view) => view,
+                    Opened::Outdated(_) => return Err(damaged(&path, "written by another version")),
+                }
+            }
+        };
+        Ok(view)
+    }
+
+    /// Opens (or creates) the view at `path` under `lock`; one laid out by
+    /// another version is closed again and the lock handed back.
+    fn open_locked(path: &Path, lock: LockGuard) -> Result<Opened> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_keep_log_file_num(2);
@@ -460,22 +491,22 @@ impl View {
             rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
             cf,
         )];
-        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| damaged(&path, e))?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| damaged(path, e))?;
         let view = View {
             db,
-            path,
+            path: path.to_path_buf(),
             unflushed: false,
             _lock: lock,
         };
         match view.get(SCHEMA)? {
             Some(v) if v == SCHEMA_VERSION => {}
-            Some(_) => return Err(view.err("written by another version")),
+            Some(_) => return Ok(Opened::Outdated(view._lock)),
             None if view.db.iterator(IteratorMode::Start).next().is_some() => {
                 return Err(view.err("has no version"))
             }
             None => view.db.put(SCHEMA, SCHEMA_VERSION).map_err(|e| view.err(e))?,
         }
-        Ok(view)
+        Ok(Opened::Current(view))
     }
 
     fn err(&self, what: impl std::fmt::Display) -> Error {
@@ -950,5 +981,18 @@ mod tests {
         let mut under = Delta::default();
         under.name(7, -1);
         assert!(s.apply(&under).is_none(), "a count below zero is damage");
+    }
+
+    #[test]
+    fn a_view_of_another_version_is_rebuilt_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let view = View::open(dir.path(), false).unwrap();
+            view.db.put(SCHEMA, b"1").unwrap();
+            view.db.put([PACK, 7], b"old layout").unwrap();
+        }
+        let view = View::open(dir.path(), false).expect("an outdated view opens");
+        assert_eq!(view.get(SCHEMA).unwrap().as_deref(), Some(SCHEMA_VERSION));
+        assert_eq!(view.get(&[PACK, 7]).unwrap(), None, "the old entries are gone");
     }
 }
