@@ -9,10 +9,12 @@
 //! block and hands the block's new chunks to rayon to compress, without
 //! waiting, so that the pool compresses several blocks at once while this
 //! thread goes on; it appends each block's compressed chunks to a pack in
-//! image order, and a writer thread writes the packs out. Memory is a few blocks and two packs,
-//! whatever the image size: the manifest being built goes to a temporary
-//! file, and the chunks this put stored are remembered only until an index
-//! segment makes them findable.
+//! image order, and a writer thread writes the packs out and an index
+//! segment every few packs; an indexer thread catches the local index up
+//! with each segment, so that lookups find what this put stored. Memory is
+//! a few blocks and two packs, whatever the image size: the manifest being
+//! built goes to a temporary file, and the chunks this put stored are
+//! remembered only until an index segment makes them findable.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -466,6 +468,49 @@ fn spawn_pack_writer(
         .expect("threads can be spawned")
 }
 
+/// A fresh view of the index, and how many of this put's packs it covers.
+type Indexed = Result<(u64, index::Reader)>;
+
+/// Catches the local index up with each segment the pack writer puts in
+/// the store and opens a new reader of it, off the thread that looks
+/// chunks up: done on that thread, a catch-up (44-779 ms in a first put of
+/// a 3.2 GiB ext3 image) held up the lookups, and the pool ran out of
+/// blocks to compress. Stops after the first error, which it hands on.
+fn spawn_indexer(
+    index_dir: PathBuf,
+    store_id: String,
+    backend: Arc<dyn Backend>,
+    segments: Receiver<u64>,
+    readers: std::sync::mpsc::Sender<Indexed>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("imgstore-index".into())
+        .spawn(move || {
+            while let Ok(first) = segments.recv() {
+                // Behind? One catch-up covers every segment written so far.
+                let covered = segments.try_iter().last().unwrap_or(first);
+                let started = Instant::now();
+                let fresh = index::catch_up(&index_dir, &store_id, backend.as_ref())
+                    // A new reader, not a refresh: a RocksDB secondary that
+                    // catches up keeps what it replays in memory (a 16 GiB
+                    // put peaked at 183 MiB refreshing, 161 MiB reopening;
+                    // benches/rss_size.sh).
+                    .and_then(|_| index::Reader::open(&index_dir))
+                    .map(|reader| (covered, reader));
+                tracing::debug!(
+                    covered,
+                    ms = started.elapsed().as_millis() as u64,
+                    "put: index caught up"
+                );
+                let failed = fresh.is_err();
+                if readers.send(fresh).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .expect("threads can be spawned")
+}
+
 /// Raw bytes a put compresses together as one group at most: zstd on
 /// groups of 1 MiB stored the first full ext3 image in 47.2% of its bytes,
 /// on 32 KiB chunks alone 57.2% (benches/zstd_groups.py). A get decodes
@@ -574,7 +619,6 @@ fn members(chunks: &[(ChunkId, std::ops::Range<usize>)]) -> Vec<(ChunkId, u32)> 
 
 /// State of one put between blocks.
 struct Ingest<'a> {
-    store: &'a Store,
     lookup: index::Reader,
     /// Packs a pending GC plan condemned: chunks found only there are stored anew.
     condemned: &'a HashSet<PackId>,
@@ -591,8 +635,9 @@ struct Ingest<'a> {
     encoding: VecDeque<Receiver<EncodedBlock>>,
     /// Packs handed to the writer so far.
     packs_sent: u64,
-    /// From the writer: segments now cover this many of this put's packs.
-    indexed: Receiver<u64>,
+    /// From the indexer: a reader of the index that now covers this many
+    /// of this put's packs.
+    indexed: Receiver<Indexed>,
     /// Tests: wait for a segment every this many packs.
     wait_for_segments: Option<u64>,
     pack: PackBuilder,
@@ -730,23 +775,20 @@ impl Ingest<'_> {
         self.entries.push(Entry::Zero { len })
     }
 
-    /// Once the writer has put a segment in the store, catches the index up
-    /// and forgets the chunks the segment covers: lookups find them now. So
-    /// a put of new data remembers only its last few packs' chunks.
+    /// Once the indexer has caught the index up with a segment, looks up
+    /// with its new reader and forgets the chunks the segment covers:
+    /// lookups find them now. So a put of new data remembers only its last
+    /// few packs' chunks.
     fn forget_indexed(&mut self) -> Result<()> {
         match self.indexed.try_iter().last() {
-            Some(covered) => self.forget_up_to(covered),
+            Some(fresh) => self.forget_up_to(fresh),
             None => Ok(()),
         }
     }
 
-    fn forget_up_to(&mut self, covered: u64) -> Result<()> {
-        let store = self.store;
-        index::catch_up(&store.index_dir, &store.config.store_id, store.backend.as_ref())?;
-        // A new reader, not a refresh: a RocksDB secondary that catches up
-        // keeps what it replays in memory (a 16 GiB put peaked at 183 MiB
-        // refreshing, 161 MiB reopening; benches/rss_size.sh).
-        self.lookup = index::Reader::open(&store.index_dir)?;
+    fn forget_up_to(&mut self, fresh: Indexed) -> Result<()> {
+        let (covered, reader) = fresh?;
+        self.lookup = reader;
         self.written.retain(|_, pack| *pack >= covered);
         Ok(())
     }
@@ -765,8 +807,8 @@ impl Ingest<'_> {
         self.packs_sent += 1;
         if let Some(per_segment) = self.wait_for_segments {
             if self.packs_sent.is_multiple_of(per_segment) {
-                let covered = self.indexed.recv().map_err(|_| stopped())?;
-                self.forget_up_to(covered)?;
+                let fresh = self.indexed.recv().map_err(|_| stopped())?;
+                self.forget_up_to(fresh)?;
             }
         }
         Ok(())
@@ -880,12 +922,19 @@ impl Store {
         free_pack_tx
             .send(Vec::with_capacity(pack_capacity + DIRECT_ALIGN))
             .expect("channel has room");
+        let (segment_tx, segment_rx) = std::sync::mpsc::channel();
+        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, segment_tx);
         let (indexed_tx, indexed_rx) = std::sync::mpsc::channel();
-        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, indexed_tx);
+        let index_thread = spawn_indexer(
+            self.index_dir.clone(),
+            self.config.store_id.clone(),
+            self.backend.clone(),
+            segment_rx,
+            indexed_tx,
+        );
 
         progress.start("put", total);
         let mut ingest = Ingest {
-            store: self,
             lookup,
             condemned: &condemned,
             zstd_level: self.config.compression.zstd_level,
@@ -943,6 +992,9 @@ impl Store {
         } = ingest;
         drop(packs);
         let written = pack_thread.join().expect("pack writer does not panic");
+        // With the writer done, the indexer ends after the catch-up it is
+        // in, if any (its work is not lost: the next command's is shorter).
+        index_thread.join().expect("the indexer does not panic");
         progress.finish();
         // The writer's error (say, a full disk) is the cause; a failed
         // hand-off to it is only the symptom.
