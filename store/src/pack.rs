@@ -460,13 +460,7 @@ pub fn read_chunk_with(file: &dyn ReadAt, id: &ChunkId, loc: &Location, check: C
             codec::decompress(&buf[FRAME_HEADER_LEN..], loc.raw_len as usize, id, &what)?
         }
         Codec::ZstdGroup => {
-            let group = read_group(file, loc).map_err(|e| match e {
-                Error::Corrupt { what, detail } => Error::Corrupt {
-                    what,
-                    detail: format!("chunk {id}: {detail}"),
-                },
-                other => other,
-            })?;
+            let group = read_group(file, loc).map_err(naming(id))?;
             return member(&group, id, loc, check).map(<[u8]>::to_vec);
         }
     };
@@ -678,7 +672,8 @@ fn read_at(file: &dyn ReadAt, buf: &mut [u8], offset: u64, id: &ChunkId, what: &
     })
 }
 
-/// The frame (header and stored bytes) at `loc`, unchecked.
+/// The frame (header and stored bytes) at `loc`, unchecked: a group's
+/// header names no one chunk, so [`decode_group`] checks it.
 fn read_frame_bytes(file: &dyn ReadAt, loc: &Location, what: &str) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
     file.read_exact_at(&mut buf, loc.offset).map_err(|e| match e {
@@ -688,12 +683,22 @@ fn read_frame_bytes(file: &dyn ReadAt, loc: &Location, what: &str) -> Result<Vec
     Ok(buf)
 }
 
-/// The frame (header and stored bytes) at `loc`, its header checked.
+/// The frame (header and stored bytes) of chunk `id` at `loc`, its header checked.
 fn read_frame(file: &dyn ReadAt, id: &ChunkId, loc: &Location, what: &str) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
-    read_at(file, &mut buf, loc.offset, id, what)?;
+    let buf = read_frame_bytes(file, loc, what).map_err(naming(id))?;
     check_header(&buf[..FRAME_HEADER_LEN], id, loc, what)?;
     Ok(buf)
+}
+
+/// Puts the chunk's id in front of a corruption's detail.
+fn naming(id: &ChunkId) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Corrupt { what, detail } => Error::Corrupt {
+            what,
+            detail: format!("chunk {id}: {detail}"),
+        },
+        other => other,
+    }
 }
 
 /// A frame header must say what the index says of the chunk.
