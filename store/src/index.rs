@@ -413,6 +413,38 @@ pub fn rebuild(
     Ok(done)
 }
 
+/// Table files up to this many bytes in all are read ahead when a reader
+/// opens. Lookups of chunk ids are random reads of small blocks, each
+/// waiting on the disk while the index is not cached: a known put of a
+/// 3.2 GiB ext3 image waited 0.83 s of its 3.84 s on lookups in a cold
+/// 7.5 MB index, one block at a time. Read ahead, the whole index arrives
+/// in a few large reads. A larger index (beyond ~4 million chunks) is left
+/// to the cache as it warms, rather than read whole for one command.
+const READ_AHEAD_MAX: u64 = 256 << 20;
+
+/// Asks the kernel to read the index's table files into the page cache,
+/// in the background, if they are small enough (see [`READ_AHEAD_MAX`]).
+#[allow(unsafe_code)]
+fn read_ahead(db_path: &Path) {
+    use std::os::unix::io::AsRawFd;
+    let Ok(dir) = fs::read_dir(db_path) else { return };
+    let tables: Vec<(PathBuf, u64)> = dir
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    if tables.iter().map(|(_, len)| len).sum::<u64>() > READ_AHEAD_MAX {
+        return;
+    }
+    for (path, _) in tables {
+        if let Ok(f) = fs::File::open(&path) {
+            // SAFETY: posix_fadvise only reads its integer arguments; a
+            // failed hint changes nothing but speed.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+        }
+    }
+}
+
 /// A lock-free read view for lookups (a RocksDB secondary instance).
 pub struct Reader {
     db: DB,
@@ -427,6 +459,7 @@ impl Reader {
         fs::create_dir_all(&sec_root).map_err(|e| Error::io(&sec_root, e))?;
         remove_stale_secondaries(&sec_root);
         let secondary = sec_root.join(unique_suffix());
+        read_ahead(&db_path);
         let opts = db_options();
         let db = DB::open_cf_descriptors_as_secondary(&opts, &db_path, &secondary, cf_descriptors())
             .map_err(|e| index_err(&db_path, e))?;
