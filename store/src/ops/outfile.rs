@@ -4,11 +4,14 @@
 //! a get more system time than reading and checking the image did
 //! (PERFORMANCE.md, "Direct I/O"); a block written directly skips that copy.
 //! Where direct I/O is refused, the same blocks go through the page cache,
-//! with write-back started as they go.
+//! with write-back started as they go. A thread of its own writes each
+//! block while the next is gathered.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use crate::backend::{pad_to_page, start_writeback, DIRECT_ALIGN};
 use crate::error::{Error, Result};
@@ -18,18 +21,30 @@ const PAGE: usize = DIRECT_ALIGN;
 /// Bytes gathered before a write: large enough that each write is cheap
 /// for the disk, a multiple of [`PAGE`].
 const BLOCK: usize = 8 << 20;
+/// Blocks in all: one being gathered while the others are written. A
+/// direct write waits for the disk; with one block, gathering the next
+/// waited for it too.
+const BLOCKS: usize = 2;
+
+/// A gathered block on its way to the disk.
+struct Block {
+    /// `pad` bytes to reach a page boundary, then the data.
+    buf: Vec<u8>,
+    pad: usize,
+    /// File offset of the data: a page boundary.
+    at: u64,
+}
 
 /// An output file being written front to back.
 pub struct OutFile {
     /// Through the page cache: the last partial page, `set_len`, fsync.
     file: File,
-    /// The same file opened with `O_DIRECT`, unless the filesystem refused.
-    direct: Option<File>,
-    /// `pad` bytes to reach a page boundary, then the block being gathered.
-    buf: Vec<u8>,
-    pad: usize,
-    /// File offset of the block's first byte: a page boundary.
-    at: u64,
+    /// The block being gathered.
+    block: Block,
+    /// Full blocks to the writing thread, and their buffers back.
+    full: Option<SyncSender<Block>>,
+    free: Receiver<Vec<u8>>,
+    writer: Option<JoinHandle<Result<()>>>,
     path: PathBuf,
 }
 
@@ -47,31 +62,38 @@ impl OutFile {
             .custom_flags(libc::O_DIRECT)
             .open(path)
             .ok();
-        let mut buf: Vec<u8> = Vec::with_capacity(BLOCK + PAGE);
-        let pad = pad_to_page(&mut buf);
+        let plain = file.try_clone().map_err(|e| Error::io(path, e))?;
+        let (full_tx, full_rx) = sync_channel(BLOCKS);
+        let (free_tx, free_rx) = sync_channel(BLOCKS);
+        for _ in 1..BLOCKS {
+            free_tx
+                .send(Vec::with_capacity(BLOCK + PAGE))
+                .expect("channel has room");
+        }
+        let writer = spawn_writer(plain, direct, path.to_path_buf(), full_rx, free_tx);
         Ok(OutFile {
             file,
-            direct,
-            buf,
-            pad,
-            at: 0,
+            block: Block::new(Vec::with_capacity(BLOCK + PAGE), 0),
+            full: Some(full_tx),
+            free: free_rx,
+            writer: Some(writer),
             path: path.to_path_buf(),
         })
     }
 
     /// File offset of the next byte.
     fn pos(&self) -> u64 {
-        self.at + (self.buf.len() - self.pad) as u64
+        self.block.at + self.block.len() as u64
     }
 
     /// Appends `data`.
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
-            let room = BLOCK - (self.buf.len() - self.pad);
+            let room = BLOCK - self.block.len();
             let (now, rest) = data.split_at(room.min(data.len()));
-            self.buf.extend_from_slice(now);
+            self.block.buf.extend_from_slice(now);
             data = rest;
-            if self.buf.len() - self.pad == BLOCK {
+            if self.block.len() == BLOCK {
                 self.flush()?;
             }
         }
@@ -88,7 +110,7 @@ impl OutFile {
         if n >= PAGE as u64 {
             self.flush()?;
             let hole = n / PAGE as u64 * PAGE as u64;
-            self.at += hole;
+            self.block.at += hole;
             n -= hole;
         }
         self.write_zeros(n)
@@ -104,49 +126,117 @@ impl OutFile {
         Ok(())
     }
 
-    /// Writes the gathered block, whose length is whole pages except at
-    /// the very end of the image, where `finish` writes it.
+    /// Hands the gathered block, whose length is whole pages except at the
+    /// very end of the image (where `finish` writes it), to the writing
+    /// thread, and starts the next block in a buffer it gave back.
     fn flush(&mut self) -> Result<()> {
-        let len = self.buf.len() - self.pad;
+        let len = self.block.len();
         if len == 0 {
             return Ok(());
         }
-        let block = &self.buf[self.pad..];
-        let aligned = len.is_multiple_of(PAGE) && (block.as_ptr() as usize).is_multiple_of(PAGE);
-        let direct = match self.direct.as_ref().filter(|_| aligned) {
-            Some(d) => d.write_all_at(block, self.at),
-            None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        let next_at = self.block.at + len as u64;
+        // A closed channel means the writing thread failed: its error
+        // comes from join.
+        let buf = match self.free.recv() {
+            Ok(buf) => buf,
+            Err(_) => return Err(self.stopped()),
         };
-        match direct {
-            Ok(()) => {}
-            // Refused (no direct I/O, or not at this alignment): from now on
-            // through the page cache.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.direct = None;
-                self.file
-                    .write_all_at(block, self.at)
-                    .map_err(|e| Error::io(&self.path, e))?;
-                // Started now, the write-back overlaps the rest of the get
-                // instead of all waiting for the final fsync.
-                start_writeback(&self.file, self.at, len as u64);
-            }
-            Err(e) => return Err(Error::io(&self.path, e)),
+        let full = std::mem::replace(&mut self.block, Block::new(buf, next_at));
+        let sent = self.full.as_ref().map(|tx| tx.send(full).is_ok());
+        if sent != Some(true) {
+            return Err(self.stopped());
         }
-        self.at += len as u64;
-        self.buf.truncate(self.pad);
         Ok(())
+    }
+
+    /// The writing thread's error, once it has stopped.
+    fn stopped(&mut self) -> Error {
+        self.full = None;
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e,
+            _ => Error::io(&self.path, std::io::Error::other("the writing thread stopped")),
+        }
     }
 
     /// Writes what is left, sets the length to `size` (a trailing zero run
     /// becomes a hole) and makes the file durable.
     pub fn finish(mut self, size: u64) -> Result<()> {
-        let tail = self.buf.split_off(self.pad);
+        self.full = None;
+        if let Some(writer) = self.writer.take() {
+            writer.join().expect("the writing thread does not panic")?;
+        }
+        let tail = &self.block.buf[self.block.pad..];
         self.file
-            .write_all_at(&tail, self.at)
+            .write_all_at(tail, self.block.at)
             .and_then(|()| self.file.set_len(size))
             .and_then(|()| self.file.sync_all())
             .map_err(|e| Error::io(&self.path, e))
     }
+}
+
+impl Drop for OutFile {
+    /// A get that fails stops the writing thread before its file goes.
+    fn drop(&mut self) {
+        self.full = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Block {
+    /// An empty block at file offset `at` in `buf`.
+    fn new(mut buf: Vec<u8>, at: u64) -> Block {
+        buf.clear();
+        let pad = pad_to_page(&mut buf);
+        Block { buf, pad, at }
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.pad
+    }
+}
+
+/// Writes blocks where they belong, with direct I/O while the filesystem
+/// takes it, and hands each buffer back; stops at the first error.
+fn spawn_writer(
+    file: File,
+    mut direct: Option<File>,
+    path: PathBuf,
+    blocks: Receiver<Block>,
+    free: SyncSender<Vec<u8>>,
+) -> JoinHandle<Result<()>> {
+    std::thread::Builder::new()
+        .name("imgstore-out".into())
+        .spawn(move || {
+            for block in blocks {
+                let data = &block.buf[block.pad..];
+                let aligned =
+                    data.len().is_multiple_of(PAGE) && (data.as_ptr() as usize).is_multiple_of(PAGE);
+                let written = match direct.as_ref().filter(|_| aligned) {
+                    Some(d) => d.write_all_at(data, block.at),
+                    None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+                };
+                match written {
+                    Ok(()) => {}
+                    // Refused (no direct I/O, or not at this alignment): from
+                    // now on through the page cache.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        direct = None;
+                        file.write_all_at(data, block.at)
+                            .map_err(|e| Error::io(&path, e))?;
+                        // Started now, the write-back overlaps the rest of the
+                        // get instead of all waiting for the final fsync.
+                        start_writeback(&file, block.at, data.len() as u64);
+                    }
+                    Err(e) => return Err(Error::io(&path, e)),
+                }
+                // The file may be gone (a failed get): then so is the need.
+                let _ = free.send(block.buf);
+            }
+            Ok(())
+        })
+        .expect("threads can be spawned")
 }
 
 #[cfg(test)]
