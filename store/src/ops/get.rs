@@ -3,9 +3,9 @@
 //! is also checked against its id before it goes out; to a file, only when
 //! the whole image is wrong, to name the damaged chunk.
 //!
-//! A fetch thread reads ahead: it looks up a batch of chunks, reads and
-//! decodes them in parallel (rayon) and hands them over in order, while this
-//! thread hashes the previous batch and a write thread writes it. Zero runs
+//! Batches of chunks go through a pipeline: a thread looks them up, a fetch
+//! thread reads and decodes them in parallel (rayon) and hands them over in
+//! order, this thread hashes them and a write thread writes them. Zero runs
 //! become holes in a file.
 
 use std::collections::{HashMap, VecDeque};
@@ -105,16 +105,12 @@ impl Packs<'_> {
 /// next so that a group whose members straddle two batches is decoded once.
 type Groups = HashMap<(PackId, u64), Arc<Vec<u8>>>;
 
-/// Reads the chunks of `batch` in parallel, in order. Each group frame the
-/// batch needs is decoded once (`groups` holds those of the last batch).
-fn fetch(
-    packs: &Packs,
-    lookup: &index::Reader,
-    image: &ImageId,
-    batch: &[Entry],
-    check: Check,
-    groups: &mut Groups,
-) -> Result<Vec<Piece>> {
+/// A batch's entries in order: a zero run's length, or a chunk and where
+/// the index says it is.
+type Located = Vec<std::result::Result<(ChunkId, Location), u64>>;
+
+/// Looks up where the chunks of `batch` are.
+fn locate(lookup: &index::Reader, image: &ImageId, batch: &[Entry]) -> Result<Located> {
     let ids: Vec<_> = batch
         .iter()
         .filter_map(|e| match e {
@@ -139,6 +135,20 @@ fn fetch(
             }
         })
         .collect::<Result<Vec<_>>>()?;
+    Ok(jobs)
+}
+
+/// Reads the chunks of a located batch in parallel, in order. Each group
+/// frame the batch needs is decoded once (`groups` holds those of the last
+/// batch).
+fn fetch(
+    packs: &Packs,
+    lookup: &index::Reader,
+    image: &ImageId,
+    jobs: Located,
+    check: Check,
+    groups: &mut Groups,
+) -> Result<Vec<Piece>> {
     let mut wanted: Vec<Location> = jobs
         .iter()
         .filter_map(|job| job.as_ref().ok().map(|(_, loc)| *loc))
@@ -374,10 +384,22 @@ impl Store {
         let written: Result<Sink> = std::thread::scope(|s| {
             let (tx, rx) = sync_channel::<Result<Vec<Piece>>>(2);
             let (packs, lookup, manifest) = (&packs, &lookup, &manifest);
+            // Lookups of batch N+1 run beside the reads of batch N: on the
+            // fetch thread they were 0.34 s of a 4.3 s get of c09-adddep.ext3.
+            let (ltx, lrx) = sync_channel::<Result<Located>>(1);
+            s.spawn(move || {
+                for batch in Batches::new(manifest) {
+                    let located = batch.and_then(|b| locate(lookup, &id, &b));
+                    let failed = located.is_err();
+                    if ltx.send(located).is_err() || failed {
+                        return;
+                    }
+                }
+            });
             s.spawn(move || {
                 let mut groups = Groups::new();
-                for batch in Batches::new(manifest) {
-                    let pieces = batch.and_then(|b| fetch(packs, lookup, &id, &b, check, &mut groups));
+                for located in lrx {
+                    let pieces = located.and_then(|jobs| fetch(packs, lookup, &id, jobs, check, &mut groups));
                     let failed = pieces.is_err();
                     if tx.send(pieces).is_err() || failed {
                         return;
@@ -429,7 +451,8 @@ impl Store {
                 // Name the damaged chunk: read them again, each hashed.
                 let mut groups = Groups::new();
                 for batch in Batches::new(&manifest) {
-                    fetch(&packs, &lookup, &id, &batch?, Check::Hash, &mut groups)?;
+                    let jobs = locate(&lookup, &id, &batch?)?;
+                    fetch(&packs, &lookup, &id, jobs, Check::Hash, &mut groups)?;
                 }
             }
             return Err(Error::corrupt(
