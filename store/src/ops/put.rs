@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -234,20 +234,19 @@ fn fill(
 
 /// Reads the input into blocks from a pool; stops at EOF or on the first
 /// error. A regular file is read with positioned reads and its large holes
-/// are skipped, each ending a block. Returns the hash of every byte read
-/// (the image id, when the whole input was read): hashing here, in input
-/// order, keeps this sequential pass off the thread that hashes chunks.
+/// are skipped, each ending a block. This thread only reads: an `O_DIRECT`
+/// read has nothing in flight while its caller computes, so any work here
+/// (the whole-image hash was here) idles the disk.
 fn spawn_reader(
     mut source: Source,
     head: usize,
     name: PathBuf,
     full: SyncSender<Result<Block>>,
     free: Receiver<Vec<u8>>,
-) -> JoinHandle<blake3::Hasher> {
+) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("imgstore-read".into())
         .spawn(move || {
-            let mut image = blake3::Hasher::new();
             let mut pos: u64 = 0;
             // Page-aligned, so that reads stay aligned for O_DIRECT.
             let lead = head.next_multiple_of(direct::ALIGN) as u64;
@@ -255,7 +254,13 @@ fn spawn_reader(
                 Source::File(f, len) => next_hole(f.file(), 0, *len, lead),
                 Source::Stream(_) => None,
             };
+            // Where this thread's time went, logged at debug level.
+            let (mut reading, mut for_buffers, mut handing_on) =
+                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            let mut since = Instant::now();
             while let Ok(mut buf) = free.recv() {
+                for_buffers += since.elapsed();
+                since = Instant::now();
                 let at = direct::data_start(&buf, head);
                 let room = buf.len() - head - direct::ALIGN;
                 let limit = match hole {
@@ -267,6 +272,8 @@ fn spawn_reader(
                     Source::File(f, _) => fill(window, |b, off| f.read_at(b, pos + off as u64)),
                     Source::Stream(r) => fill(window, |b, _| r.read(b)),
                 };
+                reading += since.elapsed();
+                since = Instant::now();
                 let (len, eof) = match filled {
                     Ok(done) => done,
                     Err(e) => {
@@ -274,11 +281,9 @@ fn spawn_reader(
                         break;
                     }
                 };
-                image.update(&buf[at..at + len]);
                 pos += len as u64;
                 let mut hole_after = 0;
                 if let Some((start, hole_len)) = hole.filter(|(s, _)| *s == pos && !eof) {
-                    crate::id::hash_zeros(&mut image, hole_len);
                     hole_after = hole_len;
                     pos = start + hole_len;
                     if let Source::File(f, file_len) = &source {
@@ -295,11 +300,20 @@ fn spawn_reader(
                 if full.send(Ok(block)).is_err() || eof {
                     break;
                 }
+                handing_on += since.elapsed();
+                since = Instant::now();
             }
-            if let Source::File(f, _) = &source {
-                tracing::debug!(direct_bytes = f.direct_bytes(), "input read");
-            }
-            image
+            let direct_bytes = match &source {
+                Source::File(f, _) => f.direct_bytes(),
+                Source::Stream(_) => 0,
+            };
+            tracing::debug!(
+                ?reading,
+                ?for_buffers,
+                ?handing_on,
+                direct_bytes,
+                "put: input read"
+            );
         })
         .expect("threads can be spawned")
 }
@@ -331,14 +345,17 @@ struct Cut {
 /// zeros and starts a chunk; from there every chunk that fits in the zeros
 /// is [`Chunker::zero_chunk_len`] long, and what is left of the zeros is
 /// carried on. Hashing here, a stage ahead of the lookups, keeps it off the
-/// thread that puts chunks in packs.
+/// thread that puts chunks in packs. Returns the hash of every input byte
+/// (the image id, once the whole input was cut), updated beside each
+/// block's cut, in input order.
 fn cut_blocks(
     chunker: &Chunker,
     pool: &rayon::ThreadPool,
     head: usize,
     blocks: Receiver<Result<Block>>,
     out: SyncSender<Result<Cut>>,
-) {
+) -> blake3::Hasher {
+    let mut image = blake3::Hasher::new();
     let zero_len = chunker.zero_chunk_len() as u64;
     let mut carry: Vec<u8> = Vec::with_capacity(head);
     for block in blocks {
@@ -352,25 +369,34 @@ fn cut_blocks(
             Ok(b) => b,
             Err(e) => {
                 let _ = out.send(Err(e));
-                return;
+                return image;
             }
         };
         let start = at - carry.len();
         buf[start..at].copy_from_slice(&carry);
         let data = &buf[start..at + len];
-        let (cuts, ids) = pool.install(|| {
-            let mut cuts = chunker.chunks_parallel(data);
-            if !eof {
-                cuts.pop();
-            }
-            let ids: Vec<Option<ChunkId>> = cuts
-                .par_iter()
-                .map(|r| {
-                    let c = &data[r.clone()];
-                    (!is_zero(c)).then(|| ChunkId::of(c))
-                })
-                .collect();
-            (cuts, ids)
+        let read = &buf[at..at + len];
+        let ((), (cuts, ids)) = pool.install(|| {
+            rayon::join(
+                || {
+                    image.update(read);
+                    crate::id::hash_zeros(&mut image, hole_after);
+                },
+                || {
+                    let mut cuts = chunker.chunks_parallel(data);
+                    if !eof {
+                        cuts.pop();
+                    }
+                    let ids: Vec<Option<ChunkId>> = cuts
+                        .par_iter()
+                        .map(|r| {
+                            let c = &data[r.clone()];
+                            (!is_zero(c)).then(|| ChunkId::of(c))
+                        })
+                        .collect();
+                    (cuts, ids)
+                },
+            )
         });
         let consumed = cuts.last().map_or(0, |r| r.end);
         carry.clear();
@@ -394,9 +420,10 @@ fn cut_blocks(
             zeros,
         };
         if out.send(Ok(cut)).is_err() || eof {
-            return;
+            return image;
         }
     }
+    image
 }
 
 /// The cutter's own threads, as many as the global pool's. Cutting and
@@ -1011,14 +1038,14 @@ impl Store {
         let mut size: u64 = 0;
         // The cutter finds chunk boundaries in block N+1 while this thread
         // hashes, looks up and compresses block N.
-        let ingested: Result<()> = std::thread::scope(|scope| {
+        let ingested: Result<blake3::Hasher> = std::thread::scope(|scope| {
             // Owned here so that leaving early, on an error, also stops the
             // reader (its pool closes) and with it the cutter.
             let free_tx = free_tx;
             let (cut_tx, cut_rx) = sync_channel::<Result<Cut>>(1);
             let chunker = &chunker;
             let cut_pool = &cut_pool;
-            scope.spawn(move || cut_blocks(chunker, cut_pool, head, full_rx, cut_tx));
+            let cutter = scope.spawn(move || cut_blocks(chunker, cut_pool, head, full_rx, cut_tx));
             let mut waited = Instant::now();
             for cut in cut_rx {
                 ingest.waits.cut += waited.elapsed();
@@ -1033,10 +1060,11 @@ impl Store {
                 }
                 waited = Instant::now();
             }
-            ingest.settle(&free_tx, 0)
+            ingest.settle(&free_tx, 0)?;
+            Ok(cutter.join().expect("the cutter does not panic"))
         });
-        let image = read_thread.join().expect("the read thread does not panic");
-        let flushed = ingested.and_then(|()| ingest.flush_pack());
+        read_thread.join().expect("the read thread does not panic");
+        let flushed = ingested.and_then(|image| ingest.flush_pack().map(|()| image));
         tracing::debug!(waits = ?ingest.waits, "put: lookup thread waited");
         let Ingest {
             entries,
@@ -1055,7 +1083,7 @@ impl Store {
         // The writer's error (say, a full disk) is the cause; a failed
         // hand-off to it is only the symptom.
         let pack_count = written?;
-        flushed?;
+        let image = flushed?;
         hold::point("put-after-lookup");
         hold::point("put-after-pack");
 
