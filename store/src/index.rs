@@ -15,10 +15,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use rocksdb::{
-    BlockBasedOptions, BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, Options,
-    WaitForCompactOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor,
+    CompactOptions, DataBlockIndexType, Options, WaitForCompactOptions, WriteBatch, WriteOptions, DB,
 };
 
 use crate::backend::{lock_path, unique_suffix, Backend, LockGuard};
@@ -78,15 +79,49 @@ fn db_options() -> Options {
     opts
 }
 
+/// The chunk index's block cache, one per process and shared by every
+/// database it opens (a put holds up to three at a catch-up: the primary,
+/// the lookup thread's reader and the next one). It holds the index and
+/// filter blocks too, so the index costs the same memory however many
+/// chunks the store holds: kept outside the cache (RocksDB's default),
+/// they took 1.6 B per chunk in every open database, 2.6 MB at 1.6 million
+/// chunks (benches/rss_curve.sh), and would pass 200 MiB for a put at
+/// around 40 million chunks.
+fn chunk_cache() -> Cache {
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| Mutex::new(Cache::new_lru_cache(CHUNK_CACHE_BYTES)))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// See [`chunk_cache`]. Chunk ids are random, so data blocks hit rarely
+/// and a larger cache mostly fills (a 16 GiB put peaked at 161 MiB with
+/// 64 MiB, 156 MiB with 8 MiB; benches/rss_size.sh); the index and filter
+/// partitions a lookup needs stay in its high-priority half.
+const CHUNK_CACHE_BYTES: usize = 8 << 20;
+
 fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
-    let mut chunks = Options::default();
+    // RocksDB's OptimizeForPointLookup (hash index inside data blocks,
+    // 10-bit bloom filters, a memtable bloom), with the filters and the
+    // index partitioned into 4 KiB blocks that live in the block cache: a
+    // lookup reads the top level (pinned) and one partition of each.
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
+    table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+    table.set_data_block_hash_ratio(0.75);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_block_cache(&chunk_cache());
+    let mut chunks = Options::default();
     chunks.set_block_based_table_factory(&table);
-    // An 8 MiB block cache: chunk ids are random, so a larger cache hits
-    // rarely, while it fills as a put or get goes on (a 16 GiB put peaked
-    // at 161 MiB with 64 MiB, 156 MiB with 8; benches/rss_size.sh).
-    chunks.optimize_for_point_lookup(8);
+    chunks.set_memtable_prefix_bloom_ratio(0.02);
+    chunks.set_memtable_whole_key_filtering(true);
     vec![
         ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
         ColumnFamilyDescriptor::new(CF_SEGMENTS, Options::default()),
@@ -445,6 +480,17 @@ fn read_ahead(db_path: &Path) {
     }
 }
 
+/// What [`Reader::memory`] reports, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReaderMemory {
+    /// Index and filter blocks held outside the block cache.
+    pub table_readers: u64,
+    /// Memtables (what a secondary replayed and has not seen flushed).
+    pub memtables: u64,
+    /// The chunks' block cache (shared by the process's databases).
+    pub block_cache: u64,
+}
+
 /// A lock-free read view for lookups (a RocksDB secondary instance).
 pub struct Reader {
     db: DB,
@@ -476,6 +522,31 @@ impl Reader {
             .ok()
             .flatten()
             .unwrap_or(0)
+    }
+
+    /// RocksDB's own count of the memory this reader holds, in bytes, over
+    /// all column families: table readers (index and filter blocks of every
+    /// open table file), memtables, and the chunks' block cache. For the
+    /// debug log: a put's memory is this plus its own buffers.
+    pub fn memory(&self) -> ReaderMemory {
+        let sum = |name: &str| -> u64 {
+            [CF_CHUNKS, CF_SEGMENTS, CF_META, CF_DELETED]
+                .iter()
+                .filter_map(|cf| self.db.cf_handle(cf))
+                .filter_map(|cf| self.db.property_int_value_cf(cf, name).ok().flatten())
+                .sum()
+        };
+        let chunks = self.db.cf_handle(CF_CHUNKS).expect("cf exists");
+        ReaderMemory {
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            memtables: sum("rocksdb.cur-size-all-mem-tables"),
+            block_cache: self
+                .db
+                .property_int_value_cf(chunks, "rocksdb.block-cache-usage")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        }
     }
 
     /// Sees what catch-ups since this reader was opened wrote.
@@ -546,5 +617,52 @@ fn remove_stale_secondaries(root: &Path) {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+    use crate::codec::Codec;
+
+    fn chunk(i: u64) -> ChunkId {
+        Digest(*blake3::hash(&i.to_le_bytes()).as_bytes())
+    }
+
+    /// What the index holds outside the block cache must not grow with the
+    /// chunks it holds. With RocksDB's default (every table file's whole
+    /// index and filter blocks kept beside the cache, in every open
+    /// database) these 300,000 chunks took ~480 KB in each.
+    #[test]
+    fn the_index_memory_does_not_grow_with_the_store() {
+        let store = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(store.path());
+        let location = |i: u64| Location {
+            pack: Digest([7; 32]),
+            offset: i * 100,
+            raw_len: 32_768,
+            stored_len: 100,
+            codec: Codec::Zstd,
+            inner: 0,
+        };
+        let entries = (0..300_000).map(|i| Ok((chunk(i), location(i))));
+        rebuild(dir.path(), "store", &backend, entries).unwrap();
+
+        let reader = Reader::open(dir.path()).unwrap();
+        let ids: Vec<ChunkId> = (0..1_000)
+            .map(|i| chunk(i * 300))
+            .chain([chunk(u64::MAX)])
+            .collect();
+        let found = reader.lookup(&ids).unwrap();
+        assert_eq!(
+            found[..1_000],
+            (0..1_000).map(|i| Some(location(i * 300))).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(found[1_000], None);
+        let memory = reader.memory();
+        assert!(memory.table_readers < 64 << 10, "{memory:?}");
+        assert!(memory.block_cache <= CHUNK_CACHE_BYTES as u64, "{memory:?}");
     }
 }

@@ -550,11 +550,17 @@ fn spawn_indexer(
                     // benches/rss_size.sh).
                     .and_then(|_| index::Reader::open(&index_dir))
                     .map(|reader| (covered, reader));
-                tracing::debug!(
-                    covered,
-                    ms = started.elapsed().as_millis() as u64,
-                    "put: index caught up"
-                );
+                if let Ok((_, reader)) = &fresh {
+                    let mem = reader.memory();
+                    tracing::debug!(
+                        covered,
+                        ms = started.elapsed().as_millis() as u64,
+                        table_readers = mem.table_readers,
+                        memtables = mem.memtables,
+                        block_cache = mem.block_cache,
+                        "put: index caught up"
+                    );
+                }
                 let failed = fresh.is_err();
                 if readers.send(fresh).is_err() || failed {
                     return;
