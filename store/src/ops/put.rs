@@ -551,6 +551,7 @@ fn spawn_indexer(
                     .and_then(|_| index::Reader::open(&index_dir))
                     .map(|reader| (covered, reader));
                 if let Ok((_, reader)) = &fresh {
+                    // A few property reads per catch-up (every 8 packs).
                     let mem = reader.memory();
                     tracing::debug!(
                         covered,
