@@ -36,8 +36,12 @@ impl Truth {
         let backend = LocalBackend::new(store);
         let mut chunks = HashMap::new();
         for id in images {
-            let key = imgstore_store::manifest::key(id);
-            // A delta manifest reads through its base's full manifest.
+            // A full manifest, else a delta, which reads through its base's
+            // full manifest.
+            let key = [imgstore_store::manifest::key(id), imgstore_store::manifest::delta_key(id)]
+                .into_iter()
+                .find(|k| backend.head(k).unwrap().is_some())
+                .expect("a manifest");
             let mut base = |b: &ImageId| {
                 let key = imgstore_store::manifest::key(b);
                 ManifestFile::open_full(backend.open(&key)?, key)
@@ -57,17 +61,14 @@ impl Truth {
             chunks.insert(*id, set);
         }
         let (mut stored, mut packs, mut entries) = (HashMap::new(), 0, 0);
-        for shard in backend.list("packs").unwrap() {
-            for name in backend.list(&format!("packs/{shard}")).unwrap() {
-                let key = format!("packs/{shard}/{name}");
-                let f = backend.open(&key).unwrap();
-                let footer = imgstore_store::pack::read_footer(f.as_ref(), &key).unwrap();
-                for (e, share) in footer.iter().zip(imgstore_store::pack::framed_shares(&footer)) {
-                    stored.insert(e.id.0, share);
-                    entries += 1;
-                }
-                packs += 1;
+        for pack in backend.list("packs").unwrap() {
+            let f = backend.open(&pack.key).unwrap();
+            let footer = imgstore_store::pack::read_footer(f.as_ref(), &pack.key).unwrap();
+            for (e, share) in footer.iter().zip(imgstore_store::pack::framed_shares(&footer)) {
+                stored.insert(e.id.0, share);
+                entries += 1;
             }
+            packs += 1;
         }
         Truth {
             chunks,

@@ -267,7 +267,7 @@ pub fn report(g: &Global, a: &ReportArgs) -> Result<()> {
     if let Some(path) = &a.prometheus {
         write_atomic(
             path,
-            prometheus(&store.root().display().to_string(), &stats, &du).as_bytes(),
+            prometheus(&store.location(), &stats, &du).as_bytes(),
         )?;
     }
     if let Some(path) = &a.html {
@@ -279,7 +279,7 @@ pub fn report(g: &Global, a: &ReportArgs) -> Result<()> {
             histories.push(snap.history(n)?);
         }
         let page = html::page(&html::Input {
-            store: &store.root().display().to_string(),
+            store: &store.location(),
             stats: &stats,
             stats_rows: &stats_rows(&stats),
             du: &du,

@@ -41,13 +41,13 @@ pub fn verify(g: &Global, a: &VerifyArgs) -> Result<()> {
 fn config_damage(g: &Global, err: anyhow::Error) -> Result<()> {
     let corrupt_config = matches!(
         err.downcast_ref::<imgstore_store::Error>(),
-        Some(imgstore_store::Error::Corrupt { what, .. }) if what == "config"
+        Some(imgstore_store::Error::CorruptConfig { .. })
     );
     if !corrupt_config {
         return Err(err);
     }
     let dir = super::store_dir(g)?;
-    let refs = imgstore_store::ops::refs::list_refs(&imgstore_store::LocalBackend::new(&dir), None)
+    let refs = imgstore_store::ops::refs::list_refs(imgstore_store::backend::at(&dir)?.as_ref(), None)
         .unwrap_or_default();
     if g.json {
         #[derive(serde::Serialize)]

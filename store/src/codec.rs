@@ -102,8 +102,8 @@ impl Encoder {
     }
 
     fn compress(&mut self, id: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
-        let compressed = self.zstd.compress(raw).map_err(|e| Error::BadInput {
-            reason: format!("zstd failed on {id}: {e}"),
+        let compressed = self.zstd.compress(raw).map_err(|e| Error::Internal {
+            detail: format!("zstd failed on {id}: {e}"),
         })?;
         if !pays(raw.len(), compressed.len()) {
             return Ok(None);

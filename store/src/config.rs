@@ -33,8 +33,15 @@ pub const MANIFEST_DELTAS: &str = "manifest-deltas";
 /// it; a build that predates it refuses such a store.
 pub const CHUNK_GROUPS: &str = "chunk-groups";
 
+/// Delta manifests live under keys of their own (`<image id>.delta`,
+/// FORMAT.md "Manifest keys"), so no put needs put-if-absent to keep a
+/// base full. Stores made by `init` have it; in a store without it, puts
+/// write full manifests only. A build that predates it refuses such a
+/// store: it would not find an image stored only as a delta.
+pub const DELTA_KEYS: &str = "delta-keys";
+
 /// Format features this build understands; a store listing any other is refused.
-const KNOWN_FEATURES: &[&str] = &[MANIFEST_DELTAS, CHUNK_GROUPS];
+const KNOWN_FEATURES: &[&str] = &[MANIFEST_DELTAS, CHUNK_GROUPS, DELTA_KEYS];
 
 /// The contents of `STORE/config` (JSON, so an admin can read it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +81,7 @@ impl Config {
         let config = Config {
             format: "imgstore".into(),
             version: FORMAT_VERSION,
-            features: vec![MANIFEST_DELTAS.into(), CHUNK_GROUPS.into()],
+            features: vec![MANIFEST_DELTAS.into(), CHUNK_GROUPS.into(), DELTA_KEYS.into()],
             store_id: hex::encode(&rnd[..16]),
             chunker: ChunkerParams::with_avg(avg_chunk, seed),
             hash: "blake3".into(),
@@ -93,11 +100,15 @@ impl Config {
     /// Parses and checks a config file's bytes.
     pub fn parse(bytes: &[u8]) -> Result<Config> {
         let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::corrupt("config", format!("not valid JSON: {e}")))?;
+            .map_err(|e| Error::CorruptConfig {
+                detail: format!("not valid JSON: {e}"),
+            })?;
         // Look at the version before the rest, so a newer store is named as
         // such rather than as a corrupt one.
         if value.get("format").and_then(|f| f.as_str()) != Some("imgstore") {
-            return Err(Error::corrupt("config", "not an imgstore config (format field)"));
+            return Err(Error::CorruptConfig {
+                detail: "not an imgstore config (format field)".into(),
+            });
         }
         let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
         if version > u64::from(FORMAT_VERSION) {
@@ -107,7 +118,9 @@ impl Config {
             });
         }
         let config: Config =
-            serde_json::from_value(value).map_err(|e| Error::corrupt("config", format!("bad field: {e}")))?;
+            serde_json::from_value(value).map_err(|e| Error::CorruptConfig {
+            detail: format!("bad field: {e}"),
+        })?;
         if let Some(f) = config
             .features
             .iter()
@@ -144,7 +157,7 @@ impl Config {
 
     /// Reads the config of the store behind `backend`.
     pub fn load(backend: &dyn Backend) -> Result<Option<Config>> {
-        backend.read(CONFIG_KEY)?.map(|b| Config::parse(&b)).transpose()
+        backend.get(CONFIG_KEY)?.map(|b| Config::parse(&b)).transpose()
     }
 
     /// Serialized form, pretty-printed for admins.
@@ -176,7 +189,7 @@ mod tests {
     #[test]
     fn garbage_is_corrupt_not_panic() {
         for bad in [&b""[..], b"{", b"[]", b"{\"format\":\"imgstore\",\"version\":1}"] {
-            assert!(matches!(Config::parse(bad), Err(Error::Corrupt { .. })));
+            assert!(matches!(Config::parse(bad), Err(Error::CorruptConfig { .. })));
         }
     }
 }

@@ -26,6 +26,29 @@ pub enum Error {
         /// The file being written.
         path: PathBuf,
     },
+    /// A store object that should be there is not (a pack a manifest
+    /// names, a manifest a ref names): damage, or a gc that moved it.
+    #[error("store object {key} is missing")]
+    Missing {
+        /// Its key in the store.
+        key: String,
+    },
+    /// The storage backend failed on an object (not a local file: those
+    /// are [`Error::Io`] with their path).
+    #[error("store object {key}: {source}")]
+    Backend {
+        /// The object's key.
+        key: String,
+        /// What the backend said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A failure inside imgstore itself (a worker thread that stopped, a
+    /// panic caught at a thread's edge): a bug to report, not the user's input.
+    #[error("internal error: {detail}")]
+    Internal {
+        /// What failed.
+        detail: String,
+    },
     /// A ref, image, input file or other named thing does not exist.
     #[error("{what} not found")]
     NotFound {
@@ -64,6 +87,13 @@ pub enum Error {
         /// The damaged object, e.g. `pack packs/ab/ab12…`.
         what: String,
         /// Where and how, e.g. `chunk 3f… at offset 4096: hash mismatch`.
+        detail: String,
+    },
+    /// The store's config object fails its checks: nothing in the store can
+    /// be read without its chunker settings.
+    #[error("corrupt config: {detail}")]
+    CorruptConfig {
+        /// How it is damaged.
         detail: String,
     },
     /// A name or tag that the grammar rejects.
@@ -179,7 +209,10 @@ impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } | Error::Index { .. } => ErrorKind::Other,
+            Error::Io { .. } | Error::Index { .. } | Error::Backend { .. } | Error::Internal { .. } => {
+                ErrorKind::Other
+            }
+            Error::Missing { .. } | Error::CorruptConfig { .. } => ErrorKind::Corrupt,
             Error::NoSpace { .. } => ErrorKind::NoSpace,
             Error::NotFound { .. } | Error::NoStore { .. } => ErrorKind::NotFound,
             Error::NewerFormat { .. } => ErrorKind::Incompatible,
@@ -203,7 +236,13 @@ impl Error {
             Error::NoStore { .. } => "create one with `imgstore init`, or point --store / IMGSTORE_STORE at an existing store",
             Error::NotEmpty { .. } => "choose an empty or new directory for the store",
             Error::NewerFormat { .. } => "upgrade imgstore to a version that supports this store format",
-            Error::Corrupt { .. } => "run `imgstore verify` to list the damaged images; other images are unaffected",
+            Error::CorruptConfig { .. } => {
+                "restore STORE/config from a backup or another copy of the store; `imgstore verify` lists the images it affects"
+            }
+            Error::Corrupt { .. } | Error::Missing { .. } => {
+                "run `imgstore verify` to list the damaged images; other images are unaffected"
+            }
+            Error::Internal { .. } => "this is a bug in imgstore: please report it with the command that failed",
             Error::BadName { .. } => "names look like `lab/app:3f2c1e`: lowercase path components of [a-z0-9._-], a tag of [A-Za-z0-9._-] up to 128 characters",
             Error::InputChanged { .. } => "wait until the image is completely written, then put it again",
             Error::Ambiguous { .. } => "give more hex digits of the image id",

@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::backend::{unique_suffix, Backend};
+use crate::backend::Backend;
+use crate::id::unique_suffix;
 use crate::error::{Error, Result};
 use crate::id::ImageId;
 use crate::refs::Added;
@@ -91,7 +92,7 @@ pub fn append(backend: &dyn Backend, event: &Event) -> Result<()> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let key = format!("{LOG_DIR}/{nanos:020}-{}.json", unique_suffix());
-    backend.write(&key, &serde_json::to_vec(event).expect("event serializes"))
+    backend.put(&key, &serde_json::to_vec(event).expect("event serializes"))
 }
 
 /// Parses one event file; `key` names it in errors.
@@ -102,12 +103,11 @@ pub fn parse(bytes: &[u8], key: &str) -> Result<Event> {
 /// All events in time order.
 pub fn read_all(backend: &dyn Backend) -> Result<Vec<Event>> {
     let mut events = Vec::new();
-    for name in backend.list(LOG_DIR)? {
-        let key = format!("{LOG_DIR}/{name}");
-        let Some(bytes) = backend.read(&key)? else {
+    for entry in backend.list(LOG_DIR)? {
+        let Some(bytes) = backend.get(&entry.key)? else {
             continue;
         };
-        events.push(parse(&bytes, &key)?);
+        events.push(parse(&bytes, &entry.key)?);
     }
     Ok(events)
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, TMP_PREFIX};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event, GcDone};
 use crate::hold;
@@ -137,9 +137,10 @@ fn secs(d: Duration) -> u64 {
 
 /// Now, by the store's clock: the mtime of a file just written there.
 fn store_now(backend: &dyn Backend) -> Result<SystemTime> {
-    backend.write(CLOCK_KEY, b"")?;
+    backend.put(CLOCK_KEY, b"")?;
     backend
-        .modified(CLOCK_KEY)?
+        .head(CLOCK_KEY)?
+        .map(|m| m.modified)
         .ok_or_else(|| Error::corrupt("gc clock", "file vanished right after being written"))
 }
 
@@ -230,7 +231,7 @@ impl Store {
                                 ..plan.clone()
                             };
                             self.backend
-                                .write(PLAN_KEY, &serde_json::to_vec_pretty(&rest).expect("plan"))?;
+                                .put(PLAN_KEY, &serde_json::to_vec_pretty(&rest).expect("plan"))?;
                             report.waiting =
                                 Some("stopped at --max-duration; the rest of the plan is kept".into());
                         }
@@ -263,7 +264,7 @@ impl Store {
                 };
                 // Plan first, then the sessions that might not have seen it.
                 self.backend
-                    .write(PLAN_KEY, &serde_json::to_vec_pretty(&plan).expect("plan"))?;
+                    .put(PLAN_KEY, &serde_json::to_vec_pretty(&plan).expect("plan"))?;
                 hold::point("gc-after-plan");
                 // Gc sessions are not waited for: a gc publishes no image,
                 // and copies what it repacks before condemning anything.
@@ -271,11 +272,11 @@ impl Store {
                     .backend
                     .list(SESSIONS_DIR)?
                     .into_iter()
-                    .filter(|n| !n.starts_with("gc-"))
-                    .map(|n| format!("{SESSIONS_DIR}/{n}"))
+                    .filter(|o| !o.name().starts_with("gc-"))
+                    .map(|o| o.key)
                     .collect();
                 self.backend
-                    .write(PLAN_KEY, &serde_json::to_vec_pretty(&plan).expect("plan"))?;
+                    .put(PLAN_KEY, &serde_json::to_vec_pretty(&plan).expect("plan"))?;
             }
         }
         if !opts.dry_run {
@@ -301,12 +302,15 @@ impl Store {
 
     /// The pending plan and when it was written (store clock).
     pub fn read_plan(&self) -> Result<Option<(Plan, SystemTime)>> {
-        let Some(bytes) = self.backend.read(PLAN_KEY)? else {
+        let Some(bytes) = self.backend.get(PLAN_KEY)? else {
             return Ok(None);
         };
         let plan: Plan =
             serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("gc plan gc/plan", e.to_string()))?;
-        let at = self.backend.modified(PLAN_KEY)?.unwrap_or_else(SystemTime::now);
+        let at = self
+            .backend
+            .head(PLAN_KEY)?
+            .map_or_else(SystemTime::now, |m| m.modified);
         Ok(Some((plan, at)))
     }
 
@@ -321,12 +325,12 @@ impl Store {
     /// How long the session file `key` has gone unrenewed (store clock) and
     /// its lease; `None` once the session ended (its file is gone).
     fn session_silence(&self, key: &str, now: SystemTime) -> Result<Option<(Duration, Duration)>> {
-        let Some(renewed) = self.backend.modified(key)? else {
+        let Some(renewed) = self.backend.head(key)?.map(|m| m.modified) else {
             return Ok(None);
         };
         let lease = self
             .backend
-            .read(key)?
+            .get(key)?
             .and_then(|b| serde_json::from_slice::<SessionRecord>(&b).ok())
             .map_or(crate::session::DEFAULT_LEASE, |r| {
                 Duration::from_secs(r.lease_secs)
@@ -337,11 +341,10 @@ impl Store {
     /// Removes session files of processes that died: not renewed for ten
     /// leases. Only tidiness: a lapsed session already counts as ended.
     fn remove_dead_sessions(&self, now: SystemTime) -> Result<()> {
-        for name in self.backend.list(SESSIONS_DIR)? {
-            let key = format!("{SESSIONS_DIR}/{name}");
-            if let Some((silent, lease)) = self.session_silence(&key, now)? {
+        for session in self.backend.list(SESSIONS_DIR)? {
+            if let Some((silent, lease)) = self.session_silence(&session.key, now)? {
                 if silent > lease * 10 {
-                    self.backend.delete(&key)?;
+                    self.backend.delete(&session.key)?;
                 }
             }
         }
@@ -355,10 +358,10 @@ impl Store {
     /// file until a later run.
     fn remove_stale_temporaries(&self, now: SystemTime, dry_run: bool) -> Result<(u64, u64)> {
         let mut live_pids = HashSet::new();
-        for name in self.backend.list(SESSIONS_DIR)? {
-            let key = format!("{SESSIONS_DIR}/{name}");
+        for session in self.backend.list(SESSIONS_DIR)? {
+            let name = session.name();
             let live = self
-                .session_silence(&key, now)?
+                .session_silence(&session.key, now)?
                 .is_some_and(|(silent, lease)| silent <= lease);
             if live {
                 // Session files are named `<kind>-<pid>-<random>.json`.
@@ -366,18 +369,14 @@ impl Store {
             }
         }
         let (mut files, mut bytes) = (0, 0);
-        for tmp in self.backend.temporaries()? {
-            let name = tmp.key.rsplit('/').next().unwrap_or(&tmp.key);
-            let pid = name
-                .strip_prefix(TMP_PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok());
+        for tmp in self.backend.partial_writes()? {
+            let pid = tmp.pid;
             let age = now.duration_since(tmp.modified).unwrap_or_default();
             if age <= STALE_TEMPORARY || pid.is_some_and(|p| live_pids.contains(&p)) {
                 continue;
             }
             if !dry_run {
-                self.backend.delete(&tmp.key)?;
+                self.backend.abort_partial(&tmp)?;
             }
             files += 1;
             bytes += tmp.bytes;
@@ -422,7 +421,7 @@ impl Store {
         let file = match self.backend.open(&key) {
             Ok(f) => f,
             // Deleted by an earlier, interrupted run.
-            Err(Error::Corrupt { .. }) if self.backend.modified(&key)?.is_none() => return Ok(Some(0)),
+            Err(Error::Missing { .. }) => return Ok(Some(0)),
             Err(e) => return Err(e),
         };
         let size = file.size()?;
@@ -439,7 +438,7 @@ impl Store {
             tomb.push((*cid, copy));
         }
         if !dry_run {
-            self.backend.write(
+            self.backend.put(
                 &format!("{TOMBSTONES_DIR}/{}", id.to_hex()),
                 &segment::encode_tombstone(&tomb),
             )?;
@@ -518,7 +517,7 @@ impl Store {
             hold::point("gc-after-repack-pack");
             if !new_locations.is_empty() {
                 let (seg_id, seg) = segment::encode(&new_locations);
-                self.backend.write(&seg_id.key(INDEX_DIR), &seg)?;
+                self.backend.put(&seg_id.key(INDEX_DIR), &seg)?;
                 hold::point("gc-after-repack-segment");
                 index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
                 lookup.refresh()?;
@@ -534,7 +533,7 @@ impl Store {
 
     fn write_pack(&self, builder: PackBuilder) -> Result<Vec<(crate::id::ChunkId, pack::Location)>> {
         let (id, bytes, entries) = builder.finish();
-        self.backend.write(&pack::key(&id), &bytes)?;
+        self.backend.put(&pack::key(&id), &bytes)?;
         Ok(entries.iter().map(|e| (e.id, e.location(id))).collect())
     }
 }

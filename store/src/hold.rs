@@ -1,4 +1,5 @@
-//! Test-only hold and crash points at named steps of a put or get.
+//! Test-only hold and crash points at named steps of a put or get, built
+//! only with the `test-hooks` feature (what `cargo test` builds).
 //!
 //! `IMGSTORE_TEST_HOLD=<step>` makes the process create `<step>.held` in
 //! `IMGSTORE_TEST_HOLD_DIR` and wait until that file is removed;
@@ -7,7 +8,9 @@
 //! tests place a SIGKILL or a concurrent GC at an exact point instead of
 //! hoping a timer lands there.
 
+#[cfg(feature = "test-hooks")]
 use std::path::PathBuf;
+#[cfg(feature = "test-hooks")]
 use std::time::Duration;
 
 /// Steps of a put, in order.
@@ -21,7 +24,14 @@ pub const PUT_STEPS: &[&str] = &[
     "put-after-ref",
 ];
 
+/// Called at each named step; does nothing in a build without the
+/// `test-hooks` feature (every release binary).
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn point(_step: &str) {}
+
 /// Called at each named step.
+#[cfg(feature = "test-hooks")]
 pub fn point(step: &str) {
     if std::env::var("IMGSTORE_TEST_CRASH").is_ok_and(|s| s == step) {
         tracing::warn!(step, "test crash point");

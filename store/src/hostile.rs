@@ -66,7 +66,7 @@ proptest! {
         let mut input = starts[prefix].to_vec();
         input.extend_from_slice(&bytes);
         let config_ok = matches!(Config::parse(&input),
-            Ok(_) | Err(Error::Corrupt { .. } | Error::NewerFormat { .. } | Error::BadConfig { .. }));
+            Ok(_) | Err(Error::CorruptConfig { .. } | Error::NewerFormat { .. } | Error::BadConfig { .. }));
         let ref_ok = matches!(RefRecord::parse(&input, "r"), Ok(_) | Err(Error::Corrupt { .. } | Error::NewerFormat { .. }));
         let log_ok = matches!(eventlog::parse(&input, "l"), Ok(_) | Err(Error::Corrupt { .. }));
         prop_assert!(config_ok, "config: unexpected error kind");

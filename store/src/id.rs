@@ -137,3 +137,11 @@ pub fn hash_zeros(hasher: &mut blake3::Hasher, mut n: u64) {
         n -= k as u64;
     }
 }
+
+/// A name unique to this process and moment (`<pid>-<16 hex>`), for
+/// temporary files, sessions and log entries.
+pub fn unique_suffix() -> String {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).expect("the OS random source is available");
+    format!("{}-{}", std::process::id(), hex::encode(r))
+}

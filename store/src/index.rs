@@ -22,7 +22,9 @@ use rocksdb::{
     CompactOptions, DataBlockIndexType, Options, WaitForCompactOptions, WriteBatch, WriteOptions, DB,
 };
 
-use crate::backend::{lock_path, unique_suffix, Backend, LockGuard};
+use crate::backend::Backend;
+use crate::fsutil::{lock_path, LockGuard};
+use crate::id::unique_suffix;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, PackId};
 use crate::pack::Location;
@@ -225,46 +227,45 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     let quarantined = quarantined_packs(backend)?;
-    for shard in backend.list(INDEX_DIR)? {
-        for name in backend.list(&format!("{INDEX_DIR}/{shard}"))? {
-            let key = format!("{INDEX_DIR}/{shard}/{name}");
-            if db
-                .get_pinned_cf(seg_cf, name.as_bytes())
-                .map_err(|e| index_err(&db_path, e))?
-                .is_some()
-            {
-                continue;
-            }
-            let Some(bytes) = backend.read(&key)? else {
-                continue;
-            };
-            let entries = segment::decode(&bytes, &format!("index segment {key}"))?;
-            let mut batch = WriteBatch::default();
-            let mut deleted: HashMap<PackId, bool> = HashMap::new();
-            for (id, loc) in &entries {
-                let gone = match deleted.get(&loc.pack) {
-                    Some(g) => *g,
-                    None => *deleted.entry(loc.pack).or_insert(is_deleted(&loc.pack)?),
-                };
-                if !gone && !quarantined.contains(&loc.pack) {
-                    batch.put_cf(chunk_cf, id.0, loc.encode());
-                }
-            }
-            batch.put_cf(seg_cf, name.as_bytes(), b"");
-            db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
-            done.segments += 1;
-            done.chunks += entries.len();
+    for seg in backend.list(INDEX_DIR)? {
+        let (key, name) = (&seg.key, seg.name());
+        if db
+            .get_pinned_cf(seg_cf, name.as_bytes())
+            .map_err(|e| index_err(&db_path, e))?
+            .is_some()
+        {
+            continue;
         }
+        let Some(bytes) = backend.get(key)? else {
+            continue;
+        };
+        let entries = segment::decode(&bytes, &format!("index segment {key}"))?;
+        let mut batch = WriteBatch::default();
+        let mut deleted: HashMap<PackId, bool> = HashMap::new();
+        for (id, loc) in &entries {
+            let gone = match deleted.get(&loc.pack) {
+                Some(g) => *g,
+                None => *deleted.entry(loc.pack).or_insert(is_deleted(&loc.pack)?),
+            };
+            if !gone && !quarantined.contains(&loc.pack) {
+                batch.put_cf(chunk_cf, id.0, loc.encode());
+            }
+        }
+        batch.put_cf(seg_cf, name.as_bytes(), b"");
+        db.write_opt(batch, &wo).map_err(|e| index_err(&db_path, e))?;
+        done.segments += 1;
+        done.chunks += entries.len();
     }
-    for name in backend.list(segment::TOMBSTONES_DIR)? {
-        let Ok(pack) = Digest::from_hex(&name) else {
+    for tombstone in backend.list(segment::TOMBSTONES_DIR)? {
+        let name = tombstone.name();
+        let Ok(pack) = Digest::from_hex(name) else {
             continue;
         };
         if is_deleted(&pack)? {
             continue;
         }
         let key = format!("{}/{name}", segment::TOMBSTONES_DIR);
-        let Some(bytes) = backend.read(&key)? else {
+        let Some(bytes) = backend.get(&key)? else {
             continue;
         };
         let chunks = segment::decode_tombstone(&bytes, &format!("tombstone {key}"))?;
@@ -352,7 +353,7 @@ fn surviving_copy(
             return Ok(None);
         }
         let key = format!("{}/{}", segment::TOMBSTONES_DIR, loc.pack.to_hex());
-        let Some(bytes) = backend.read(&key)? else {
+        let Some(bytes) = backend.get(&key)? else {
             return Ok(Some(loc));
         };
         copy = segment::decode_tombstone(&bytes, &format!("tombstone {key}"))?
@@ -368,7 +369,7 @@ fn quarantined_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
     Ok(backend
         .list(QUARANTINE_DIR)?
         .iter()
-        .filter_map(|n| n.strip_suffix(QUARANTINE_RECORD))
+        .filter_map(|o| o.name().strip_suffix(QUARANTINE_RECORD))
         .filter_map(|hex| Digest::from_hex(hex).ok())
         .collect())
 }

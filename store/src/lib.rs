@@ -11,6 +11,7 @@ pub mod config;
 pub mod direct;
 pub mod error;
 pub mod eventlog;
+pub mod fsutil;
 pub mod gc;
 pub mod hold;
 #[cfg(test)]
@@ -31,11 +32,10 @@ pub mod stats;
 pub mod testdata;
 pub mod verify;
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use backend::{Backend, LocalBackend};
+pub use backend::{Backend, LocalBackend, MemoryBackend};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ChunkId, Digest, ImageId};
@@ -74,88 +74,55 @@ impl Default for InitOptions {
 
 /// An open store.
 pub struct Store {
-    root: PathBuf,
     backend: Arc<dyn Backend>,
     config: Config,
     index_dir: PathBuf,
 }
 
 impl Store {
-    /// Creates a store in `root` (created if missing; must be empty).
+    /// Creates a store in the directory `root` (created if missing; must
+    /// be empty).
     pub fn init(root: &Path, opts: InitOptions, index_dir: Option<PathBuf>) -> Result<Store> {
-        match fs::read_dir(root) {
-            Ok(mut entries) => {
-                if root.join(config::CONFIG_KEY).exists() {
-                    return Err(Error::AlreadyStore { path: root.into() });
-                }
-                if entries.next().is_some() {
-                    return Err(Error::NotEmpty { path: root.into() });
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-                return Err(Error::NotEmpty { path: root.into() });
-            }
-            Err(e) => return Err(Error::io(root, e)),
-        }
-        let config = Config::new(opts.avg_chunk, opts.zstd_level)?;
-        if opts.shared {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = fs::metadata(root).map_err(|e| Error::io(root, e))?;
-            let mode = meta.permissions().mode();
-            if mode & 0o2070 != 0o2070 {
-                fs::set_permissions(root, fs::Permissions::from_mode(mode | 0o2070))
-                    .map_err(|e| Error::io(root, e))?;
-            }
-        }
-        let perms = backend::Perms::of(root);
-        for d in DIRS {
-            backend::create_dirs(&root.join(d), perms)?;
-        }
-        backend::sync_dir(root)?;
-        let backend = LocalBackend::new(root);
-        // Made now so that a `gc --dry-run` (which takes the lock) writes
-        // nothing; writable by whoever may write the store, since a flock
-        // on NFS needs a writable descriptor.
-        backend.write(gc::LOCK_KEY, b"")?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let lock = root.join(gc::LOCK_KEY);
-            let mode = fs::metadata(root)
-                .map_err(|e| Error::io(root, e))?
-                .permissions()
-                .mode();
-            let lock_mode = 0o644 | (mode & 0o020) | (mode & 0o002);
-            fs::set_permissions(&lock, fs::Permissions::from_mode(lock_mode))
-                .map_err(|e| Error::io(&lock, e))?;
-        }
-        // The config goes last: a directory is a store once it has one.
-        backend.write(config::CONFIG_KEY, &config.to_bytes())?;
-        Self::open(root, index_dir)
+        let local = LocalBackend::create(root, DIRS, opts.shared)?;
+        local.create_lock_file(gc::LOCK_KEY)?;
+        Self::init_with(Arc::new(local), opts, index_dir)
     }
 
-    /// Opens the store in `root`. `index_dir` overrides where the local
-    /// index lives (default: under the user's cache directory).
-    pub fn open(root: &Path, index_dir: Option<PathBuf>) -> Result<Store> {
-        if !root.is_dir() {
-            return Err(Error::NoStore { path: root.into() });
+    /// Creates a store behind `backend`: writes its config, the object
+    /// that makes it a store, so that is the last step of an init.
+    pub fn init_with(backend: Arc<dyn Backend>, opts: InitOptions, index_dir: Option<PathBuf>) -> Result<Store> {
+        if backend.head(config::CONFIG_KEY)?.is_some() {
+            return Err(Error::AlreadyStore {
+                path: backend.location().into(),
+            });
         }
-        let backend = LocalBackend::new(root);
-        let config = Config::load(&backend)?.ok_or_else(|| Error::NoStore { path: root.into() })?;
+        let config = Config::new(opts.avg_chunk, opts.zstd_level)?;
+        backend.put(config::CONFIG_KEY, &config.to_bytes())?;
+        Self::open_with(backend, index_dir)
+    }
+
+    /// Opens the store in the directory `root`. `index_dir` overrides where
+    /// the local index lives (default: under the user's cache directory).
+    pub fn open(root: &Path, index_dir: Option<PathBuf>) -> Result<Store> {
+        Self::open_with(backend::at(root)?, index_dir)
+    }
+
+    /// Opens the store behind `backend`.
+    pub fn open_with(backend: Arc<dyn Backend>, index_dir: Option<PathBuf>) -> Result<Store> {
+        let config = Config::load(backend.as_ref())?.ok_or_else(|| Error::NoStore {
+            path: backend.location().into(),
+        })?;
         let index_dir = index_dir.unwrap_or_else(|| index::default_dir(&config.store_id));
         Ok(Store {
-            root: root.into(),
-            backend: Arc::new(backend),
+            backend,
             config,
             index_dir,
         })
     }
 
-    /// The store's directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the store is, for people: a directory or a URL.
+    pub fn location(&self) -> String {
+        self.backend.location()
     }
 
     /// The store's frozen settings.

@@ -21,7 +21,8 @@
 //! chunks: a put that stores a GC-condemned chunk anew must write a file GC
 //! will not delete, not the condemned file again under the same name.
 
-use crate::backend::{pad_to_page, Backend, ReadAt, DIRECT_ALIGN};
+use crate::backend::{Backend, ReadAt};
+use crate::fsutil::{pad_to_page, DIRECT_ALIGN};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, PackId};
@@ -174,13 +175,10 @@ pub fn key(id: &PackId) -> String {
 /// `packs/` whose name is not a pack id is damage.
 pub fn list(backend: &dyn Backend) -> Result<Vec<(PackId, String)>> {
     let mut out = Vec::new();
-    for shard in backend.list(PACKS_DIR)? {
-        for name in backend.list(&format!("{PACKS_DIR}/{shard}"))? {
-            let key = format!("{PACKS_DIR}/{shard}/{name}");
-            let id = Digest::from_hex(&name)
-                .map_err(|_| Error::corrupt(format!("pack {key}"), "file name is not a pack id"))?;
-            out.push((id, key));
-        }
+    for pack in backend.list(PACKS_DIR)? {
+        let id = Digest::from_hex(pack.name())
+            .map_err(|_| Error::corrupt(format!("pack {}", pack.key), "file name is not a pack id"))?;
+        out.push((id, pack.key));
     }
     Ok(out)
 }

@@ -102,7 +102,7 @@ impl Store {
             let bytes = if d.missing {
                 None
             } else {
-                self.backend.read(&d.key)?
+                self.backend.get(&d.key)?
             };
             let mut builder = PackBuilder::new();
             let mut lost = Vec::new();
@@ -158,10 +158,10 @@ impl Store {
             if !opts.dry_run {
                 if !builder.is_empty() {
                     let (new_id, new_bytes, entries) = builder.finish();
-                    self.backend.write(&pack::key(&new_id), &new_bytes)?;
+                    self.backend.put(&pack::key(&new_id), &new_bytes)?;
                     let locs: Vec<_> = entries.iter().map(|e| (e.id, e.location(new_id))).collect();
                     let (seg_id, seg) = segment::encode(&locs);
-                    self.backend.write(&seg_id.key(INDEX_DIR), &seg)?;
+                    self.backend.put(&seg_id.key(INDEX_DIR), &seg)?;
                 }
                 // The record before the move: a crash between the two leaves
                 // the pack in place with its entries dropped, and the next
@@ -169,10 +169,13 @@ impl Store {
                 let hex = d.pack.to_hex();
                 let record = serde_json::to_vec_pretty(&q).expect("record serializes");
                 self.backend
-                    .write(&format!("{QUARANTINE_DIR}/{hex}{QUARANTINE_RECORD}"), &record)?;
-                if !d.missing {
-                    self.backend
-                        .rename(&d.key, &format!("{QUARANTINE_DIR}/{hex}.pack"))?;
+                    .put(&format!("{QUARANTINE_DIR}/{hex}{QUARANTINE_RECORD}"), &record)?;
+                // A move is a copy then a delete (object storage has no
+                // rename); a crash between them leaves both, and the next
+                // repair copies again and deletes.
+                if let Some(bytes) = &bytes {
+                    self.backend.put(&format!("{QUARANTINE_DIR}/{hex}.pack"), bytes)?;
+                    self.backend.delete(&d.key)?;
                 }
                 tracing::warn!(pack = %d.key, reason = %q.reason, "pack quarantined");
             }

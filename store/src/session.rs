@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{unique_suffix, Backend};
+use crate::backend::Backend;
+use crate::id::unique_suffix;
 use crate::error::{Error, Result};
 
 /// Store directory of sessions.
@@ -116,7 +117,7 @@ impl Session {
         };
         let key = format!("{SESSIONS_DIR}/{}-{}.json", kind, unique_suffix());
         let bytes = serde_json::to_vec_pretty(&record).expect("session serializes");
-        backend.write(&key, &bytes)?;
+        backend.put(&key, &bytes)?;
         let last_renewal = Arc::new(Mutex::new(Instant::now()));
         let (stop, stopped) = mpsc::channel();
         let renewer = {
@@ -137,7 +138,7 @@ impl Session {
                     }
                     // A failed renewal is not fatal here: check() notices the
                     // stale lease before anything is published.
-                    if backend.write(&key, &bytes).is_ok() {
+                    if backend.put(&key, &bytes).is_ok() {
                         *last = Instant::now();
                     }
                 })
@@ -166,7 +167,7 @@ impl Session {
                 ),
             });
         }
-        if self.backend.modified(&self.key)?.is_none() {
+        if self.backend.head(&self.key)?.is_none() {
             return Err(Error::LeaseExpired {
                 detail: format!("session file {} was removed", self.key),
             });

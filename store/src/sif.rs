@@ -552,6 +552,7 @@ fn label_strings(map: serde_json::Map<String, serde_json::Value>) -> BTreeMap<St
 /// # Panics
 ///
 /// If a name is longer than 128 bytes.
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn build_for_tests(objects: &[(u32, &str, &[u8])]) -> Vec<u8> {
     const ARCH_AMD64: &[u8; 3] = b"02\0";
     let table_len = objects.len() * DESCRIPTOR_LEN;

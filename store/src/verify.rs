@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::{atomic_write, EntryKind, InMemory};
+use crate::backend::InMemory;
+use crate::fsutil::atomic_write;
 use crate::config::CONFIG_KEY;
 use crate::error::{Error, Result};
 use crate::eventlog;
@@ -228,6 +229,67 @@ fn is_hex_id(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Files `classify` sorts into `w`; else why the key does not belong.
+fn classify(key: &str, w: &mut Walk) -> Option<&'static str> {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        [CONFIG_KEY] => None,
+        [REFS_DIR, .., last] if refs::is_tag_entry(last) => {
+            let comps: Vec<String> = parts[1..].iter().map(|c| c.to_string()).collect();
+            let valid = refs::ref_from_path(&comps).is_some_and(|t| TagRef::parse(&t.to_string()).is_ok());
+            if valid {
+                w.refs.push(key.into());
+                None
+            } else {
+                Some("that is not a valid name:tag")
+            }
+        }
+        [REFS_DIR, ..] => Some("that is not a ref"),
+        // Sharded content: <dir>/<xx>/<64 hex starting with xx>.
+        [dir @ (MANIFESTS_DIR | INDEX_DIR | PACKS_DIR), shard, name] => {
+            let shard_ok =
+                shard.len() == 2 && shard.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            let id = match *dir {
+                MANIFESTS_DIR => name.strip_suffix(manifest::DELTA_SUFFIX).unwrap_or(name),
+                _ => name,
+            };
+            if !shard_ok {
+                return Some("where only shard directories belong");
+            }
+            if !(is_hex_id(id) && id.starts_with(shard)) {
+                return Some("that is not named by its content id");
+            }
+            match *dir {
+                MANIFESTS_DIR => w.manifests.push(key.into()),
+                INDEX_DIR => w.segments.push(key.into()),
+                _ => w.packs.push(key.into()),
+            }
+            None
+        }
+        [MANIFESTS_DIR | INDEX_DIR | PACKS_DIR, ..] => Some("where only shard directories belong"),
+        // log/ and sessions/: flat directories of .json records.
+        [dir @ ("log" | "sessions"), name] if name.ends_with(".json") => {
+            if *dir == "log" {
+                w.logs.push(key.into());
+            }
+            None
+        }
+        ["log" | "sessions", ..] => Some("that is not a .json record"),
+        // gc/ and quarantine/ belong to their commands.
+        ["gc" | QUARANTINE_DIR, _, ..] => None,
+        _ => Some("that the store layout has no place for"),
+    }
+}
+
+/// A stray file's problem.
+fn stray(key: String, why: &str) -> Problem {
+    Problem {
+        kind: ProblemKind::Stray,
+        key,
+        detail: format!("file {why}"),
+    }
+}
+
 impl Store {
     /// Checks the store; see the module documentation. Returns `Err` only
     /// when verification itself cannot proceed (I/O, a damaged local index);
@@ -292,10 +354,10 @@ impl Store {
                 Ok(_) => {}
                 // Deleted by a gc since the listing: not damage.
                 Err(_)
-                    if self.backend.modified(key)?.is_none()
+                    if self.backend.head(key)?.is_none()
                         && self
                             .backend
-                            .modified(&format!("{}/{}", crate::segment::TOMBSTONES_DIR, id.to_hex()))?
+                            .head(&format!("{}/{}", crate::segment::TOMBSTONES_DIR, id.to_hex()))?
                             .is_some() =>
                 {
                     continue;
@@ -320,7 +382,7 @@ impl Store {
             report.segments += 1;
             let result = self
                 .backend
-                .read(key)?
+                .get(key)?
                 .map(|b| segment::decode(&b, &format!("index segment {key}")).map(|_| ()))
                 .unwrap_or(Ok(()));
             if let Err(e) = result {
@@ -332,7 +394,7 @@ impl Store {
             }
         }
         for key in &walk.logs {
-            if let Some(bytes) = self.backend.read(key)? {
+            if let Some(bytes) = self.backend.get(key)? {
                 if let Err(e) = eventlog::parse(&bytes, key) {
                     problems.push(Problem {
                         kind: ProblemKind::Corrupt,
@@ -349,7 +411,7 @@ impl Store {
         for id in images.keys() {
             report.images += 1;
             let key = manifest::key(id);
-            if !listed.contains(key.as_str()) {
+            if !listed.contains(key.as_str()) && !listed.contains(manifest::delta_key(id).as_str()) {
                 problems.push(Problem {
                     kind: ProblemKind::Missing,
                     key: key.clone(),
@@ -432,13 +494,16 @@ impl Store {
 
     fn read_checked_ref(&self, tag: &TagRef, key: &str) -> Result<Option<RefRecord>> {
         self.backend
-            .read(key)?
+            .get(key)?
             .map(|b| RefRecord::parse(&b, &format!("ref {tag} ({key})")))
             .transpose()
     }
 
     /// Lists the store in commit-safe order (refs, manifests, segments,
-    /// packs) and reports what does not belong. Never follows a symlink.
+    /// packs) and reports what does not belong. One listing of every key,
+    /// each classified by its path; what is not an object at all (a
+    /// symlink in a store directory) comes from the backend apart, never
+    /// followed.
     fn walk(&self, problems: &mut Vec<Problem>) -> Result<Walk> {
         let mut w = Walk {
             refs: Vec::new(),
@@ -447,118 +512,33 @@ impl Store {
             packs: Vec::new(),
             logs: Vec::new(),
         };
-        let mut stray = |kind: EntryKind, key: String, why: &str| {
-            let (kind, detail) = if kind == EntryKind::Symlink {
-                (
-                    ProblemKind::Symlink,
-                    "a symlink in the store (not followed)".to_string(),
-                )
-            } else {
-                (ProblemKind::Stray, format!("{kind:?} {why}").to_lowercase())
-            };
-            problems.push(Problem { kind, key, detail });
-        };
-        let top = self.backend.entries("")?;
-        let top_kind: HashMap<String, EntryKind> = top.iter().cloned().collect();
-        for (name, kind) in &top {
-            let known_dir = matches!(
-                name.as_str(),
-                PACKS_DIR | INDEX_DIR | MANIFESTS_DIR | REFS_DIR | "log" | "sessions" | "gc" | QUARANTINE_DIR
-            );
-            let ok =
-                (known_dir && *kind == EntryKind::Dir) || (name == CONFIG_KEY && *kind == EntryKind::File);
-            if !ok {
-                stray(*kind, name.clone(), "that the store layout has no place for");
-            }
+        for (key, detail) in self.backend.foreign_entries()? {
+            problems.push(Problem {
+                kind: ProblemKind::Symlink,
+                key,
+                detail,
+            });
         }
-        let is_dir = |d: &str| top_kind.get(d) == Some(&EntryKind::Dir);
-
-        // refs/: directories are name components, files are @tags.
-        if is_dir(REFS_DIR) {
-            let mut stack = vec![REFS_DIR.to_string()];
-            while let Some(dir) = stack.pop() {
-                for (name, kind) in self.backend.entries(&dir)? {
-                    let key = format!("{dir}/{name}");
-                    match kind {
-                        EntryKind::File if refs::is_tag_entry(&name) => {
-                            let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
-                            let valid = refs::ref_from_path(&comps)
-                                .is_some_and(|t| TagRef::parse(&t.to_string()).is_ok());
-                            if valid {
-                                w.refs.push(key);
-                            } else {
-                                stray(kind, key, "that is not a valid name:tag");
-                            }
-                        }
-                        EntryKind::Dir if !refs::is_tag_entry(&name) => stack.push(key),
-                        _ => stray(kind, key, "that is not a ref"),
-                    }
+        // Listed in commit-safe order: refs before manifests before segments
+        // before packs, so a put finishing during the walk is seen whole
+        // or not at all.
+        for dir in [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR] {
+            for object in self.backend.list(dir)? {
+                if let Some(why) = classify(&object.key, &mut w) {
+                    problems.push(stray(object.key, why));
                 }
             }
-            w.refs.sort();
         }
-        // Sharded content directories: <dir>/<xx>/<64 hex starting with xx>.
-        for (dir, out) in [(MANIFESTS_DIR, 0), (INDEX_DIR, 1), (PACKS_DIR, 2)] {
-            if !is_dir(dir) {
+        for object in self.backend.list("")? {
+            let top = object.key.split('/').next().unwrap_or_default();
+            if [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR].contains(&top) {
                 continue;
             }
-            for (shard, kind) in self.backend.entries(dir)? {
-                let skey = format!("{dir}/{shard}");
-                let shard_ok = shard.len() == 2
-                    && shard
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-                if kind != EntryKind::Dir || !shard_ok {
-                    stray(kind, skey, "where only shard directories belong");
-                    continue;
-                }
-                for (name, kind) in self.backend.entries(&skey)? {
-                    let key = format!("{skey}/{name}");
-                    if kind == EntryKind::File && is_hex_id(&name) && name.starts_with(&shard) {
-                        match out {
-                            0 => w.manifests.push(key),
-                            1 => w.segments.push(key),
-                            _ => w.packs.push(key),
-                        }
-                    } else {
-                        stray(kind, key, "that is not named by its content id");
-                    }
-                }
+            if let Some(why) = classify(&object.key, &mut w) {
+                problems.push(stray(object.key, why));
             }
         }
-        // log/ and sessions/: flat directories of .json files.
-        for dir in ["log", "sessions"] {
-            if !is_dir(dir) {
-                continue;
-            }
-            for (name, kind) in self.backend.entries(dir)? {
-                let key = format!("{dir}/{name}");
-                if kind == EntryKind::File && name.ends_with(".json") {
-                    if dir == "log" {
-                        w.logs.push(key);
-                    }
-                } else {
-                    stray(kind, key, "that is not a .json record");
-                }
-            }
-        }
-        // gc/ and quarantine/ belong to their commands; only links are reported.
-        for dir in ["gc", QUARANTINE_DIR] {
-            if !is_dir(dir) {
-                continue;
-            }
-            let mut stack = vec![dir.to_string()];
-            while let Some(d) = stack.pop() {
-                for (name, kind) in self.backend.entries(&d)? {
-                    let key = format!("{d}/{name}");
-                    match kind {
-                        EntryKind::Dir => stack.push(key),
-                        EntryKind::Symlink => stray(kind, key, ""),
-                        _ => {}
-                    }
-                }
-            }
-        }
+        w.refs.sort();
         Ok(w)
     }
 
@@ -591,13 +571,13 @@ impl Store {
             }
             let info = packs.get_mut(id).expect("pack listed");
             let key = info.key.clone();
-            let bytes = match self.backend.read(&key)? {
+            let bytes = match self.backend.get(&key)? {
                 Some(b) => b,
                 // A gc running meanwhile deleted it (after copying what
                 // any image needs): not damage.
                 None if self
                     .backend
-                    .modified(&format!("{}/{}", crate::segment::TOMBSTONES_DIR, id.to_hex()))?
+                    .head(&format!("{}/{}", crate::segment::TOMBSTONES_DIR, id.to_hex()))?
                     .is_some() =>
                 {
                     continue;

@@ -17,9 +17,9 @@
 //!
 //! A base is always a full manifest, so reading a delta reads one more
 //! file, never a chain: a put picks as base the newest image of the same
-//! name, or that image's own base when it is a delta; and a manifest, once
-//! in place, is never replaced by a delta (puts write manifests with
-//! [`crate::backend::Backend::write_new_with`]), so a base stays full.
+//! name, or that image's own base when it is a delta; and a delta lives
+//! under a key of its own (`<image id>.delta`, [`super::delta_key`]), never
+//! under a full manifest's, so a base stays full without put-if-absent.
 
 use std::collections::HashMap;
 use std::io::{self, Write};

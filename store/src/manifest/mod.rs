@@ -297,9 +297,20 @@ pub struct Manifest {
     pub meta: ManifestMeta,
 }
 
-/// The store key of an image's manifest.
+/// The store key of an image's full manifest.
 pub fn key(id: &ImageId) -> String {
     id.0.key(MANIFESTS_DIR)
+}
+
+/// What a delta manifest's key adds to a full one's.
+pub const DELTA_SUFFIX: &str = ".delta";
+
+/// The store key of an image's delta manifest. Deltas never share a key
+/// with full manifests, so no write can turn a base into a delta: deltas
+/// name full manifests as their base, and a put replaces a manifest whole
+/// without asking what is there (docs/ARCHITECTURE.md, invariant 2).
+pub fn delta_key(id: &ImageId) -> String {
+    format!("{}{DELTA_SUFFIX}", key(id))
 }
 
 /// What a checked manifest says of its image; its entries are read apart

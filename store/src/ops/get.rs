@@ -19,7 +19,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{sync_dir, unique_suffix, ReadAt};
+use crate::backend::ReadAt;
+use crate::fsutil::sync_dir;
+use crate::id::unique_suffix;
 use crate::error::{Error, Result};
 use crate::hold;
 use crate::id::{ChunkId, ImageId, PackId};
@@ -223,7 +225,7 @@ fn read_or_relocate(
     };
     let store = packs.store;
     let tomb = format!("{}/{}", TOMBSTONES_DIR, loc.pack.to_hex());
-    if store.backend.modified(&tomb)?.is_none() {
+    if store.backend.head(&tomb)?.is_none() {
         return Err(err);
     }
     index::catch_up(&store.index_dir, &store.config.store_id, store.backend.as_ref())?;

@@ -10,6 +10,7 @@ pub mod refs;
 mod tests {
     use proptest::prelude::*;
 
+    use crate::backend::Backend;
     use crate::{ImageRef, InitOptions, Input, NoProgress, Output, PutOptions, Store, TagRef};
 
     /// A store with small chunks, so small inputs have many of them.
@@ -78,6 +79,92 @@ mod tests {
             }
         }
         v
+    }
+
+    fn verify_clean(store: &Store) {
+        let opts = crate::VerifyOptions {
+            read_data: true,
+            ..Default::default()
+        };
+        let report = store.verify(&opts, &NoProgress).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+    }
+
+    /// Similar images: a base, and the base with a few edits.
+    fn two_commits() -> (Vec<u8>, Vec<u8>) {
+        let mut base = vec![0u8; 300_000];
+        crate::testdata::Rng::new(7).fill(&mut base);
+        let next = apply(&base, &[(0, 1000, 3000, 9), (1, 150_000, 2000, 3)]);
+        (base, next)
+    }
+
+    /// The backend is the only door: a store in memory puts, gets (the
+    /// second image as a delta), verifies and collects garbage, with
+    /// nothing on disk but the local index.
+    #[test]
+    fn a_store_in_memory_does_everything_a_local_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = crate::MemoryBackend::default();
+        let opts = InitOptions {
+            avg_chunk: 1024,
+            zstd_level: 3,
+            shared: false,
+        };
+        let store = Store::init_with(std::sync::Arc::new(mem.clone()), opts, Some(dir.path().join("idx"))).unwrap();
+        let (base, next) = two_commits();
+        assert_eq!(put_get(&store, "lab/app:v1", &base), base);
+        assert_eq!(put_get(&store, "lab/app:v2", &next), next);
+        let v2 = store.resolve(&crate::ImageRef::parse("lab/app:v2").unwrap()).unwrap().id;
+        let keys: Vec<String> = mem.list("").unwrap().into_iter().map(|o| o.key).collect();
+        assert!(keys.contains(&crate::manifest::delta_key(&v2)), "{keys:?}");
+        verify_clean(&store);
+        store.rm(&TagRef::parse("lab/app:v1").unwrap()).unwrap();
+        let gc = crate::gc::GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        store.gc(&gc, &NoProgress).unwrap();
+        store.gc(&gc, &NoProgress).unwrap();
+        verify_clean(&store);
+        assert_eq!(put_get(&store, "lab/app:v3", &next), next);
+        let on_disk: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(on_disk, ["idx"], "something besides the index went to disk");
+    }
+
+    /// A backend that fails a manifest write: the put fails, publishes
+    /// nothing, and the next put of the same image succeeds.
+    #[test]
+    fn a_failed_manifest_write_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = crate::MemoryBackend::default();
+        let store = Store::init_with(std::sync::Arc::new(mem.clone()), InitOptions::default(), Some(dir.path().join("idx"))).unwrap();
+        let (base, _) = two_commits();
+        mem.inject(crate::backend::Fault::FailPut("manifests/".into()));
+        let r = TagRef::parse("lab/app:v1").unwrap();
+        let input = Input::Stream(Box::new(std::io::Cursor::new(base.clone())));
+        let err = store.put(&r, input, &PutOptions::default(), &NoProgress).unwrap_err();
+        assert!(matches!(err, crate::Error::Backend { .. }), "{err}");
+        assert!(store.read_ref(&r).unwrap().is_none(), "a ref was published");
+        assert_eq!(put_get(&store, "lab/app:v1", &base), base);
+        verify_clean(&store);
+    }
+
+    /// Invariant 2: a full manifest stays full. An image stored first under
+    /// another name keeps its full manifest when a later put of it under a
+    /// name with a delta base comes along; no delta is written beside it.
+    #[test]
+    fn a_full_manifest_is_never_turned_into_a_delta() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = crate::MemoryBackend::default();
+        let store = Store::init_with(std::sync::Arc::new(mem.clone()), InitOptions::default(), Some(dir.path().join("idx"))).unwrap();
+        let (base, next) = two_commits();
+        put_get(&store, "other/name:v1", &next);
+        put_get(&store, "lab/app:v1", &base);
+        put_get(&store, "lab/app:v2", &next);
+        let id = store.resolve(&crate::ImageRef::parse("lab/app:v2").unwrap()).unwrap().id;
+        assert!(mem.head(&crate::manifest::key(&id)).unwrap().is_some());
+        assert!(mem.head(&crate::manifest::delta_key(&id)).unwrap().is_none());
+        verify_clean(&store);
     }
 
     proptest! {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::backend::{pad_to_page, start_writeback, DIRECT_ALIGN};
+use crate::fsutil::{pad_to_page, start_writeback, DIRECT_ALIGN};
 use crate::error::{Error, Result};
 
 /// Direct I/O's unit: see [`DIRECT_ALIGN`].

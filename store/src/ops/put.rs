@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::{Backend, Staged, DIRECT_ALIGN};
+use crate::backend::{Backend, Staged};
+use crate::fsutil::DIRECT_ALIGN;
 use crate::chunker::Chunker;
 use crate::codec;
-use crate::config::{CHUNK_GROUPS, MANIFEST_DELTAS};
+use crate::config::{CHUNK_GROUPS, DELTA_KEYS, MANIFEST_DELTAS};
 use crate::direct::{self, FileReader};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
@@ -487,7 +488,7 @@ fn spawn_pack_writer(
         }
         if !locations.is_empty() {
             let (seg_id, bytes) = segment::encode(locations);
-            backend.write(&seg_id.key(INDEX_DIR), &bytes)?;
+            backend.put(&seg_id.key(INDEX_DIR), &bytes)?;
             locations.clear();
         }
         Ok(())
@@ -899,9 +900,11 @@ impl Ingest<'_> {
 }
 
 impl Store {
-    /// Writes the manifest of the image `id` unless a sound one is there:
-    /// one in place is never replaced by a delta, since deltas may name it
-    /// as their base, and a damaged one is replaced by a full manifest.
+    /// Writes the manifest of the image `id` unless a sound one is there,
+    /// as a delta where one pays, else full. Full manifests and deltas have
+    /// keys of their own, so no write here can turn a delta's base into a
+    /// delta: two puts of one image racing both write, whole, and either
+    /// result reads back the same entries (no put-if-absent is needed).
     fn store_manifest(
         &self,
         reference: &TagRef,
@@ -911,28 +914,24 @@ impl Store {
         entries: &manifest::Spooled,
     ) -> Result<()> {
         let key = manifest::key(id);
-        if self.backend.modified(&key)?.is_none() {
-            let delta = match self.delta_base(reference, id) {
-                Some(base) => manifest::delta::plan(entries, &base)?,
-                None => None,
-            };
-            let written = self.backend.write_new_with(&key, &mut |w| match &delta {
-                Some(plan) => plan.write(entries, size, id, meta, w),
-                None => entries.write_manifest(size, id, meta, w),
-            })?;
-            if written {
-                return Ok(());
+        let exists = self.backend.head(&key)?.is_some() || self.backend.head(&manifest::delta_key(id))?.is_some();
+        if exists {
+            match self.manifest_file(id) {
+                Ok(_) => return Ok(()),
+                Err(Error::Corrupt { detail, .. }) => {
+                    tracing::warn!("writing a full manifest over the damaged one of image {id} ({detail})");
+                }
+                Err(e) => return Err(e),
+            }
+        } else if let Some(base) = self.delta_base(reference, id) {
+            if let Some(plan) = manifest::delta::plan(entries, &base)? {
+                return self.backend.put_with(&manifest::delta_key(id), &mut |w| {
+                    plan.write(entries, size, id, meta, w)
+                });
             }
         }
-        match self.manifest_file(id) {
-            Ok(_) => Ok(()),
-            Err(Error::Corrupt { detail, .. }) => {
-                tracing::warn!("replacing the damaged manifest {key} ({detail})");
-                self.backend
-                    .write_with(&key, &mut |w| entries.write_manifest(size, id, meta, w))
-            }
-            Err(e) => Err(e),
-        }
+        self.backend
+            .put_with(&key, &mut |w| entries.write_manifest(size, id, meta, w))
     }
 
     /// The full manifest a new image of `reference`'s name is written as a
@@ -940,7 +939,7 @@ impl Store {
     /// its base. `None` (write it full) in a store without deltas, for a
     /// name's first image, or if that manifest does not check out.
     fn delta_base(&self, reference: &TagRef, id: &ImageId) -> Option<ManifestFile> {
-        if !self.config.has(MANIFEST_DELTAS) {
+        if !(self.config.has(MANIFEST_DELTAS) && self.config.has(DELTA_KEYS)) {
             return None;
         }
         let refs = self.refs(Some(&reference.name)).ok()?;
@@ -1134,7 +1133,7 @@ impl Store {
         };
         hold::point("put-before-ref");
         session.check()?;
-        self.backend.write(&reference.key(), &record.to_bytes())?;
+        self.backend.put(&reference.key(), &record.to_bytes())?;
         hold::point("put-after-ref");
 
         let mut event = Event::now("put", reference.to_string(), Some(id));

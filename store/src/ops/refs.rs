@@ -27,7 +27,7 @@ impl Store {
     pub fn read_ref(&self, r: &TagRef) -> Result<Option<RefRecord>> {
         let key = r.key();
         self.backend
-            .read(&key)?
+            .get(&key)?
             .map(|b| RefRecord::parse(&b, &format!("ref {r} ({key})")))
             .transpose()
     }
@@ -47,12 +47,15 @@ impl Store {
             }
             ImageRef::Id(prefix) => {
                 let shard = &prefix[..2];
-                let matches: Vec<String> = self
+                let mut matches: Vec<String> = self
                     .backend
                     .list(&format!("{MANIFESTS_DIR}/{shard}"))?
-                    .into_iter()
+                    .iter()
+                    .map(|o| o.name().trim_end_matches(manifest::DELTA_SUFFIX).to_string())
                     .filter(|n| n.starts_with(prefix.as_str()))
                     .collect();
+                // An image may have a full manifest and a delta.
+                matches.dedup();
                 match matches.as_slice() {
                     [] => Err(Error::not_found(format!("image {image}"))),
                     [one] => Ok(Resolved {
@@ -113,7 +116,7 @@ impl Store {
     /// Opens and checks an image's manifest, refusing a delta: a delta's
     /// base is always a full manifest.
     pub(crate) fn full_manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
-        let (key, file) = self.open_manifest(id)?;
+        let (key, file) = self.open_full_manifest(id)?;
         let m = ManifestFile::open_full(file, format!("manifest {key}"))?;
         described(m, id, &key)
     }
@@ -131,12 +134,31 @@ impl Store {
         manifest::entry_count(file.as_ref(), &format!("manifest {key}"))
     }
 
+    /// The image's full manifest, or else its delta (a full one wins:
+    /// it may have replaced a damaged delta).
     fn open_manifest(&self, id: &ImageId) -> Result<(String, Box<dyn ReadAt>)> {
         let key = manifest::key(id);
+        match self.backend.open(&key) {
+            Ok(file) => return Ok((key, file)),
+            Err(Error::Missing { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let delta = manifest::delta_key(id);
+        match self.backend.open(&delta) {
+            Ok(file) => Ok((delta, file)),
+            Err(Error::Missing { .. }) => Err(Error::corrupt(
+                format!("image {id}"),
+                format!("manifest {key} is missing"),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The image's full manifest only: what a delta needs as its base.
+    fn open_full_manifest(&self, id: &ImageId) -> Result<(String, Box<dyn ReadAt>)> {
+        let key = manifest::key(id);
         let file = self.backend.open(&key).map_err(|e| match e {
-            Error::Corrupt { .. } => {
-                Error::corrupt(format!("image {id}"), format!("manifest {key} is missing"))
-            }
+            Error::Missing { .. } => Error::corrupt(format!("image {id}"), format!("manifest {key} is missing")),
             other => other,
         })?;
         Ok((key, file))
@@ -172,7 +194,7 @@ impl Store {
         record.user = session::username();
         record.host = session::hostname();
         record.added = Default::default();
-        self.backend.write(&new.key(), &record.to_bytes())?;
+        self.backend.put(&new.key(), &record.to_bytes())?;
         let mut event = Event::now("tag", new.to_string(), Some(resolved.id));
         event.previous = previous;
         eventlog::append(self.backend.as_ref(), &event)?;
@@ -250,23 +272,19 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
         None => REFS_DIR.to_string(),
     };
     let mut out = Vec::new();
-    let mut stack = vec![start];
-    while let Some(dir) = stack.pop() {
-        for entry in backend.list(&dir)? {
-            let key = format!("{dir}/{entry}");
-            if refs::is_tag_entry(&entry) {
-                let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
-                let Some(t) = refs::ref_from_path(&comps) else {
-                    continue;
-                };
-                let Some(bytes) = backend.read(&key)? else {
-                    continue;
-                };
-                out.push((t.clone(), RefRecord::parse(&bytes, &format!("ref {t} ({key})"))?));
-            } else {
-                stack.push(key);
-            }
-        }
+    for object in backend.list(&start)? {
+        let key = &object.key;
+        let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
+        let t = refs::ref_from_path(&comps).ok_or_else(|| {
+            Error::corrupt(
+                format!("ref file {key}"),
+                "its path is not a name and an @tag: move it out of refs/ (verify lists it)",
+            )
+        })?;
+        let Some(bytes) = backend.get(key)? else {
+            continue;
+        };
+        out.push((t.clone(), RefRecord::parse(&bytes, &format!("ref {t} ({key})"))?));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)

@@ -31,7 +31,7 @@ use rocksdb::{
 };
 
 use super::CHUNK_OVERHEAD;
-use crate::backend::{lock_path, LockGuard};
+use crate::fsutil::{lock_path, LockGuard};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, DigestMap, DigestSet, ImageId, PackId};
 use crate::manifest::Entry;
@@ -682,7 +682,7 @@ impl View {
             let file = match store.backend.open(k) {
                 Ok(f) => f,
                 // Deleted by a gc since the listing: as if never listed.
-                Err(Error::Corrupt { .. }) if store.backend.modified(k)?.is_none() => continue,
+                Err(Error::Missing { .. }) => continue,
                 Err(e) => return Err(e),
             };
             let entries = pack::read_footer(file.as_ref(), &format!("pack {k}"))?;

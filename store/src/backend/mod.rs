@@ -1,0 +1,299 @@
+//! The one narrow door to the store's bytes, in object-store terms.
+//!
+//! Everything the store keeps goes through [`Backend`]: put a whole
+//! immutable object, get it or a range of it, list a prefix (in pages),
+//! delete, and an object's size and last-modified time. That is what S3,
+//! GCS and Azure offer, so an object-store backend changes nothing above
+//! this module. Objects are written once under a unique key or replaced
+//! whole; no step of put, gc or repair rests on put-if-absent or any other
+//! compare-and-swap (docs/ARCHITECTURE.md, "What the backend must do").
+//!
+//! [`LocalBackend`] keeps a store in a directory (local disk or NFS);
+//! [`MemoryBackend`] keeps one in memory, with injectable faults, for tests.
+
+mod local;
+mod memory;
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+
+pub use local::LocalBackend;
+pub use memory::{Fault, MemoryBackend};
+
+/// Random-access reads of one stored object (a ranged get).
+pub trait ReadAt: Send + Sync {
+    /// Fills `buf` from `offset`, or fails (a short object is an error).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// The object's length.
+    fn size(&self) -> Result<u64>;
+}
+
+/// An object already read into memory (a pack checked after one whole read,
+/// a manifest), read like a stored one; reading past its end is a short file.
+pub struct InMemory<'a>(pub &'a [u8]);
+
+impl ReadAt for InMemory<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| Error::corrupt("file", format!("too short at offset {offset}")))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn size(&self) -> Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
+/// One stored object, as a listing or [`Backend::head`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Its key, from the store's root: `packs/ab/ab12…`.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written, by the store's clock (never the host's).
+    pub modified: SystemTime,
+}
+
+impl ObjectMeta {
+    /// The last component of the key.
+    pub fn name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or(&self.key)
+    }
+}
+
+/// One page of a listing: up to a backend's page size of objects, in key
+/// order, and whether more follow.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// The objects, sorted by key.
+    pub objects: Vec<ObjectMeta>,
+    /// More objects follow the last one: ask again with it as `after`.
+    pub more: bool,
+}
+
+/// A write that an interrupted writer left unfinished: a temporary file in a
+/// directory, an unfinished multipart upload in object storage.
+#[derive(Debug, Clone)]
+pub struct PartialWrite {
+    /// Its key; [`Backend::abort_partial`] takes it.
+    pub key: String,
+    /// Bytes it holds.
+    pub bytes: u64,
+    /// When it was last written, by the store's clock.
+    pub modified: SystemTime,
+    /// The writing process's id, where its name records one: gc keeps the
+    /// partial writes of processes with a live session.
+    pub pid: Option<u32>,
+}
+
+/// An object from [`Backend::stage`], written but not yet in place.
+pub trait Staged: Send {
+    /// Makes the object durable and visible under its key.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A staged object that was written whole already.
+struct Written;
+
+impl Staged for Written {
+    fn commit(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Holds a [`Backend::lock`] until dropped (or nothing, where the backend
+/// has no locks).
+pub struct Lock {
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl Lock {
+    /// A lock that holds nothing: what a backend without locks gives.
+    pub fn none() -> Lock {
+        Lock { _held: None }
+    }
+
+    /// A lock held by `guard` until dropped.
+    pub fn held(guard: impl Send + Sync + 'static) -> Lock {
+        Lock {
+            _held: Some(Box::new(guard)),
+        }
+    }
+}
+
+/// Filler of a streamed [`Backend::put_with`].
+pub type Fill<'a> = dyn FnMut(&mut dyn Write) -> io::Result<()> + 'a;
+
+/// Storage for the store's objects, addressed by `/`-separated keys.
+pub trait Backend: Send + Sync {
+    /// Where the store is, for people: a path or a URL.
+    fn location(&self) -> String;
+    /// Writes `data` as the whole object `key`, atomically: readers see the
+    /// old object or the whole new one, never a part. Durable when this
+    /// returns.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.put_with(key, &mut |w| w.write_all(data))
+    }
+    /// [`Backend::put`] of what `fill` writes: for objects too large to
+    /// build in memory first (a manifest of a many-GB image).
+    fn put_with(&self, key: &str, fill: &mut Fill) -> Result<()>;
+    /// [`Backend::put`] in two steps, so a writer can reuse `data`'s buffer
+    /// before the object is durable: the bytes are handed over now, and the
+    /// object appears under `key`, durable, only at [`Staged::commit`].
+    /// Dropped uncommitted, it never appears. Backends without a cheaper way
+    /// write it whole here and commit nothing.
+    fn stage(&self, key: &str, data: &[u8]) -> Result<Box<dyn Staged>> {
+        self.put(key, data)?;
+        Ok(Box::new(Written))
+    }
+    /// Reads the whole of `key`. `Ok(None)` if it does not exist.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Opens `key` for ranged gets; a missing key is [`Error::Missing`].
+    fn open(&self, key: &str) -> Result<Box<dyn ReadAt>>;
+    /// Size and last-modified time of `key`. `Ok(None)` if it does not exist.
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+    /// One page of the objects under `prefix` (a key's directory part:
+    /// `packs` lists `packs/…`; empty lists everything), in key order,
+    /// starting after the key `after`.
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage>;
+    /// Every object under `prefix`, in key order: all pages of
+    /// [`Backend::list_page`].
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut out: Vec<ObjectMeta> = Vec::new();
+        loop {
+            let page = self.list_page(prefix, out.last().map(|o| o.key.as_str()))?;
+            let more = page.more && !page.objects.is_empty();
+            out.extend(page.objects);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+    /// Removes `key`; removing a missing key is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+    /// An advisory exclusive lock named `key`, held until the guard drops.
+    /// `Ok(None)` when another process holds it and `wait` is false. Locks
+    /// only avoid wasted work (two gcs condemning at once); no safety
+    /// property rests on them, so a backend without locks gives
+    /// [`Lock::none`].
+    fn lock(&self, key: &str, wait: bool) -> Result<Option<Lock>> {
+        let _ = (key, wait);
+        Ok(Some(Lock::none()))
+    }
+    /// Writes that interrupted writers left unfinished, sorted by key.
+    fn partial_writes(&self) -> Result<Vec<PartialWrite>> {
+        Ok(Vec::new())
+    }
+    /// Removes what a [`PartialWrite`] holds.
+    fn abort_partial(&self, partial: &PartialWrite) -> Result<()> {
+        self.delete(&partial.key)
+    }
+    /// Entries in the store that are not objects and that verify should
+    /// name (a symlink or a device planted in a store directory), with what
+    /// each is. Object storage has none.
+    fn foreign_entries(&self) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The backend for a store at `location`: today a directory (local or NFS).
+pub fn at(location: &Path) -> Result<Arc<dyn Backend>> {
+    if !location.is_dir() {
+        return Err(Error::NoStore {
+            path: location.into(),
+        });
+    }
+    Ok(Arc::new(LocalBackend::new(location)))
+}
+
+/// A key made only of plain relative components: none empty, `.` or `..`,
+/// none with a NUL. Keys come from this crate, never from users, but one
+/// that could climb out of a store is refused all the same.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}
+
+/// `key` if it is a [`valid_key`], else an error naming it: keys are made
+/// by this crate from checked names, so a bad one is a bug.
+pub(crate) fn checked(key: &str) -> Result<&str> {
+    if valid_key(key) {
+        Ok(key)
+    } else {
+        Err(Error::Internal {
+            detail: format!("store key {key:?} is not a plain relative path"),
+        })
+    }
+}
+
+/// The part of `prefix` that keys under it start with (`packs` -> `packs/`).
+pub(crate) fn dir_prefix(prefix: &str) -> String {
+    match prefix.trim_end_matches('/') {
+        "" => String::new(),
+        p => format!("{p}/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "a/./b"] {
+            assert!(!valid_key(bad), "{bad:?} accepted");
+        }
+        assert!(valid_key("refs/lab/app/@v1"));
+    }
+
+    /// Both backends keep the same contract: whole replacement, listing
+    /// in key order across directories and pages, missing keys.
+    #[test]
+    fn both_backends_keep_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let backends: Vec<Box<dyn Backend>> = vec![
+            Box::new(LocalBackend::new(dir.path())),
+            Box::new(MemoryBackend::with_page_size(2)),
+        ];
+        for b in backends {
+            let b = b.as_ref();
+            b.put("a/b/c", b"one").unwrap();
+            b.put("a/b/c", b"two").unwrap();
+            b.put("a/x", b"x").unwrap();
+            b.put("a/b/d", b"dd").unwrap();
+            b.put("ab", b"not under a").unwrap();
+            assert_eq!(b.get("a/b/c").unwrap().unwrap(), b"two");
+            assert_eq!(b.get("a/b/missing").unwrap(), None);
+            let keys: Vec<String> = b.list("a").unwrap().into_iter().map(|o| o.key).collect();
+            assert_eq!(keys, ["a/b/c", "a/b/d", "a/x"], "{}", b.location());
+            let all = b.list("").unwrap();
+            assert_eq!(all.len(), 4);
+            assert_eq!(b.head("a/b/d").unwrap().unwrap().size, 2);
+            assert!(b.head("a/b/nope").unwrap().is_none());
+            let mut buf = [0u8; 1];
+            b.open("a/b/d").unwrap().read_exact_at(&mut buf, 1).unwrap();
+            assert_eq!(&buf, b"d");
+            assert!(matches!(b.open("a/b/nope").err(), Some(Error::Missing { .. })));
+            assert!(b.open("a/b/d").unwrap().read_exact_at(&mut [0; 3], 0).is_err());
+            b.delete("a/b/c").unwrap();
+            b.delete("a/b/c").unwrap();
+            assert!(b.list("nope").unwrap().is_empty());
+            assert!(b.put("../x", b"").is_err());
+            let staged = b.stage("s/kept", b"kept").unwrap();
+            staged.commit().unwrap();
+            assert_eq!(b.get("s/kept").unwrap().unwrap(), b"kept");
+        }
+    }
+}
