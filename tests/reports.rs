@@ -676,7 +676,7 @@ impl Synthetic {
 /// Times `stats`, `du` and `history` on 1,000 synthetic 4 GiB images
 /// (IMGSTORE_SCALE_IMAGES, IMGSTORE_SCALE_CHUNKS per image): on a host with
 /// no report view (it folds every image in), then with it, then after one
-/// more image and after an `rm`. For docs/PERFORMANCE.md:
+/// more image and after an `rm`. For benches/results/SCALE.md:
 /// `cargo test --release --test tests reports::at_scale -- --ignored --nocapture`
 #[test]
 #[ignore]

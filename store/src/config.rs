@@ -17,7 +17,7 @@ pub const DEFAULT_AVG_CHUNK: u32 = 32 * 1024;
 /// Default zstd level. With chunks compressed in 1 MiB groups, level 2 put
 /// the first full ext3 image in 15.7 s and 1228 MiB, level 3 in 23.5 s and
 /// 1181 MiB (restic: 1256 MiB), level 1 in 14.4 s and 1297 MiB
-/// (docs/PERFORMANCE.md, "Chunk groups").
+/// (benches/results/HISTORY.md, "Chunk groups on the full ext3 set").
 pub const DEFAULT_ZSTD_LEVEL: i32 = 2;
 /// Default size at which a pack is closed and written.
 pub const DEFAULT_PACK_SIZE: u64 = 32 * 1024 * 1024;

@@ -3,8 +3,9 @@
 //! A put reads each byte of an image once. Read through the page cache, a
 //! cold image costs the kernel a page-cache fill and a copy of every byte
 //! into the reader's buffer: `dd bs=8M` of a cold 3 GiB file used 1.4-2.6
-//! CPU-s of system time here, against 0.2 with `iflag=direct` (PERFORMANCE.md,
-//! "Reading the input"). So the parts of the file that are not in the page
+//! CPU-s of system time here, against 0.2 with `iflag=direct`; the put's A/B
+//! is in benches/results/HISTORY.md ("Chunk groups on the full ext3 set",
+//! "The input read with `O_DIRECT` again"). So the parts of the file that are not in the page
 //! cache are read with `O_DIRECT`, straight into the aligned block; parts
 //! that are (an image just built) are copied from it, which is faster than
 //! the disk. Where the filesystem refuses `O_DIRECT` (tmpfs), or a read is

@@ -169,8 +169,8 @@ pub fn pad_to_page(buf: &mut Vec<u8>) -> usize {
 /// [`stage_file`] of `data` with direct I/O (`O_DIRECT`): its whole pages
 /// go from `data` to the disk without a copy into the page cache, the
 /// rest through the page cache. Writing a new pack into the page cache cost
-/// more system time than anything else a put did (PERFORMANCE.md, "Direct
-/// I/O"), and nothing reads a new pack soon.
+/// more system time than anything else a put did (benches/results/HISTORY.md,
+/// "Direct I/O"), and nothing reads a new pack soon.
 /// `Ok(None)` when `data` is not page-aligned or the filesystem refuses
 /// direct I/O: the caller writes it through the page cache instead.
 pub fn stage_direct(path: &Path, data: &[u8], perms: Option<Perms>) -> Result<Option<StagedFile>> {

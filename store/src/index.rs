@@ -76,7 +76,7 @@ fn db_options() -> Options {
     opts.set_max_open_files(-1);
     // Opening those files on RocksDB's default 16 threads made a small put
     // (which opens the index three times) create 310 threads; 2 threads
-    // took it from 41-49 ms to 32-37 ms (PERFORMANCE.md).
+    // took it from 41-49 ms to 32-37 ms (benches/results/HISTORY.md, "Fixed cost of a put").
     opts.set_max_file_opening_threads(2);
     opts
 }

@@ -3,7 +3,8 @@
 //!
 //! A commit's image differs from the last commit's in a few chunks, yet a
 //! full manifest costs 41 bytes a chunk: 1.45 MB for a 1.4 GB squashfs
-//! image, more than an edit-only commit's new chunks (docs/PERFORMANCE.md).
+//! image, more than an edit-only commit's new chunks (benches/results/HISTORY.md,
+//! "Delta manifests").
 //! A delta costs 17 bytes a run of shared entries and 41 a new one.
 //!
 //! ```text

@@ -2,7 +2,8 @@
 //! written with direct I/O (`O_DIRECT`) where the filesystem allows it,
 //! zero runs left as holes. Writing a new file through the page cache cost
 //! a get more system time than reading and checking the image did
-//! (PERFORMANCE.md, "Direct I/O"); a block written directly skips that copy.
+//! (benches/results/HISTORY.md, "Direct I/O"); a block written directly skips
+//! that copy.
 //! Where direct I/O is refused, the same blocks go through the page cache,
 //! with write-back started as they go. A thread of its own writes each
 //! block while the next is gathered.

@@ -54,7 +54,7 @@ use crate::Store;
 /// whole, cut and hashed chunk by chunk is still in the CPU's caches: 2 MiB
 /// blocks put a known 1.3 GiB squashfs image in 1.16-1.22 s against
 /// 1.14-1.31 s with 8 MiB (cold, 4 rounds each), with less CPU and 16-21 MiB
-/// less peak RSS (PERFORMANCE.md, "Input block size").
+/// less peak RSS (benches/results/HISTORY.md, "Input block size").
 const BLOCK: usize = 2 << 20;
 /// Blocks in flight: read ahead, being cut and hashed, being compressed
 /// ([`ENCODING_BLOCKS`] + 1) and waiting in between.
@@ -1106,8 +1106,8 @@ impl Store {
 
         // No catch-up here: the segments are durable in the store, and every
         // command catches the index up before it reads it. Opening the index
-        // once more cost ~6 ms of every put (PERFORMANCE.md, "Fixed cost of
-        // a put").
+        // once more cost ~6 ms of every put (benches/results/HISTORY.md, "Fixed
+        // cost of a put").
         hold::point("put-after-segment");
 
         let id = ImageId(Digest::from(image.finalize()));
