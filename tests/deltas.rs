@@ -6,10 +6,14 @@ use std::path::PathBuf;
 
 use crate::common::{self, Env};
 
-/// An image's manifest file.
+/// An image's manifest file: the full one, else its delta (`<id>.delta`).
 fn manifest_path(env: &Env, image: &serde_json::Value) -> PathBuf {
     let hex = image.as_str().unwrap().trim_start_matches("blake3:");
-    env.store().join("manifests").join(&hex[..2]).join(hex)
+    let full = env.store().join("manifests").join(&hex[..2]).join(hex);
+    if full.exists() {
+        return full;
+    }
+    full.with_file_name(format!("{hex}.delta"))
 }
 
 /// (format version, base image id or "", file size) of a manifest.
@@ -148,7 +152,7 @@ fn a_store_made_without_deltas_keeps_writing_full_manifests() {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     assert_eq!(
         v["features"],
-        serde_json::json!(["manifest-deltas", "chunk-groups"])
+        serde_json::json!(["manifest-deltas", "chunk-groups", "delta-keys"])
     );
     v["features"] = serde_json::json!([]);
     std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
@@ -156,4 +160,38 @@ fn a_store_made_without_deltas_keeps_writing_full_manifests() {
         assert_eq!(manifest_kind(&manifest_path(&env, &report["image"])).0, 1);
         assert!(env.get(report["ref"].as_str().unwrap()) == data);
     }
+}
+
+/// A store laid out before `delta-keys` (deltas under the plain key,
+/// written there only where no manifest was) still reads back, and puts
+/// into it write full manifests only: keeping a base full there would need
+/// put-if-absent.
+#[test]
+fn a_store_with_deltas_under_plain_keys_reads_and_gets_full_manifests() {
+    let env = Env::new();
+    let commits = history(&env);
+    let mut moved = 0;
+    for (_, report) in &commits[1..] {
+        let delta = manifest_path(&env, &report["image"]);
+        let name = delta.file_name().unwrap().to_str().unwrap().to_string();
+        let plain = delta.with_file_name(name.trim_end_matches(".delta"));
+        assert!(name.ends_with(".delta"), "{name}");
+        std::fs::rename(&delta, &plain).unwrap();
+        moved += 1;
+    }
+    assert_eq!(moved, 3);
+    let config = env.store().join("config");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    v["features"] = serde_json::json!(["manifest-deltas", "chunk-groups"]);
+    std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    for (data, report) in &commits {
+        assert!(env.get(report["ref"].as_str().unwrap()) == *data);
+    }
+    env.cmd().args(["verify", "--read-data"]).assert().success();
+    let next = common::edit(&commits[3].0, 3, 9);
+    let f = env.file("c9.img", &next);
+    let report = env.put("lab/app:c9", &f);
+    let path = manifest_path(&env, &report["image"]);
+    assert_eq!(manifest_kind(&path).0, 1, "{}", path.display());
+    assert!(env.get("lab/app:c9") == next);
 }

@@ -38,10 +38,13 @@ impl Truth {
         for id in images {
             // A full manifest, else a delta, which reads through its base's
             // full manifest.
-            let key = [imgstore_store::manifest::key(id), imgstore_store::manifest::delta_key(id)]
-                .into_iter()
-                .find(|k| backend.head(k).unwrap().is_some())
-                .expect("a manifest");
+            let key = [
+                imgstore_store::manifest::key(id),
+                imgstore_store::manifest::delta_key(id),
+            ]
+            .into_iter()
+            .find(|k| backend.head(k).unwrap().is_some())
+            .expect("a manifest");
             let mut base = |b: &ImageId| {
                 let key = imgstore_store::manifest::key(b);
                 ManifestFile::open_full(backend.open(&key)?, key)
@@ -61,9 +64,9 @@ impl Truth {
             chunks.insert(*id, set);
         }
         let (mut stored, mut packs, mut entries) = (HashMap::new(), 0, 0);
-        for pack in backend.list("packs").unwrap() {
-            let f = backend.open(&pack.key).unwrap();
-            let footer = imgstore_store::pack::read_footer(f.as_ref(), &pack.key).unwrap();
+        for key in backend.list("packs").unwrap() {
+            let f = backend.open(&key).unwrap();
+            let footer = imgstore_store::pack::read_footer(f.as_ref(), &key).unwrap();
             for (e, share) in footer.iter().zip(imgstore_store::pack::framed_shares(&footer)) {
                 stored.insert(e.id.0, share);
                 entries += 1;

@@ -265,10 +265,7 @@ pub fn report(g: &Global, a: &ReportArgs) -> Result<()> {
     let stats = snap.stats();
     let du = snap.du_all()?;
     if let Some(path) = &a.prometheus {
-        write_atomic(
-            path,
-            prometheus(&store.location(), &stats, &du).as_bytes(),
-        )?;
+        write_atomic(path, prometheus(&store.location(), &stats, &du).as_bytes())?;
     }
     if let Some(path) = &a.html {
         let events = store.events(None)?;

@@ -99,10 +99,9 @@ impl Config {
 
     /// Parses and checks a config file's bytes.
     pub fn parse(bytes: &[u8]) -> Result<Config> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::CorruptConfig {
-                detail: format!("not valid JSON: {e}"),
-            })?;
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::CorruptConfig {
+            detail: format!("not valid JSON: {e}"),
+        })?;
         // Look at the version before the rest, so a newer store is named as
         // such rather than as a corrupt one.
         if value.get("format").and_then(|f| f.as_str()) != Some("imgstore") {
@@ -117,8 +116,7 @@ impl Config {
                 supported: FORMAT_VERSION,
             });
         }
-        let config: Config =
-            serde_json::from_value(value).map_err(|e| Error::CorruptConfig {
+        let config: Config = serde_json::from_value(value).map_err(|e| Error::CorruptConfig {
             detail: format!("bad field: {e}"),
         })?;
         if let Some(f) = config

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::Backend;
-use crate::id::unique_suffix;
 use crate::error::{Error, Result};
+use crate::id::unique_suffix;
 use crate::id::ImageId;
 use crate::refs::Added;
 use crate::session::{hostname, username};
@@ -103,11 +103,11 @@ pub fn parse(bytes: &[u8], key: &str) -> Result<Event> {
 /// All events in time order.
 pub fn read_all(backend: &dyn Backend) -> Result<Vec<Event>> {
     let mut events = Vec::new();
-    for entry in backend.list(LOG_DIR)? {
-        let Some(bytes) = backend.get(&entry.key)? else {
+    for key in backend.list(LOG_DIR)? {
+        let Some(bytes) = backend.get(&key)? else {
             continue;
         };
-        events.push(parse(&bytes, &entry.key)?);
+        events.push(parse(&bytes, &key)?);
     }
     Ok(events)
 }

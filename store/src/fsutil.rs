@@ -71,7 +71,11 @@ impl Perms {
 /// The permission bits of `path`.
 pub fn mode_of(path: &Path) -> Result<u32> {
     use std::os::unix::fs::PermissionsExt;
-    Ok(fs::metadata(path).map_err(|e| Error::io(path, e))?.permissions().mode() & 0o7777)
+    Ok(fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .permissions()
+        .mode()
+        & 0o7777)
 }
 
 /// Sets the permission bits of `path`.

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{key_name, Backend};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event, GcDone};
 use crate::hold;
@@ -272,8 +272,7 @@ impl Store {
                     .backend
                     .list(SESSIONS_DIR)?
                     .into_iter()
-                    .filter(|o| !o.name().starts_with("gc-"))
-                    .map(|o| o.key)
+                    .filter(|k| !key_name(k).starts_with("gc-"))
                     .collect();
                 self.backend
                     .put(PLAN_KEY, &serde_json::to_vec_pretty(&plan).expect("plan"))?;
@@ -342,9 +341,9 @@ impl Store {
     /// leases. Only tidiness: a lapsed session already counts as ended.
     fn remove_dead_sessions(&self, now: SystemTime) -> Result<()> {
         for session in self.backend.list(SESSIONS_DIR)? {
-            if let Some((silent, lease)) = self.session_silence(&session.key, now)? {
+            if let Some((silent, lease)) = self.session_silence(&session, now)? {
                 if silent > lease * 10 {
-                    self.backend.delete(&session.key)?;
+                    self.backend.delete(&session)?;
                 }
             }
         }
@@ -359,9 +358,9 @@ impl Store {
     fn remove_stale_temporaries(&self, now: SystemTime, dry_run: bool) -> Result<(u64, u64)> {
         let mut live_pids = HashSet::new();
         for session in self.backend.list(SESSIONS_DIR)? {
-            let name = session.name();
+            let name = key_name(&session);
             let live = self
-                .session_silence(&session.key, now)?
+                .session_silence(&session, now)?
                 .is_some_and(|(silent, lease)| silent <= lease);
             if live {
                 // Session files are named `<kind>-<pid>-<random>.json`.

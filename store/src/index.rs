@@ -22,10 +22,10 @@ use rocksdb::{
     CompactOptions, DataBlockIndexType, Options, WaitForCompactOptions, WriteBatch, WriteOptions, DB,
 };
 
-use crate::backend::Backend;
+use crate::backend::{key_name, Backend};
+use crate::error::{Error, Result};
 use crate::fsutil::{lock_path, LockGuard};
 use crate::id::unique_suffix;
-use crate::error::{Error, Result};
 use crate::id::{ChunkId, Digest, PackId};
 use crate::pack::Location;
 use crate::segment::{self, INDEX_DIR};
@@ -227,8 +227,8 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     let quarantined = quarantined_packs(backend)?;
-    for seg in backend.list(INDEX_DIR)? {
-        let (key, name) = (&seg.key, seg.name());
+    for key in &backend.list(INDEX_DIR)? {
+        let name = key_name(key);
         if db
             .get_pinned_cf(seg_cf, name.as_bytes())
             .map_err(|e| index_err(&db_path, e))?
@@ -257,7 +257,7 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
         done.chunks += entries.len();
     }
     for tombstone in backend.list(segment::TOMBSTONES_DIR)? {
-        let name = tombstone.name();
+        let name = key_name(&tombstone);
         let Ok(pack) = Digest::from_hex(name) else {
             continue;
         };
@@ -369,7 +369,7 @@ fn quarantined_packs(backend: &dyn Backend) -> Result<HashSet<PackId>> {
     Ok(backend
         .list(QUARANTINE_DIR)?
         .iter()
-        .filter_map(|o| o.name().strip_suffix(QUARANTINE_RECORD))
+        .filter_map(|k| key_name(k).strip_suffix(QUARANTINE_RECORD))
         .filter_map(|hex| Digest::from_hex(hex).ok())
         .collect())
 }

@@ -8,25 +8,25 @@ pub mod backend;
 pub mod chunker;
 pub mod codec;
 pub mod config;
-pub mod direct;
-pub mod error;
+mod direct;
+mod error;
 pub mod eventlog;
-pub mod fsutil;
+mod fsutil;
 pub mod gc;
 pub mod hold;
 #[cfg(test)]
 mod hostile;
-pub mod id;
+mod id;
 pub mod index;
 pub mod manifest;
-pub mod mark;
+mod mark;
 pub mod ops;
 pub mod pack;
-pub mod progress;
+mod progress;
 pub mod refs;
-pub mod repair;
-pub mod segment;
-pub mod session;
+mod repair;
+mod segment;
+mod session;
 pub mod sif;
 pub mod stats;
 pub mod testdata;
@@ -38,13 +38,13 @@ use std::sync::Arc;
 pub use backend::{Backend, LocalBackend, MemoryBackend};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
-pub use id::{ChunkId, Digest, ImageId};
+pub use id::{ChunkId, Digest, ImageId, PackId};
 pub use ops::get::{GetReport, Output};
 pub use ops::put::{Input, PutOptions, PutReport};
 pub use ops::refs::Resolved;
 pub use progress::{NoProgress, Progress};
 pub use refs::{ImageRef, RefRecord, TagRef};
-pub use repair::{RepairOptions, RepairReport};
+pub use repair::{Quarantined, RepairOptions, RepairReport};
 pub use verify::{Subset, VerifyOptions, VerifyReport};
 
 /// Top-level directories of a store, created at `init`.
@@ -90,7 +90,11 @@ impl Store {
 
     /// Creates a store behind `backend`: writes its config, the object
     /// that makes it a store, so that is the last step of an init.
-    pub fn init_with(backend: Arc<dyn Backend>, opts: InitOptions, index_dir: Option<PathBuf>) -> Result<Store> {
+    pub fn init_with(
+        backend: Arc<dyn Backend>,
+        opts: InitOptions,
+        index_dir: Option<PathBuf>,
+    ) -> Result<Store> {
         if backend.head(config::CONFIG_KEY)?.is_some() {
             return Err(Error::AlreadyStore {
                 path: backend.location().into(),

@@ -21,10 +21,10 @@
 //! chunks: a put that stores a GC-condemned chunk anew must write a file GC
 //! will not delete, not the condemned file again under the same name.
 
-use crate::backend::{Backend, ReadAt};
-use crate::fsutil::{pad_to_page, DIRECT_ALIGN};
+use crate::backend::{key_name, Backend, ReadAt};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
+use crate::fsutil::{pad_to_page, DIRECT_ALIGN};
 use crate::id::{ChunkId, Digest, PackId};
 
 const MAGIC: &[u8; 8] = b"IMGSPACK";
@@ -175,10 +175,10 @@ pub fn key(id: &PackId) -> String {
 /// `packs/` whose name is not a pack id is damage.
 pub fn list(backend: &dyn Backend) -> Result<Vec<(PackId, String)>> {
     let mut out = Vec::new();
-    for pack in backend.list(PACKS_DIR)? {
-        let id = Digest::from_hex(pack.name())
-            .map_err(|_| Error::corrupt(format!("pack {}", pack.key), "file name is not a pack id"))?;
-        out.push((id, pack.key));
+    for key in backend.list(PACKS_DIR)? {
+        let id = Digest::from_hex(key_name(&key))
+            .map_err(|_| Error::corrupt(format!("pack {key}"), "file name is not a pack id"))?;
+        out.push((id, key));
     }
     Ok(out)
 }

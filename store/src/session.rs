@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::id::unique_suffix;
 use crate::error::{Error, Result};
+use crate::id::unique_suffix;
 
 /// Store directory of sessions.
 pub const SESSIONS_DIR: &str = "sessions";

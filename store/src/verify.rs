@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backend::InMemory;
-use crate::fsutil::atomic_write;
 use crate::config::CONFIG_KEY;
 use crate::error::{Error, Result};
 use crate::eventlog;
+use crate::fsutil::atomic_write;
 use crate::id::{ChunkId, Digest, ImageId, PackId};
 use crate::index::{self, QUARANTINE_DIR};
 use crate::manifest::{self, Entry, Manifest, MANIFESTS_DIR};
@@ -247,8 +247,10 @@ fn classify(key: &str, w: &mut Walk) -> Option<&'static str> {
         [REFS_DIR, ..] => Some("that is not a ref"),
         // Sharded content: <dir>/<xx>/<64 hex starting with xx>.
         [dir @ (MANIFESTS_DIR | INDEX_DIR | PACKS_DIR), shard, name] => {
-            let shard_ok =
-                shard.len() == 2 && shard.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            let shard_ok = shard.len() == 2
+                && shard
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
             let id = match *dir {
                 MANIFESTS_DIR => name.strip_suffix(manifest::DELTA_SUFFIX).unwrap_or(name),
                 _ => name,
@@ -445,7 +447,8 @@ impl Store {
         }
         // Manifests no ref names still have to decode.
         for key in &walk.manifests {
-            let hex = key.rsplit('/').next().expect("keys have a name");
+            let name = key.rsplit('/').next().expect("keys have a name");
+            let hex = name.strip_suffix(manifest::DELTA_SUFFIX).unwrap_or(name);
             let id = ImageId(Digest::from_hex(hex).expect("walk keeps only hex names"));
             if images.contains_key(&id) {
                 continue;
@@ -523,19 +526,19 @@ impl Store {
         // before packs, so a put finishing during the walk is seen whole
         // or not at all.
         for dir in [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR] {
-            for object in self.backend.list(dir)? {
-                if let Some(why) = classify(&object.key, &mut w) {
-                    problems.push(stray(object.key, why));
+            for key in self.backend.list(dir)? {
+                if let Some(why) = classify(&key, &mut w) {
+                    problems.push(stray(key, why));
                 }
             }
         }
-        for object in self.backend.list("")? {
-            let top = object.key.split('/').next().unwrap_or_default();
+        for key in self.backend.list("")? {
+            let top = key.split('/').next().unwrap_or_default();
             if [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR].contains(&top) {
                 continue;
             }
-            if let Some(why) = classify(&object.key, &mut w) {
-                problems.push(stray(object.key, why));
+            if let Some(why) = classify(&key, &mut w) {
+                problems.push(stray(key, why));
             }
         }
         w.refs.sort();

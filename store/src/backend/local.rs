@@ -2,7 +2,7 @@
 //! put a temporary file fsynced and renamed into place (`fsutil`).
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -85,8 +85,9 @@ impl LocalBackend {
 
     /// Every regular file under `prefix` (without temporary files), sorted
     /// by key; entries that are neither files nor directories go to
-    /// `foreign` when given. Never follows a symlink.
-    fn walk(&self, prefix: &str, mut foreign: Option<&mut Vec<(String, String)>>) -> Result<Vec<ObjectMeta>> {
+    /// `foreign` when given. Never follows a symlink, and stats nothing:
+    /// the directory entries' types come with the names.
+    fn walk(&self, prefix: &str, mut foreign: Option<&mut Vec<(String, String)>>) -> Result<Vec<String>> {
         let start = dir_prefix(prefix);
         let mut out = Vec::new();
         let mut dirs = vec![start.trim_end_matches('/').to_string()];
@@ -113,25 +114,20 @@ impl LocalBackend {
                 } else {
                     format!("{dir}/{name}")
                 };
-                // `DirEntry::metadata` does not follow symlinks.
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
+                // `DirEntry::file_type` does not follow symlinks.
+                let kind = match entry.file_type() {
+                    Ok(k) => k,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(Error::io(entry.path(), e)),
                 };
-                if meta.is_dir() {
+                if kind.is_dir() {
                     dirs.push(key);
-                } else if meta.is_file() {
+                } else if kind.is_file() {
                     if !name.starts_with(TMP_PREFIX) {
-                        let modified = meta.modified().map_err(|e| Error::io(entry.path(), e))?;
-                        out.push(ObjectMeta {
-                            key,
-                            size: meta.len(),
-                            modified,
-                        });
+                        out.push(key);
                     }
                 } else if let Some(f) = foreign.as_deref_mut() {
-                    let what = if meta.file_type().is_symlink() {
+                    let what = if kind.is_symlink() {
                         "a symlink in the store (not followed)"
                     } else {
                         "a special file (fifo, socket or device) in the store"
@@ -140,7 +136,7 @@ impl LocalBackend {
                 }
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.sort();
         Ok(out)
     }
 }
@@ -230,15 +226,15 @@ impl Backend for LocalBackend {
 
     fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage> {
         let all = self.walk(prefix, None)?;
-        let from = after.map_or(0, |a| all.partition_point(|o| o.key.as_str() <= a));
-        let objects: Vec<ObjectMeta> = all[from..].iter().take(PAGE).cloned().collect();
+        let from = after.map_or(0, |a| all.partition_point(|k| k.as_str() <= a));
+        let keys: Vec<String> = all[from..].iter().take(PAGE).cloned().collect();
         Ok(ListPage {
-            more: from + objects.len() < all.len(),
-            objects,
+            more: from + keys.len() < all.len(),
+            keys,
         })
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.walk(prefix, None)
     }
 
@@ -320,8 +316,7 @@ mod tests {
         b.put("a/b/c", b"one").unwrap();
         std::fs::write(dir.path().join("a/b/.tmp-42-junk"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("a/link")).unwrap();
-        let keys: Vec<String> = b.list("a").unwrap().into_iter().map(|o| o.key).collect();
-        assert_eq!(keys, ["a/b/c"]);
+        assert_eq!(b.list("a").unwrap(), ["a/b/c"]);
         let partial = b.partial_writes().unwrap();
         assert_eq!(partial.len(), 1);
         assert_eq!(partial[0].key, "a/b/.tmp-42-junk");
@@ -378,7 +373,6 @@ mod tests {
             b.get("x/pack").unwrap().unwrap() == *bytes,
             "bytes differ after a direct write"
         );
-        let keys: Vec<String> = b.list("x").unwrap().into_iter().map(|o| o.key).collect();
-        assert_eq!(keys, ["x/pack"]);
+        assert_eq!(b.list("x").unwrap(), ["x/pack"]);
     }
 }

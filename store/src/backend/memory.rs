@@ -11,15 +11,29 @@ use std::time::SystemTime;
 use super::{checked, dir_prefix, Backend, Fill, ListPage, ObjectMeta, ReadAt, Staged};
 use crate::error::{Error, Result};
 
-/// A fault [`MemoryBackend::inject`] arms: the first write or read of a key
-/// starting with the prefix fails (once), as an object store's 5xx would.
+/// A fault [`MemoryBackend::inject`] arms: a write, read or delete of a key
+/// starting with the prefix fails, once, as an object store's 5xx would,
+/// or as a crash at that step would stop a writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// The next put (or staged commit) of a key with this prefix fails;
     /// nothing is written.
     FailPut(String),
+    /// Like [`Fault::FailPut`], after this many matching puts went through:
+    /// the second pack of a put, not the first.
+    FailPutAfter(String, u32),
     /// The next get or open of a key with this prefix fails.
     FailGet(String),
+    /// The next delete of a key with this prefix fails; nothing is deleted.
+    FailDelete(String),
+}
+
+/// What a fault can strike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Put,
+    Get,
+    Delete,
 }
 
 #[derive(Debug, Clone)]
@@ -73,10 +87,19 @@ impl MemoryBackend {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn fire(state: &mut State, key: &str, put: bool) -> Result<()> {
+    fn fire(state: &mut State, key: &str, op: Op) -> Result<()> {
+        for f in &mut state.faults {
+            if let Fault::FailPutAfter(p, n) = f {
+                if op == Op::Put && *n > 0 && key.starts_with(p.as_str()) {
+                    *n -= 1;
+                    return Ok(());
+                }
+            }
+        }
         let hit = state.faults.iter().position(|f| match f {
-            Fault::FailPut(p) => put && key.starts_with(p.as_str()),
-            Fault::FailGet(p) => !put && key.starts_with(p.as_str()),
+            Fault::FailPut(p) | Fault::FailPutAfter(p, _) => op == Op::Put && key.starts_with(p.as_str()),
+            Fault::FailGet(p) => op == Op::Get && key.starts_with(p.as_str()),
+            Fault::FailDelete(p) => op == Op::Delete && key.starts_with(p.as_str()),
         });
         match hit {
             Some(i) => {
@@ -92,7 +115,7 @@ impl MemoryBackend {
 
     fn insert(&self, key: &str, data: Vec<u8>) -> Result<()> {
         let mut state = self.lock();
-        Self::fire(&mut state, key, true)?;
+        Self::fire(&mut state, key, Op::Put)?;
         state.puts += 1;
         state.objects.insert(
             key.into(),
@@ -106,7 +129,7 @@ impl MemoryBackend {
 
     fn object(&self, key: &str) -> Result<Option<Object>> {
         let mut state = self.lock();
-        Self::fire(&mut state, key, false)?;
+        Self::fire(&mut state, key, Op::Get)?;
         Ok(state.objects.get(key).cloned())
     }
 }
@@ -202,33 +225,31 @@ impl Backend for MemoryBackend {
     fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage> {
         let start = dir_prefix(prefix);
         let state = self.lock();
-        let mut objects = Vec::new();
+        let mut keys = Vec::new();
         let mut more = false;
         // Keys under a prefix are one contiguous run of the sorted map.
         let from = match after {
             Some(a) if a >= start.as_str() => Bound::Excluded(a.to_string()),
             _ => Bound::Included(start.clone()),
         };
-        for (key, o) in state.objects.range((from, Bound::Unbounded)) {
+        for key in state.objects.range((from, Bound::Unbounded)).map(|(k, _)| k) {
             if !key.starts_with(&start) {
                 break;
             }
-            if objects.len() == self.page {
+            if keys.len() == self.page {
                 more = true;
                 break;
             }
-            objects.push(ObjectMeta {
-                key: key.clone(),
-                size: o.data.len() as u64,
-                modified: o.modified,
-            });
+            keys.push(key.clone());
         }
-        Ok(ListPage { objects, more })
+        Ok(ListPage { keys, more })
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         checked(key)?;
-        self.lock().objects.remove(key);
+        let mut state = self.lock();
+        Self::fire(&mut state, key, Op::Delete)?;
+        state.objects.remove(key);
         Ok(())
     }
 }

@@ -52,7 +52,7 @@ impl ReadAt for InMemory<'_> {
     }
 }
 
-/// One stored object, as a listing or [`Backend::head`] finds it.
+/// One stored object's facts, as [`Backend::head`] finds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     /// Its key, from the store's root: `packs/ab/ab12…`.
@@ -63,20 +63,18 @@ pub struct ObjectMeta {
     pub modified: SystemTime,
 }
 
-impl ObjectMeta {
-    /// The last component of the key.
-    pub fn name(&self) -> &str {
-        self.key.rsplit('/').next().unwrap_or(&self.key)
-    }
+/// The last component of a key: `packs/ab/ab12…` -> `ab12…`.
+pub fn key_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }
 
-/// One page of a listing: up to a backend's page size of objects, in key
-/// order, and whether more follow.
+/// One page of a listing: up to a backend's page size of keys, in order,
+/// and whether more follow.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
-    /// The objects, sorted by key.
-    pub objects: Vec<ObjectMeta>,
-    /// More objects follow the last one: ask again with it as `after`.
+    /// The keys, sorted.
+    pub keys: Vec<String>,
+    /// More keys follow the last one: ask again with it as `after`.
     pub more: bool,
 }
 
@@ -161,18 +159,20 @@ pub trait Backend: Send + Sync {
     fn open(&self, key: &str) -> Result<Box<dyn ReadAt>>;
     /// Size and last-modified time of `key`. `Ok(None)` if it does not exist.
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
-    /// One page of the objects under `prefix` (a key's directory part:
-    /// `packs` lists `packs/…`; empty lists everything), in key order,
-    /// starting after the key `after`.
+    /// One page of the keys under `prefix` (a key's directory part:
+    /// `packs` lists `packs/…`; empty lists everything), in order, starting
+    /// after the key `after`. Keys only: a local listing would otherwise
+    /// stat every file (each command lists every index segment), and what
+    /// needs an object's size or time asks [`Backend::head`].
     fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage>;
-    /// Every object under `prefix`, in key order: all pages of
+    /// Every key under `prefix`, in order: all pages of
     /// [`Backend::list_page`].
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let mut out: Vec<ObjectMeta> = Vec::new();
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
         loop {
-            let page = self.list_page(prefix, out.last().map(|o| o.key.as_str()))?;
-            let more = page.more && !page.objects.is_empty();
-            out.extend(page.objects);
+            let page = self.list_page(prefix, out.last().map(String::as_str))?;
+            let more = page.more && !page.keys.is_empty();
+            out.extend(page.keys);
             if !more {
                 return Ok(out);
             }
@@ -276,8 +276,12 @@ mod tests {
             b.put("ab", b"not under a").unwrap();
             assert_eq!(b.get("a/b/c").unwrap().unwrap(), b"two");
             assert_eq!(b.get("a/b/missing").unwrap(), None);
-            let keys: Vec<String> = b.list("a").unwrap().into_iter().map(|o| o.key).collect();
-            assert_eq!(keys, ["a/b/c", "a/b/d", "a/x"], "{}", b.location());
+            assert_eq!(
+                b.list("a").unwrap(),
+                ["a/b/c", "a/b/d", "a/x"],
+                "{}",
+                b.location()
+            );
             let all = b.list("").unwrap();
             assert_eq!(all.len(), 4);
             assert_eq!(b.head("a/b/d").unwrap().unwrap().size, 2);

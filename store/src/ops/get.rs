@@ -20,10 +20,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ReadAt;
-use crate::fsutil::sync_dir;
-use crate::id::unique_suffix;
 use crate::error::{Error, Result};
+use crate::fsutil::sync_dir;
 use crate::hold;
+use crate::id::unique_suffix;
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index;
 use crate::manifest::{Entry, ManifestFile};

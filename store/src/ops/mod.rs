@@ -1,5 +1,7 @@
 //! Operations on a store, one file each.
 
+#[cfg(test)]
+mod faults;
 pub mod get;
 mod outfile;
 pub mod prune;
@@ -110,12 +112,20 @@ mod tests {
             zstd_level: 3,
             shared: false,
         };
-        let store = Store::init_with(std::sync::Arc::new(mem.clone()), opts, Some(dir.path().join("idx"))).unwrap();
+        let store = Store::init_with(
+            std::sync::Arc::new(mem.clone()),
+            opts,
+            Some(dir.path().join("idx")),
+        )
+        .unwrap();
         let (base, next) = two_commits();
         assert_eq!(put_get(&store, "lab/app:v1", &base), base);
         assert_eq!(put_get(&store, "lab/app:v2", &next), next);
-        let v2 = store.resolve(&crate::ImageRef::parse("lab/app:v2").unwrap()).unwrap().id;
-        let keys: Vec<String> = mem.list("").unwrap().into_iter().map(|o| o.key).collect();
+        let v2 = store
+            .resolve(&crate::ImageRef::parse("lab/app:v2").unwrap())
+            .unwrap()
+            .id;
+        let keys = mem.list("").unwrap();
         assert!(keys.contains(&crate::manifest::delta_key(&v2)), "{keys:?}");
         verify_clean(&store);
         store.rm(&TagRef::parse("lab/app:v1").unwrap()).unwrap();
@@ -127,7 +137,10 @@ mod tests {
         store.gc(&gc, &NoProgress).unwrap();
         verify_clean(&store);
         assert_eq!(put_get(&store, "lab/app:v3", &next), next);
-        let on_disk: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let on_disk: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(on_disk, ["idx"], "something besides the index went to disk");
     }
 
@@ -137,12 +150,19 @@ mod tests {
     fn a_failed_manifest_write_publishes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mem = crate::MemoryBackend::default();
-        let store = Store::init_with(std::sync::Arc::new(mem.clone()), InitOptions::default(), Some(dir.path().join("idx"))).unwrap();
+        let store = Store::init_with(
+            std::sync::Arc::new(mem.clone()),
+            InitOptions::default(),
+            Some(dir.path().join("idx")),
+        )
+        .unwrap();
         let (base, _) = two_commits();
         mem.inject(crate::backend::Fault::FailPut("manifests/".into()));
         let r = TagRef::parse("lab/app:v1").unwrap();
         let input = Input::Stream(Box::new(std::io::Cursor::new(base.clone())));
-        let err = store.put(&r, input, &PutOptions::default(), &NoProgress).unwrap_err();
+        let err = store
+            .put(&r, input, &PutOptions::default(), &NoProgress)
+            .unwrap_err();
         assert!(matches!(err, crate::Error::Backend { .. }), "{err}");
         assert!(store.read_ref(&r).unwrap().is_none(), "a ref was published");
         assert_eq!(put_get(&store, "lab/app:v1", &base), base);
@@ -156,12 +176,20 @@ mod tests {
     fn a_full_manifest_is_never_turned_into_a_delta() {
         let dir = tempfile::tempdir().unwrap();
         let mem = crate::MemoryBackend::default();
-        let store = Store::init_with(std::sync::Arc::new(mem.clone()), InitOptions::default(), Some(dir.path().join("idx"))).unwrap();
+        let store = Store::init_with(
+            std::sync::Arc::new(mem.clone()),
+            InitOptions::default(),
+            Some(dir.path().join("idx")),
+        )
+        .unwrap();
         let (base, next) = two_commits();
         put_get(&store, "other/name:v1", &next);
         put_get(&store, "lab/app:v1", &base);
         put_get(&store, "lab/app:v2", &next);
-        let id = store.resolve(&crate::ImageRef::parse("lab/app:v2").unwrap()).unwrap().id;
+        let id = store
+            .resolve(&crate::ImageRef::parse("lab/app:v2").unwrap())
+            .unwrap()
+            .id;
         assert!(mem.head(&crate::manifest::key(&id)).unwrap().is_some());
         assert!(mem.head(&crate::manifest::delta_key(&id)).unwrap().is_none());
         verify_clean(&store);

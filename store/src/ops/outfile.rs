@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::fsutil::{pad_to_page, start_writeback, DIRECT_ALIGN};
 use crate::error::{Error, Result};
+use crate::fsutil::{pad_to_page, start_writeback, DIRECT_ALIGN};
 
 /// Direct I/O's unit: see [`DIRECT_ALIGN`].
 const PAGE: usize = DIRECT_ALIGN;

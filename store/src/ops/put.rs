@@ -30,13 +30,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{Backend, Staged};
-use crate::fsutil::DIRECT_ALIGN;
 use crate::chunker::Chunker;
 use crate::codec;
 use crate::config::{CHUNK_GROUPS, DELTA_KEYS, MANIFEST_DELTAS};
 use crate::direct::{self, FileReader};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
+use crate::fsutil::DIRECT_ALIGN;
 use crate::hold;
 use crate::id::{ChunkId, Digest, ImageId, PackId};
 use crate::index;
@@ -914,7 +914,8 @@ impl Store {
         entries: &manifest::Spooled,
     ) -> Result<()> {
         let key = manifest::key(id);
-        let exists = self.backend.head(&key)?.is_some() || self.backend.head(&manifest::delta_key(id))?.is_some();
+        let exists =
+            self.backend.head(&key)?.is_some() || self.backend.head(&manifest::delta_key(id))?.is_some();
         if exists {
             match self.manifest_file(id) {
                 Ok(_) => return Ok(()),
@@ -1142,7 +1143,11 @@ impl Store {
         if let Err(e) = eventlog::append(self.backend.as_ref(), &event) {
             tracing::warn!("put is committed but its log entry was not written: {e}");
         }
-        session.end()?;
+        // The put happened at its ref; a session left behind lapses on its
+        // own, and gc stops waiting for it then.
+        if let Err(e) = session.end() {
+            tracing::warn!("put is committed but its session was not ended: {e}");
+        }
         Ok(PutReport {
             reference: reference.to_string(),
             image: id,

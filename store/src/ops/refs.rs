@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::backend::{Backend, ReadAt};
+use crate::backend::{key_name, Backend, ReadAt};
 use crate::error::{Error, Result};
 use crate::eventlog::{self, Event};
 use crate::id::{Digest, ImageId};
@@ -51,7 +51,7 @@ impl Store {
                     .backend
                     .list(&format!("{MANIFESTS_DIR}/{shard}"))?
                     .iter()
-                    .map(|o| o.name().trim_end_matches(manifest::DELTA_SUFFIX).to_string())
+                    .map(|k| key_name(k).trim_end_matches(manifest::DELTA_SUFFIX).to_string())
                     .filter(|n| n.starts_with(prefix.as_str()))
                     .collect();
                 // An image may have a full manifest and a delta.
@@ -158,7 +158,9 @@ impl Store {
     fn open_full_manifest(&self, id: &ImageId) -> Result<(String, Box<dyn ReadAt>)> {
         let key = manifest::key(id);
         let file = self.backend.open(&key).map_err(|e| match e {
-            Error::Missing { .. } => Error::corrupt(format!("image {id}"), format!("manifest {key} is missing")),
+            Error::Missing { .. } => {
+                Error::corrupt(format!("image {id}"), format!("manifest {key} is missing"))
+            }
             other => other,
         })?;
         Ok((key, file))
@@ -272,8 +274,7 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
         None => REFS_DIR.to_string(),
     };
     let mut out = Vec::new();
-    for object in backend.list(&start)? {
-        let key = &object.key;
+    for key in &backend.list(&start)? {
         let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
         let t = refs::ref_from_path(&comps).ok_or_else(|| {
             Error::corrupt(

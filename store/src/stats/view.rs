@@ -31,8 +31,8 @@ use rocksdb::{
 };
 
 use super::CHUNK_OVERHEAD;
-use crate::fsutil::{lock_path, LockGuard};
 use crate::error::{Error, Result};
+use crate::fsutil::{lock_path, LockGuard};
 use crate::id::{ChunkId, Digest, DigestMap, DigestSet, ImageId, PackId};
 use crate::manifest::Entry;
 use crate::pack;
