@@ -21,10 +21,12 @@
 //! killed mid-way leaves up to two 32 MiB packs-to-be): those older than
 //! [`STALE_TEMPORARY`] and not named for a live session's process.
 //!
-//! Each phase is decided first, as a value that writes nothing
-//! ([`Store::execute_plan`], [`Store::condemn_plan`]; [`Store::gc_plan`] for
-//! `--dry-run`), then carried out. Deciding holds one pack's footer at a
-//! time; carrying out reads a pack's footer again when it acts on it.
+//! What a run does is decided by functions that write nothing and return
+//! values ([`Store::execute_plan`], [`Store::condemn_plan`];
+//! [`Store::gc_plan`] for `--dry-run`). A run carries out the stored plan
+//! pack by pack with the same per-pack decision (one footer read per
+//! pack), and the condemn phase's plan whole (a repack reads its pack's
+//! footer again when it copies). Nothing holds more than one pack's footer.
 //!
 //! Every read error during a mark aborts the run (fail closed), and so does
 //! a `gc/plan` with an entry that does not parse ([`Plan::parse`]). A crashed
@@ -224,8 +226,10 @@ impl Store {
         })
     }
 
-    /// One GC run: execute the pending plan if ready, then condemn. Each
-    /// phase is decided as [`Store::gc_plan`] decides it, then carried out.
+    /// One GC run: execute the pending plan if ready, then condemn. The
+    /// stored plan is carried out pack by pack, each pack decided as
+    /// [`Store::execute_plan`] decides it; the condemn phase is decided whole
+    /// ([`Store::condemn_plan`]), then carried out.
     pub fn gc(&self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let started = Instant::now();
         let deadline = opts.max_duration.map(|d| started + d);
@@ -246,7 +250,6 @@ impl Store {
                 None => {
                     let m = self.mark()?;
                     hold::point("gc-after-remark");
-                    let exec = self.execute_plan(&plan, &m, &lookup, progress)?;
                     let run = Run {
                         mark: &m,
                         lookup: &lookup,
@@ -254,7 +257,7 @@ impl Store {
                         out_of_time: &out_of_time,
                         progress,
                     };
-                    self.apply_execute(&plan, &exec, &run, &mut report)?;
+                    self.apply_execute(&plan, &run, &mut report)?;
                     mark = Some(m);
                 }
             }
@@ -322,31 +325,31 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes what `exec` decided, each pack checked again against the
-    /// mark just before its tombstone is written; what `--max-duration`
-    /// leaves stays in the plan for the next run.
-    fn apply_execute(&self, plan: &Plan, exec: &ExecutePlan, run: &Run, report: &mut GcReport) -> Result<()> {
+    /// Carries out the stored plan, pack by pack: each is decided as
+    /// [`Store::execute_plan`] decides it, just before its tombstone is
+    /// written (the tombstone needs the pack's footer anyway, so each footer
+    /// is read once); what `--max-duration` leaves stays in the plan.
+    fn apply_execute(&self, plan: &Plan, run: &Run, report: &mut GcReport) -> Result<()> {
         let condemned: HashSet<PackId> = plan.packs.iter().copied().collect();
         let mut left = Vec::new();
-        report.packs_rescued += exec.rescue.len() as u64;
-        run.progress.start("gc delete", Some(exec.delete.len() as u64));
-        for d in &exec.delete {
+        run.progress.start("gc delete", Some(plan.packs.len() as u64));
+        for id in &plan.packs {
             run.progress.advance(1);
             if (run.out_of_time)() {
-                left.push(d.pack);
+                left.push(*id);
                 continue;
             }
             run.session.check()?;
-            match self.pack_fate(&d.pack, run.mark, run.lookup, &condemned)? {
+            match self.pack_fate(id, run.mark, run.lookup, &condemned)? {
                 Fate::Gone => report.packs_deleted += 1,
                 Fate::Rescue => report.packs_rescued += 1,
                 Fate::Delete { bytes, tomb } => {
                     self.backend.write(
-                        &format!("{TOMBSTONES_DIR}/{}", d.pack.to_hex()),
+                        &format!("{TOMBSTONES_DIR}/{}", id.to_hex()),
                         &segment::encode_tombstone(&tomb),
                     )?;
                     hold::point("gc-before-delete");
-                    self.backend.delete(&pack::key(&d.pack))?;
+                    self.backend.delete(&pack::key(id))?;
                     hold::point("gc-after-delete");
                     report.packs_deleted += 1;
                     report.bytes_freed += bytes;
