@@ -1,6 +1,6 @@
 //! completions, man page, help, demo.
 
-use crate::common::Env;
+use crate::common::{self, Env};
 
 #[test]
 fn completions_and_man_page() {
@@ -134,4 +134,39 @@ fn captured_log_has_no_colour_codes() {
     let log = String::from_utf8_lossy(&out);
     assert!(log.contains("index caught up"), "no debug event logged: {log}");
     assert!(!log.contains('\x1b'), "colour escapes in a captured log: {log:?}");
+}
+
+#[test]
+fn demo_replaces_only_a_store_it_made() {
+    let env = Env::new();
+    let dir = env.path("demo");
+    let demo = || {
+        env.cmd()
+            .args(["demo", "--size", "2MiB", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    // A real store where demo would put its own: refused, nothing removed.
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = dir.join("store");
+    env.cmd()
+        .env("IMGSTORE_STORE", &real)
+        .arg("init")
+        .assert()
+        .success();
+    let files = common::list_files(&real);
+    let out = demo();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::code(&out), 2, "{stderr}");
+    assert!(
+        stderr.contains("did not make it") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert_eq!(common::list_files(&real), files);
+    // A store an earlier demo made is replaced.
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(demo().status.success());
+    let out = demo();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -591,3 +591,102 @@ fn frames(pack: &[u8], entries: &[imgstore_store::pack::PackEntry]) -> Vec<Vec<u
         })
         .collect()
 }
+
+/// A store with a plan ready to execute: two images removed and condemned
+/// (each in its own pack), one kept. Returns the packs/ listing.
+fn store_with_a_ready_plan(env: &Env) -> Vec<String> {
+    env.put("lab/keep:v1", &env.file("keep.img", &common::random(1 << 20, 30)));
+    env.put("lab/a:v1", &env.file("a.img", &common::random(1 << 20, 31)));
+    env.put("lab/b:v1", &env.file("b.img", &common::random(1 << 20, 32)));
+    env.cmd().args(["rm", "lab/a:v1", "lab/b:v1"]).assert().success();
+    let first = gc(env, &[]);
+    assert!(first["packs_condemned"].as_u64().unwrap() >= 2, "{first}");
+    common::list_files(&env.store().join("packs"))
+}
+
+/// `imgstore ARGS` must fail with exit 4 naming `file`.
+fn refuses(env: &Env, args: &[&str], file: &str) {
+    let out = env.cmd().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::code(&out), 4, "{args:?}: {stderr}");
+    assert!(stderr.contains(file), "{args:?}: {stderr}");
+}
+
+#[test]
+fn a_damaged_plan_entry_makes_gc_refuse_and_delete_nothing() {
+    let env = Env::new();
+    let packs = store_with_a_ready_plan(&env);
+    let plan_file = env.store().join("gc/plan");
+    let mut plan: serde_json::Value = serde_json::from_slice(&std::fs::read(&plan_file).unwrap()).unwrap();
+    plan["packs"][0] = "not-a-pack-id".into();
+    std::fs::write(&plan_file, serde_json::to_vec_pretty(&plan).unwrap()).unwrap();
+    let damaged = std::fs::read(&plan_file).unwrap();
+
+    refuses(&env, &["gc", "--grace", "0s"], "gc/plan");
+    refuses(&env, &["gc", "--grace", "0s", "--dry-run"], "gc/plan");
+    assert_eq!(common::list_files(&env.store().join("packs")), packs);
+    assert!(
+        std::fs::read(&plan_file).unwrap() == damaged,
+        "the plan was rewritten"
+    );
+    // The hint's way out is safe: without the plan, gc condemns anew.
+    std::fs::remove_file(&plan_file).unwrap();
+    assert!(gc(&env, &[])["packs_condemned"].as_u64().unwrap() >= 2);
+    gc(&env, &[]);
+    assert!(env.get("lab/keep:v1") == common::random(1 << 20, 30));
+}
+
+#[test]
+fn a_ref_file_name_that_does_not_parse_makes_gc_and_mark_refuse() {
+    let env = Env::new();
+    let packs = store_with_a_ready_plan(&env);
+    let refs = env.store().join("refs/lab/keep");
+    std::fs::copy(refs.join("@v1"), refs.join("@bad tag!")).unwrap();
+
+    refuses(&env, &["gc", "--grace", "0s"], "refs/lab/keep/@bad tag!");
+    refuses(
+        &env,
+        &["gc", "--grace", "0s", "--dry-run"],
+        "refs/lab/keep/@bad tag!",
+    );
+    refuses(&env, &["prune", "--keep-last", "1"], "refs/lab/keep/@bad tag!");
+    assert_eq!(common::list_files(&env.store().join("packs")), packs);
+    assert!(env.store().join("gc/plan").exists());
+}
+
+#[test]
+fn dry_run_reports_what_the_run_then_does() {
+    let env = Env::new();
+    let x = common::random(8 << 20, 33);
+    let mut y = x[..2 << 20].to_vec();
+    y.extend(common::random(6 << 20, 34));
+    env.put("lab/x:v1", &env.file("x.img", &x));
+    env.put("lab/y:v1", &env.file("y.img", &y));
+    env.put("lab/z:v1", &env.file("z.img", &common::random(1 << 20, 35)));
+    env.cmd().args(["rm", "lab/x:v1", "lab/z:v1"]).assert().success();
+    let fields = [
+        "packs_repacked",
+        "bytes_repacked",
+        "packs_condemned",
+        "bytes_condemned",
+        "refs",
+        "images",
+    ];
+    let plan = gc(&env, &["--dry-run"]);
+    let condemn = &plan["plan"]["condemn"];
+    assert_eq!(condemn["repack"].as_array().unwrap().len(), 1, "{plan}");
+    assert!(!condemn["garbage"].as_array().unwrap().is_empty(), "{plan}");
+    let run = gc(&env, &[]);
+    assert_eq!(run["packs_repacked"], 1, "{run}");
+    assert!(run.get("plan").is_none(), "{run}");
+    for f in fields {
+        assert_eq!(plan[f], run[f], "{f}: dry run {plan}, run {run}");
+    }
+    let plan = gc(&env, &["--dry-run"]);
+    let run = gc(&env, &[]);
+    assert!(run["packs_deleted"].as_u64().unwrap() >= 2, "{run}");
+    for f in ["packs_deleted", "bytes_freed", "packs_rescued"] {
+        assert_eq!(plan[f], run[f], "{f}: dry run {plan}, run {run}");
+    }
+    assert!(env.get("lab/y:v1") == y);
+}

@@ -404,3 +404,21 @@ fn a_flipped_byte_in_a_group_frame_is_named_and_repaired() {
     assert!(env.get("lab/app:v1") == data);
     assert!(env.get("lab/keep:v1") == keep);
 }
+
+#[test]
+fn verify_of_a_corrupt_config_fails_when_the_refs_cannot_be_listed() {
+    let env = Env::new();
+    three_images(&env);
+    std::fs::write(env.store().join("config"), b"{\"format\": \"imgstore\", \"vers").unwrap();
+    // A plain file where refs/ keeps name directories: listing fails there.
+    std::fs::write(env.store().join("refs/lab/stray"), b"").unwrap();
+    let out = env.cmd().args(["--json", "verify"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(common::code(&out), 0, "{stderr}");
+    assert!(
+        stderr.contains("corrupt config") && stderr.contains("refs/lab/stray"),
+        "{stderr}"
+    );
+    // No document claims that no image is affected.
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -12,6 +12,7 @@ use imgstore_store::testdata::write_image;
 use imgstore_store::{ImageRef, InitOptions, Input, Output, PutOptions, Store, TagRef};
 
 use crate::args::{DemoArgs, Global};
+use crate::cmd::UsageError;
 use crate::output;
 use crate::progress::Bar;
 
@@ -19,6 +20,37 @@ fn file_hash(path: &Path) -> Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();
     h.update_reader(File::open(path)?)?;
     Ok(h.finalize())
+}
+
+/// The file by which `demo --dir D` knows that `D/store` and `D/index` are
+/// its own to replace: written before it creates them.
+const MARKER: &str = ".imgstore-demo";
+
+/// Clears what an earlier demo left in `dir`, refusing a store it did not make.
+fn clear_earlier_demo(dir: &Path) -> Result<()> {
+    let (store, index, marker) = (dir.join("store"), dir.join("index"), dir.join(MARKER));
+    let mine = marker.is_file();
+    for d in [&store, &index] {
+        if d.symlink_metadata().is_ok() && !mine {
+            return Err(UsageError(format!(
+                "{} exists and `imgstore demo` did not make it (no {} beside it): \
+                 give --dir a new or empty directory",
+                d.display(),
+                marker.display()
+            ))
+            .into());
+        }
+    }
+    for d in [&store, &index] {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    std::fs::write(
+        &marker,
+        "made by `imgstore demo`: a later `imgstore demo --dir` here replaces store/ and index/\n",
+    )?;
+    Ok(())
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {
@@ -30,6 +62,7 @@ pub fn run(g: &Global, a: &DemoArgs) -> Result<()> {
     let dir: PathBuf = match &a.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
+            clear_earlier_demo(d)?;
             d.clone()
         }
         None => {
@@ -54,9 +87,6 @@ pub fn run(g: &Global, a: &DemoArgs) -> Result<()> {
     write_image(&v2, size, 42, true)?;
 
     let store_dir = dir.join("store");
-    if store_dir.exists() {
-        std::fs::remove_dir_all(&store_dir)?;
-    }
     let store = Store::init(&store_dir, InitOptions::default(), Some(dir.join("index")))?;
     let bar = Bar::new(g.quiet);
 

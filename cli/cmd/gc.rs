@@ -19,7 +19,10 @@ pub fn prune(g: &Global, a: &PruneArgs) -> Result<()> {
         within: a.keep_within,
         tags: a.keep_tag.clone(),
     };
-    let decisions = store.prune(&a.names, &policy, a.dry_run)?;
+    let decisions = store.prune_plan(&a.names, &policy)?;
+    if !a.dry_run {
+        store.apply_prune(&decisions)?;
+    }
     if g.json {
         #[derive(Serialize)]
         struct R<'a> {
@@ -68,12 +71,19 @@ pub fn prune(g: &Global, a: &PruneArgs) -> Result<()> {
 pub fn gc(g: &Global, a: &GcArgs) -> Result<()> {
     let store = super::open(g)?;
     let opts = GcOptions {
-        dry_run: a.dry_run,
         grace: a.grace,
         wait: a.wait,
         max_duration: a.max_duration,
     };
-    let r = store.gc(&opts, &Bar::new(g.quiet || g.json))?;
+    let bar = Bar::new(g.quiet || g.json);
+    let r = if a.dry_run {
+        let started = std::time::Instant::now();
+        let mut r = store.gc_plan(&opts, &bar)?.into_report();
+        r.seconds = started.elapsed().as_secs_f64();
+        r
+    } else {
+        store.gc(&opts, &bar)?
+    };
     if g.json {
         return output::json(&r);
     }

@@ -47,8 +47,11 @@ fn config_damage(g: &Global, err: anyhow::Error) -> Result<()> {
         return Err(err);
     }
     let dir = super::store_dir(g)?;
+    // Failing to list them must not read as "no image is affected".
     let refs = imgstore_store::ops::refs::list_refs(imgstore_store::backend::at(&dir)?.as_ref(), None)
-        .unwrap_or_default();
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!("{err}; listing the refs it affects failed too"))
+        })?;
     if g.json {
         #[derive(serde::Serialize)]
         struct R {

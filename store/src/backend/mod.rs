@@ -82,7 +82,7 @@ pub struct ListPage {
 /// directory, an unfinished multipart upload in object storage.
 #[derive(Debug, Clone)]
 pub struct PartialWrite {
-    /// Its key; [`Backend::abort_partial`] takes it.
+    /// Its key; [`Backend::delete`] takes it.
     pub key: String,
     /// Bytes it holds.
     pub bytes: u64,
@@ -189,13 +189,10 @@ pub trait Backend: Send + Sync {
         let _ = (key, wait);
         Ok(Some(Lock::none()))
     }
-    /// Writes that interrupted writers left unfinished, sorted by key.
+    /// Writes that interrupted writers left unfinished, sorted by key;
+    /// [`Backend::delete`] of a key removes one.
     fn partial_writes(&self) -> Result<Vec<PartialWrite>> {
         Ok(Vec::new())
-    }
-    /// Removes what a [`PartialWrite`] holds.
-    fn abort_partial(&self, partial: &PartialWrite) -> Result<()> {
-        self.delete(&partial.key)
     }
     /// Entries in the store that are not objects and that verify should
     /// name (a symlink or a device planted in a store directory), with what

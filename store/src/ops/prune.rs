@@ -26,6 +26,9 @@ pub struct KeepPolicy {
 /// One ref's fate.
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneDecision {
+    /// The ref.
+    #[serde(skip)]
+    pub tag: TagRef,
     /// `name:tag`.
     #[serde(rename = "ref")]
     pub reference: String,
@@ -40,9 +43,10 @@ pub struct PruneDecision {
 }
 
 impl Store {
-    /// Applies `policy` to the refs of `names` (all names if empty), newest
-    /// first within each name. With `dry_run`, removes nothing.
-    pub fn prune(&self, names: &[String], policy: &KeepPolicy, dry_run: bool) -> Result<Vec<PruneDecision>> {
+    /// Decides, by `policy`, the fate of each ref of `names` (all names if
+    /// empty), newest first within each name. Removes nothing: `prune
+    /// --dry-run` prints this, [`Store::apply_prune`] carries it out.
+    pub fn prune_plan(&self, names: &[String], policy: &KeepPolicy) -> Result<Vec<PruneDecision>> {
         if policy.last.is_none() && policy.within.is_none() && policy.tags.is_empty() {
             return Err(Error::BadInput {
                 reason: "prune needs at least one of --keep-last, --keep-within, --keep-tag \
@@ -88,20 +92,29 @@ impl Store {
                 if let Some(p) = patterns.iter().find(|p| p.matches(&t.tag)) {
                     reasons.push(format!("tag matches {:?}", p.as_str()));
                 }
-                let keep = !reasons.is_empty();
-                if !keep && !dry_run {
-                    self.rm_as(&t, "prune")?;
-                }
                 out.push(PruneDecision {
+                    keep: !reasons.is_empty(),
+                    tag: t.clone(),
                     reference: t.to_string(),
                     image: r.image,
                     created: r.created,
-                    keep,
                     reasons,
                 });
             }
         }
         Ok(out)
+    }
+
+    /// Removes the refs `plan` does not keep. A ref moved to another image
+    /// since the plan was made, or removed, is left alone: the plan decided
+    /// about the image it named then.
+    pub fn apply_prune(&self, plan: &[PruneDecision]) -> Result<()> {
+        for d in plan.iter().filter(|d| !d.keep) {
+            if self.read_ref(&d.tag)?.is_some_and(|r| r.image == d.image) {
+                self.rm_as(&d.tag, "prune")?;
+            }
+        }
+        Ok(())
     }
 }
 

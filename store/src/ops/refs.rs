@@ -264,7 +264,8 @@ impl Store {
 
 /// Every ref in the store behind `backend`, sorted, optionally only those of
 /// one name (and the names below it). Needs no config, so `verify` can still
-/// name the images of a store whose config is damaged.
+/// name the images of a store whose config is damaged. A tag file whose
+/// path is not a valid `name:tag` fails the listing (`Error::Corrupt`).
 pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRef, RefRecord)>> {
     if let Some(n) = name {
         check_name(n)?;
@@ -276,12 +277,17 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
     let mut out = Vec::new();
     for key in &backend.list(&start)? {
         let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
-        let t = refs::ref_from_path(&comps).ok_or_else(|| {
-            Error::corrupt(
-                format!("ref file {key}"),
-                "its path is not a name and an @tag: move it out of refs/ (verify lists it)",
-            )
-        })?;
+        // A ref that cannot be named cannot be marked: refuse, so gc never
+        // deletes the chunks of an image it failed to see.
+        let t = refs::ref_from_path(&comps)
+            .filter(|t| TagRef::parse(&t.to_string()).is_ok())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    format!("ref {key}"),
+                    "file name is not a valid name:tag; rename it to one (or move it out of refs/) \
+                     before gc and prune can run",
+                )
+            })?;
         let Some(bytes) = backend.get(key)? else {
             continue;
         };
