@@ -29,3 +29,5 @@ mod deltas;
 mod reports;
 // completions, man page, demo.
 mod cli;
+// The random-access reader: ranges, threads, damage, gc under a handle.
+mod reader;

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -28,6 +28,7 @@ use crate::id::{ChunkId, ImageId, PackId};
 use crate::index;
 use crate::manifest::{Entry, ManifestFile};
 use crate::ops::outfile::OutFile;
+use crate::ops::reader::PackCache;
 use crate::pack::{self, Check, Location};
 use crate::progress::Progress;
 use crate::refs::ImageRef;
@@ -37,8 +38,6 @@ use crate::Store;
 
 /// Raw bytes per read-ahead batch.
 const BATCH_BYTES: u64 = 16 << 20;
-/// Open pack files kept between batches.
-const OPEN_PACKS: usize = 64;
 
 /// Where the image goes.
 pub enum Output {
@@ -85,21 +84,12 @@ impl Piece {
 /// Open pack files, shared by the reading threads.
 struct Packs<'a> {
     store: &'a Store,
-    open: Mutex<HashMap<PackId, Arc<dyn ReadAt>>>,
+    open: PackCache,
 }
 
 impl Packs<'_> {
     fn get(&self, id: &PackId) -> Result<Arc<dyn ReadAt>> {
-        if let Some(f) = self.open.lock().expect("pack cache").get(id) {
-            return Ok(f.clone());
-        }
-        let f: Arc<dyn ReadAt> = Arc::from(self.store.backend.open(&pack::key(id))?);
-        let mut open = self.open.lock().expect("pack cache");
-        if open.len() >= OPEN_PACKS {
-            open.clear();
-        }
-        open.insert(*id, f.clone());
-        Ok(f)
+        self.open.get(self.store.backend.as_ref(), id)
     }
 }
 
@@ -377,7 +367,7 @@ impl Store {
 
         let packs = Packs {
             store: self,
-            open: Mutex::new(HashMap::new()),
+            open: PackCache::new(),
         };
         let mut hasher = blake3::Hasher::new();
         let mut chunks = 0;

@@ -6,6 +6,7 @@ pub mod get;
 mod outfile;
 pub mod prune;
 pub mod put;
+pub mod reader;
 pub mod refs;
 
 #[cfg(test)]

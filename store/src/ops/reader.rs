@@ -1,0 +1,659 @@
+//! Random access to images: what `mount` and `serve` read through.
+//!
+//! A [`StoreReader`] is opened once and shared by many threads: it catches
+//! the index up once, holds one session lease for its whole life (so a gc
+//! that condemns while it is open waits for it before deleting), keeps pack
+//! files open and a byte-bounded cache of decoded frames. An [`ImageReader`]
+//! reads any range of one image with [`ImageReader::read_at`]; every chunk's
+//! bytes are checked against its id before any of them is handed out, and
+//! zero runs come back as zeros without I/O.
+//!
+//! An image's entries are not held in memory: the reader keeps the image
+//! offset of every [`WINDOW`]th entry and reads the entries of a window from
+//! the manifest when a read needs them (the last [`WINDOWS_KEPT`] stay).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rayon::prelude::*;
+
+use crate::backend::{Backend, ReadAt};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ImageId, PackId};
+use crate::index;
+use crate::manifest::{self, Entry, ManifestFile};
+use crate::pack::{self, Check, Location};
+use crate::refs::ImageRef;
+use crate::session::Session;
+use crate::Store;
+
+/// Bytes of decoded frames a [`StoreReader`] keeps by default. A group
+/// frame decodes to at most a few MiB, so this holds dozens of them: the
+/// frames around the recent reads of several images.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// Open pack files kept; past it the cache starts again.
+const OPEN_PACKS: usize = 64;
+/// Entries per window of an image's offset table.
+pub const WINDOW: u64 = 512;
+/// Windows of entries an [`ImageReader`] keeps decoded.
+pub const WINDOWS_KEPT: usize = 8;
+
+/// Whether `e` says a store object does not exist (gc deleted it). The one
+/// place that knows how a backend says so.
+fn is_missing(e: &Error) -> bool {
+    matches!(e, Error::Corrupt { detail, .. } if detail == "missing")
+}
+
+/// Open pack files by id, shared by threads; `get` uses it too.
+pub(crate) struct PackCache {
+    open: Mutex<HashMap<PackId, Arc<dyn ReadAt>>>,
+}
+
+impl PackCache {
+    pub(crate) fn new() -> Self {
+        PackCache {
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pack `id`, opened through `backend` unless it is open already.
+    pub(crate) fn get(&self, backend: &dyn Backend, id: &PackId) -> Result<Arc<dyn ReadAt>> {
+        if let Some(f) = self.open.lock().expect("pack cache").get(id) {
+            return Ok(f.clone());
+        }
+        let f: Arc<dyn ReadAt> = Arc::from(backend.open(&pack::key(id))?);
+        let mut open = self.open.lock().expect("pack cache");
+        if open.len() >= OPEN_PACKS {
+            open.clear();
+        }
+        open.insert(*id, f.clone());
+        Ok(f)
+    }
+
+    fn len(&self) -> usize {
+        self.open.lock().expect("pack cache").len()
+    }
+}
+
+/// A decoded frame: one chunk's bytes, or a whole group's.
+struct Frame {
+    bytes: Vec<u8>,
+    /// Members (offset in the frame, chunk) whose bytes matched their id.
+    checked: Mutex<Vec<(u32, ChunkId)>>,
+}
+
+impl Frame {
+    /// The bytes of chunk `id` at `loc` in this frame, hashed on first use.
+    fn member(&self, id: &ChunkId, loc: &Location) -> Result<Range<usize>> {
+        let start = loc.inner as usize;
+        let range = start..start + loc.raw_len as usize;
+        let known = self
+            .checked
+            .lock()
+            .expect("frame checks")
+            .contains(&(loc.inner, *id));
+        if !known {
+            pack::member(&self.bytes, id, loc, Check::Hash)?;
+            let mut checked = self.checked.lock().expect("frame checks");
+            if !checked.contains(&(loc.inner, *id)) {
+                checked.push((loc.inner, *id));
+            }
+        }
+        Ok(range)
+    }
+}
+
+type FrameKey = (PackId, u64);
+
+/// Decoded frames by pack and offset, least recently used dropped first
+/// once their bytes pass the budget.
+struct FrameCache {
+    frames: HashMap<FrameKey, (Arc<Frame>, u64)>,
+    /// Use tick -> frame, oldest first.
+    order: BTreeMap<u64, FrameKey>,
+    tick: u64,
+    bytes: usize,
+    budget: usize,
+}
+
+impl FrameCache {
+    fn new(budget: usize) -> Self {
+        FrameCache {
+            frames: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
+            bytes: 0,
+            budget,
+        }
+    }
+
+    fn get(&mut self, key: &FrameKey) -> Option<Arc<Frame>> {
+        self.tick += 1;
+        let (frame, used) = self.frames.get_mut(key)?;
+        self.order.remove(used);
+        *used = self.tick;
+        self.order.insert(self.tick, *key);
+        Some(frame.clone())
+    }
+
+    fn insert(&mut self, key: FrameKey, frame: Arc<Frame>) {
+        let size = frame.bytes.capacity();
+        if size > self.budget || self.frames.contains_key(&key) {
+            return;
+        }
+        self.tick += 1;
+        self.frames.insert(key, (frame, self.tick));
+        self.order.insert(self.tick, key);
+        self.bytes += size;
+        while self.bytes > self.budget {
+            let Some((_, old)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((f, _)) = self.frames.remove(&old) {
+                self.bytes -= f.bytes.capacity();
+            }
+        }
+    }
+}
+
+/// Counts of what a [`StoreReader`] did, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// Frames read from packs and decoded.
+    pub frames_decoded: u64,
+    /// Chunks served from the frame cache.
+    pub cache_hits: u64,
+    /// Index catch-ups after the first (explicit, or to find a moved chunk).
+    pub refreshes: u64,
+    /// Chunks found in another pack after their pack was gone.
+    pub relocated: u64,
+}
+
+/// Memory a [`StoreReader`] holds in its own caches, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReaderMemory {
+    /// Decoded frames in the cache.
+    pub frames: usize,
+    /// Open pack files (descriptors, not bytes).
+    pub open_packs: usize,
+    /// RocksDB's count for the index view.
+    pub index: index::ReaderMemory,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_decoded: AtomicU64,
+    cache_hits: AtomicU64,
+    refreshes: AtomicU64,
+    relocated: AtomicU64,
+}
+
+struct Shared {
+    store: Arc<Store>,
+    /// Held for the reader's life; `None` only when the store was too full
+    /// to write one (as `get` does, the bytes are still checked).
+    _session: Option<Session>,
+    index: RwLock<Arc<index::Reader>>,
+    /// Bumped by each refresh, so threads that found the same pack gone
+    /// catch up once between them.
+    generation: AtomicU64,
+    refreshing: Mutex<()>,
+    packs: PackCache,
+    frames: Mutex<FrameCache>,
+    counters: Counters,
+}
+
+/// A long-lived read handle on a store, shared by many threads. See the
+/// module documentation.
+#[derive(Clone)]
+pub struct StoreReader {
+    shared: Arc<Shared>,
+}
+
+impl Store {
+    /// A [`StoreReader`] with a [`DEFAULT_CACHE_BYTES`] frame cache.
+    pub fn reader(self: &Arc<Self>) -> Result<StoreReader> {
+        self.reader_with(DEFAULT_CACHE_BYTES)
+    }
+
+    /// A [`StoreReader`] whose frame cache holds up to `cache_bytes`.
+    pub fn reader_with(self: &Arc<Self>, cache_bytes: usize) -> Result<StoreReader> {
+        // The lease first, then the index: gc lists the live sessions after
+        // it writes its plan, so either this reader is listed or its index
+        // already sees what gc repacked.
+        let session = match Session::start(self.backend.clone(), "read") {
+            Ok(s) => Some(s),
+            Err(Error::NoSpace { path }) => {
+                tracing::warn!("store is full ({}): reading without a lease", path.display());
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        self.index_catch_up()?;
+        let lookup = index::Reader::open(&self.index_dir)?;
+        Ok(StoreReader {
+            shared: Arc::new(Shared {
+                store: self.clone(),
+                _session: session,
+                index: RwLock::new(Arc::new(lookup)),
+                generation: AtomicU64::new(0),
+                refreshing: Mutex::new(()),
+                packs: PackCache::new(),
+                frames: Mutex::new(FrameCache::new(cache_bytes)),
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+impl StoreReader {
+    /// Opens the image a user's ref names (`name:tag` or an id prefix).
+    pub fn open(&self, image: &ImageRef) -> Result<ImageReader> {
+        let id = self.shared.store.resolve(image)?.id;
+        self.open_id(&id)
+    }
+
+    /// Opens the image `id`: checks its manifest whole and notes where
+    /// every [`WINDOW`]th entry starts.
+    pub fn open_id(&self, id: &ImageId) -> Result<ImageReader> {
+        let store = &self.shared.store;
+        let key = manifest::key(id);
+        let file = store.backend.open(&key).map_err(|e| {
+            if is_missing(&e) {
+                Error::not_found(format!("image {id}"))
+            } else {
+                e
+            }
+        })?;
+        let (mut at, mut n, mut starts) = (0u64, 0u64, Vec::new());
+        let manifest = ManifestFile::open_each(
+            file,
+            format!("manifest {key}"),
+            &mut |base| store.full_manifest_file(base),
+            &mut |e| {
+                if n.is_multiple_of(WINDOW) {
+                    starts.push(at);
+                }
+                at += e.len();
+                n += 1;
+            },
+        )?;
+        if manifest.head.id != *id {
+            return Err(Error::corrupt(
+                format!("manifest {key}"),
+                format!("describes image {}", manifest.head.id),
+            ));
+        }
+        starts.shrink_to_fit();
+        Ok(ImageReader {
+            shared: self.shared.clone(),
+            id: *id,
+            size: manifest.head.size,
+            count: manifest.head.count,
+            manifest,
+            starts,
+            windows: Mutex::new(Vec::with_capacity(WINDOWS_KEPT)),
+        })
+    }
+
+    /// Catches the index up with the store and reads through a new view of
+    /// it: images put since the reader opened become readable, chunks gc
+    /// moved are found where they are now.
+    pub fn refresh(&self) -> Result<()> {
+        let seen = self.shared.generation.load(Ordering::Acquire);
+        self.shared.refresh(seen)
+    }
+
+    /// What this reader has done so far.
+    pub fn stats(&self) -> ReaderStats {
+        let c = &self.shared.counters;
+        ReaderStats {
+            frames_decoded: c.frames_decoded.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            relocated: c.relocated.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Memory held by the caches and the index view.
+    pub fn memory(&self) -> ReaderMemory {
+        ReaderMemory {
+            frames: self.shared.frames.lock().expect("frame cache").bytes,
+            open_packs: self.shared.packs.len(),
+            index: self.shared.index().1.memory(),
+        }
+    }
+}
+
+impl Shared {
+    /// The current index view and its generation.
+    fn index(&self) -> (u64, Arc<index::Reader>) {
+        let view = self.index.read().expect("index view");
+        (self.generation.load(Ordering::Acquire), view.clone())
+    }
+
+    /// Catches up and takes a new view, unless another thread did since
+    /// generation `seen`.
+    fn refresh(&self, seen: u64) -> Result<()> {
+        let _one = self.refreshing.lock().expect("refresh lock");
+        if self.generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        self.store.index_catch_up()?;
+        let view = Arc::new(index::Reader::open(&self.store.index_dir)?);
+        *self.index.write().expect("index view") = view;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The decoded frame at `loc` (for chunk `id`), from the cache or the pack.
+    fn frame(&self, id: &ChunkId, loc: &Location) -> Result<Arc<Frame>> {
+        let key = (loc.pack, loc.offset);
+        if let Some(f) = self.frames.lock().expect("frame cache").get(&key) {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(f);
+        }
+        let file = self.packs.get(self.store.backend.as_ref(), &loc.pack)?;
+        let frame = if loc.in_group() {
+            Frame {
+                bytes: pack::read_group(file.as_ref(), loc)?,
+                checked: Mutex::new(Vec::new()),
+            }
+        } else {
+            Frame {
+                bytes: pack::read_chunk_with(file.as_ref(), id, loc, Check::Hash)?,
+                checked: Mutex::new(vec![(0, *id)]),
+            }
+        };
+        self.counters.frames_decoded.fetch_add(1, Ordering::Relaxed);
+        let frame = Arc::new(frame);
+        self.frames
+            .lock()
+            .expect("frame cache")
+            .insert(key, frame.clone());
+        Ok(frame)
+    }
+
+    /// Chunk `id`'s checked bytes: its frame and where in it.
+    fn chunk(&self, id: &ChunkId, loc: &Location) -> Result<(Arc<Frame>, Range<usize>)> {
+        let frame = self.frame(id, loc)?;
+        let range = frame.member(id, loc)?;
+        Ok((frame, range))
+    }
+}
+
+/// One entry of an image and where in the image it starts.
+#[derive(Clone, Copy)]
+struct Placed {
+    at: u64,
+    entry: Entry,
+}
+
+/// The decoded entries of one window of a manifest.
+struct Window {
+    /// Image offset where each entry starts.
+    starts: Vec<u64>,
+    entries: Vec<Entry>,
+}
+
+/// Random access to one image. `Send + Sync`: threads may share it.
+pub struct ImageReader {
+    shared: Arc<Shared>,
+    id: ImageId,
+    size: u64,
+    count: u64,
+    manifest: ManifestFile,
+    /// Image offset of entry `k * WINDOW`.
+    starts: Vec<u64>,
+    /// Recently used windows, most recent last.
+    windows: Mutex<Vec<(u64, Arc<Window>)>>,
+}
+
+impl ImageReader {
+    /// The image's id.
+    pub fn id(&self) -> ImageId {
+        self.id
+    }
+
+    /// The image's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Heap bytes this reader holds beside the shared caches: the offset
+    /// table and the windows of entries it keeps (a delta manifest's own
+    /// bytes, at most [`manifest::delta::MAX_BYTES`], are not counted).
+    pub fn memory(&self) -> usize {
+        let windows = self.windows.lock().expect("windows");
+        self.starts.capacity() * 8
+            + windows.capacity() * std::mem::size_of::<(u64, Arc<Window>)>()
+            + windows
+                .iter()
+                .map(|(_, w)| {
+                    std::mem::size_of::<Window>()
+                        + w.starts.capacity() * 8
+                        + w.entries.capacity() * std::mem::size_of::<Entry>()
+                })
+                .sum::<usize>()
+    }
+
+    /// Reads up to `buf.len()` bytes of the image from `offset`; fewer only
+    /// at the end of the image (0 at or past it). Every chunk is checked
+    /// against its id before any of its bytes reach `buf`: damage is an
+    /// error naming the image, the chunk and where it is stored.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = self.size.min(offset.saturating_add(buf.len() as u64));
+        let placed = self.entries(offset, end)?;
+        let ids: Vec<ChunkId> = placed
+            .iter()
+            .filter_map(|p| match p.entry {
+                Entry::Chunk { id, .. } => Some(id),
+                Entry::Zero { .. } => None,
+            })
+            .collect();
+        let (generation, locations) = self.locate(&ids)?;
+        // The frames this read needs that are not cached are decoded in
+        // parallel first (a large read spans many).
+        if ids.len() > 1 {
+            let mut cold: Vec<(ChunkId, Location)> = {
+                let mut cache = self.shared.frames.lock().expect("frame cache");
+                ids.iter()
+                    .zip(&locations)
+                    .filter_map(|(id, loc)| loc.map(|l| (*id, l)))
+                    .filter(|(_, l)| cache.get(&(l.pack, l.offset)).is_none())
+                    .collect()
+            };
+            cold.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
+            cold.dedup_by_key(|(_, l)| (l.pack, l.offset));
+            // Failures are met again below, one chunk at a time, and named there.
+            cold.par_iter().for_each(|(id, loc)| {
+                let _ = self.shared.frame(id, loc);
+            });
+        }
+        let mut located = locations.into_iter();
+        for p in placed {
+            let from = p.at.max(offset);
+            let to = (p.at + p.entry.len()).min(end);
+            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            match p.entry {
+                Entry::Zero { .. } => out.fill(0),
+                Entry::Chunk { id, .. } => {
+                    let loc = located.next().expect("one location per chunk");
+                    let (frame, range) = self.chunk(&id, loc, generation, p.at)?;
+                    let skip = (from - p.at) as usize;
+                    out.copy_from_slice(&frame.bytes[range.start + skip..range.start + skip + out.len()]);
+                }
+            }
+        }
+        Ok((end - offset) as usize)
+    }
+
+    /// Locations of `ids`; when the view lacks any (an image put since it
+    /// was taken), after one refresh. Returns the view's generation.
+    fn locate(&self, ids: &[ChunkId]) -> Result<(u64, Vec<Option<Location>>)> {
+        let (generation, view) = self.shared.index();
+        let found = view.lookup(ids)?;
+        if found.iter().all(Option::is_some) {
+            return Ok((generation, found));
+        }
+        drop(view);
+        self.shared.refresh(generation)?;
+        let (generation, view) = self.shared.index();
+        Ok((generation, view.lookup(ids)?))
+    }
+
+    /// Chunk `id` (at image offset `at`), checked; if its pack is gone (gc
+    /// repacked it), found again after one refresh of the index.
+    fn chunk(
+        &self,
+        id: &ChunkId,
+        loc: Option<Location>,
+        generation: u64,
+        at: u64,
+    ) -> Result<(Arc<Frame>, Range<usize>)> {
+        let Some(loc) = loc else {
+            return Err(Error::corrupt(
+                format!("image {}", self.id),
+                format!(
+                    "chunk {id} at image offset {at} is in no pack the index knows; \
+                     run `imgstore index rebuild`, then `imgstore verify`"
+                ),
+            ));
+        };
+        let err = match self.shared.chunk(id, &loc) {
+            Ok(found) => return Ok(found),
+            Err(e) if is_missing(&e) => e,
+            Err(e) => return Err(self.named(e, id, &loc, at)),
+        };
+        self.shared.refresh(generation)?;
+        let (_, view) = self.shared.index();
+        match view.lookup(std::slice::from_ref(id))?.pop().flatten() {
+            Some(moved) if moved != loc => {
+                let found = self
+                    .shared
+                    .chunk(id, &moved)
+                    .map_err(|e| self.named(e, id, &moved, at))?;
+                self.shared.counters.relocated.fetch_add(1, Ordering::Relaxed);
+                Ok(found)
+            }
+            Some(_) => Err(self.named(err, id, &loc, at)),
+            None => Err(Error::Busy {
+                what: format!("image {}", self.id),
+                holder: format!(
+                    "garbage collection deleted pack {} while it was being read, and chunk {id} \
+                     is in no other pack (the image was removed)",
+                    loc.pack
+                ),
+            }),
+        }
+    }
+
+    /// A chunk's failure as the image's: which chunk, where in the image,
+    /// in which pack at which offset.
+    fn named(&self, e: Error, id: &ChunkId, loc: &Location, at: u64) -> Error {
+        match e {
+            Error::Corrupt { what, detail } => Error::corrupt(
+                format!("image {}", self.id),
+                format!(
+                    "chunk {id} at image offset {at}, in pack {} at offset {}: {what}: {detail}",
+                    loc.pack, loc.offset
+                ),
+            ),
+            other => other,
+        }
+    }
+
+    /// The entries that overlap `offset..end`, with where each starts.
+    fn entries(&self, offset: u64, end: u64) -> Result<Vec<Placed>> {
+        let mut out = Vec::new();
+        let mut w = (self.starts.partition_point(|s| *s <= offset) - 1) as u64;
+        loop {
+            let window = self.window(w)?;
+            let first = window
+                .starts
+                .partition_point(|s| *s <= offset.max(window.starts[0]))
+                - 1;
+            for (k, entry) in window.entries.iter().enumerate().skip(first) {
+                let at = window.starts[k];
+                if at >= end {
+                    return Ok(out);
+                }
+                if entry.is_empty() {
+                    continue;
+                }
+                out.push(Placed { at, entry: *entry });
+            }
+            w += 1;
+            if w * WINDOW >= self.count {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Window `w` of the manifest's entries, read and kept if not kept yet.
+    fn window(&self, w: u64) -> Result<Arc<Window>> {
+        {
+            let mut kept = self.windows.lock().expect("windows");
+            if let Some(i) = kept.iter().position(|(k, _)| *k == w) {
+                let hit = kept.remove(i);
+                let window = hit.1.clone();
+                kept.push(hit);
+                return Ok(window);
+            }
+        }
+        let first = w * WINDOW;
+        let n = WINDOW.min(self.count - first);
+        let entries = self.manifest.entries(first, n)?;
+        let mut at = self.starts[w as usize];
+        let starts = entries
+            .iter()
+            .map(|e| {
+                let s = at;
+                at += e.len();
+                s
+            })
+            .collect();
+        let window = Arc::new(Window { starts, entries });
+        let mut kept = self.windows.lock().expect("windows");
+        if kept.len() >= WINDOWS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((w, window.clone()));
+        Ok(window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Digest;
+
+    fn frame(n: usize) -> Arc<Frame> {
+        Arc::new(Frame {
+            bytes: vec![0; n],
+            checked: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[test]
+    fn the_frame_cache_keeps_to_its_budget_dropping_the_least_recently_used() {
+        let key = |i: u64| (Digest([1; 32]), i);
+        let mut cache = FrameCache::new(1000);
+        cache.insert(key(1), frame(400));
+        cache.insert(key(2), frame(400));
+        assert!(cache.get(&key(1)).is_some());
+        cache.insert(key(3), frame(400));
+        assert!(cache.get(&key(2)).is_none(), "2 was the least recently used");
+        assert!(cache.get(&key(1)).is_some() && cache.get(&key(3)).is_some());
+        assert_eq!(cache.bytes, 800);
+        cache.insert(key(4), frame(2000));
+        assert!(cache.get(&key(4)).is_none(), "larger than the whole budget");
+        assert_eq!((cache.bytes, cache.frames.len(), cache.order.len()), (800, 2, 2));
+    }
+}
