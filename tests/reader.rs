@@ -373,7 +373,7 @@ fn figures() {
     };
     store
         .backend()
-        .write(&imgstore_store::manifest::key(&big.id), &big.encode())
+        .put(&imgstore_store::manifest::key(&big.id), &big.encode())
         .unwrap();
     let r = reader.open_id(&big.id).unwrap();
     let opened = r.memory();

@@ -175,11 +175,6 @@ impl Session {
         Ok(())
     }
 
-    /// The store key of this session's file.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// Stops renewing and removes the session file.
     pub fn end(mut self) -> Result<()> {
         self.shutdown()

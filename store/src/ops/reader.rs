@@ -43,7 +43,7 @@ pub const WINDOWS_KEPT: usize = 8;
 /// Whether `e` says a store object does not exist (gc deleted it). The one
 /// place that knows how a backend says so.
 fn is_missing(e: &Error) -> bool {
-    matches!(e, Error::Corrupt { detail, .. } if detail == "missing")
+    matches!(e, Error::Missing { .. })
 }
 
 /// Open pack files by id, shared by threads; `get` uses it too.
