@@ -87,26 +87,21 @@ fn sigkill_at_random_moments() {
     assert!(env.get("lab/app:new") == new);
 }
 
-#[test]
-fn input_that_changes_during_put_is_refused() {
+/// Holds a put of an 8 MiB file after it read its first block (of four),
+/// lets `change` alter the file, and expects the put to refuse it and
+/// publish nothing.
+fn change_while_reading(change: impl FnOnce(&std::path::Path)) {
     let env = Env::new();
-    let data = common::image(3 << 20, 5);
-    let f = env.file("growing.img", &data);
+    let data = common::image(8 << 20, 5);
+    let f = env.file("changing.img", &data);
     let child = common::spawn_held(
         &env,
-        "put-after-lookup",
+        "put-reading",
         &["put", "lab/app:new", f.to_str().unwrap()],
         &[],
     );
-    // A writer appends while the put is still working on the file.
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&f)
-        .unwrap()
-        .write_all(b"more bytes")
-        .unwrap();
-    common::release(&env, "put-after-lookup");
+    change(&f);
+    common::release(&env, "put-reading");
     let out = child.wait_with_output().unwrap();
     assert_eq!(common::code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("changed while it was being read"));
@@ -114,6 +109,37 @@ fn input_that_changes_during_put_is_refused() {
         common::list_files(&env.store().join("refs")).is_empty(),
         "a ref was published"
     );
+}
+
+#[test]
+fn input_appended_to_while_the_put_reads_it_is_refused() {
+    change_while_reading(|f| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(f)
+            .unwrap()
+            .write_all(b"more bytes")
+            .unwrap();
+    });
+}
+
+/// Bytes rewritten in place, the size kept, both where the put has read
+/// and where it has not, and the mtime set back as `rsync --inplace -t`
+/// does (or as a write in the same tick of the kernel's file clock leaves
+/// it): only the ctime shows the change.
+#[test]
+fn input_rewritten_in_place_while_the_put_reads_it_is_refused() {
+    change_while_reading(|f| {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        let mtime = file.metadata().unwrap().modified().unwrap();
+        for at in [4096u64, 6 << 20] {
+            file.write_all_at(&[0xa5; 4096], at).unwrap();
+        }
+        file.set_modified(mtime).unwrap();
+        assert_eq!(file.metadata().unwrap().modified().unwrap(), mtime);
+    });
 }
 
 #[test]
@@ -140,4 +166,56 @@ fn put_paused_past_its_lease_gives_up() {
     );
     // Run again without the pause: it succeeds.
     env.put("lab/app:new", &f);
+}
+
+/// What a crash can leave of an index that was being created is derived
+/// data holding nothing: the next command creates it again and goes on.
+/// (Before, it failed with "CURRENT is missing" or "has no store id" until
+/// someone ran `imgstore index rebuild`.)
+#[test]
+fn a_half_created_index_is_created_again() {
+    let env = Env::new();
+    let data = common::image(3 << 20, 7);
+    let f = env.file("x.img", &data);
+    let db = env.path("index-a").join("db");
+
+    // Killed while RocksDB created the database: no CURRENT yet.
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("LOG"), b"RocksDB version: 11.8.1\n").unwrap();
+    std::fs::write(db.join("LOCK"), b"").unwrap();
+    std::fs::write(db.join("IDENTITY"), b"8a3c1f40-0e7b-4b55-9c1e-2f7d1a9e6b21\n").unwrap();
+    std::fs::write(db.join("MANIFEST-000001"), [0u8; 64]).unwrap();
+    std::fs::write(db.join("000003.log"), b"").unwrap();
+    let out = env
+        .cmd()
+        .env("IMGSTORE_LOG", "info")
+        .args(["put", "lab/app:v1"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("half-created"), "{stderr}");
+    assert!(env.get("lab/app:v1") == data);
+
+    // Killed after the database was created, before its first write.
+    std::fs::remove_dir_all(env.path("index-a")).unwrap();
+    let out = env
+        .cmd()
+        .env("IMGSTORE_TEST_CRASH", "index-created")
+        .args(["get", "lab/app:v1", "-o", "-"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the crash point did not fire");
+    assert!(db.join("CURRENT").exists());
+    assert!(env.get("lab/app:v1") == data);
+    env.put("lab/app:v2", &env.file("y.img", &common::edit(&data, 3, 8)));
+
+    // An index that holds entries and lost its CURRENT is damage, not a
+    // half-created index: it stays an error that names the rebuild.
+    std::fs::remove_file(db.join("CURRENT")).unwrap();
+    let out = env.cmd().args(["get", "lab/app:v1", "-o", "-"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::code(&out), 1, "{stderr}");
+    assert!(stderr.contains("imgstore index rebuild"), "{stderr}");
 }

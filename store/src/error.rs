@@ -147,6 +147,15 @@ pub enum Error {
         /// RocksDB's message.
         detail: String,
     },
+    /// A thread could not be started: the user's process limit (`ulimit -u`,
+    /// which counts every thread of the user's processes) is reached.
+    #[error("cannot start a thread for {what}: {source}")]
+    Threads {
+        /// What the thread was for, e.g. `the put's reader`.
+        what: String,
+        /// The operating system's error (EAGAIN at the limit).
+        source: io::Error,
+    },
     /// Store settings that are out of range.
     #[error("bad store config: {reason}")]
     BadConfig {
@@ -201,6 +210,14 @@ impl Error {
         }
     }
 
+    /// A thread for `what` could not be started.
+    pub fn threads(what: impl Into<String>, source: io::Error) -> Error {
+        Error::Threads {
+            what: what.into(),
+            source,
+        }
+    }
+
     /// A not-found error for `what`.
     pub fn not_found(what: impl Into<String>) -> Error {
         Error::NotFound { what: what.into() }
@@ -217,7 +234,7 @@ impl Error {
             Error::NotFound { .. } | Error::NoStore { .. } => ErrorKind::NotFound,
             Error::NewerFormat { .. } => ErrorKind::Incompatible,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
-            Error::Busy { .. } | Error::LeaseExpired { .. } => ErrorKind::Busy,
+            Error::Busy { .. } | Error::LeaseExpired { .. } | Error::Threads { .. } => ErrorKind::Busy,
             Error::NotEmpty { .. }
             | Error::AlreadyStore { .. }
             | Error::BadName { .. }
@@ -248,6 +265,7 @@ impl Error {
             Error::Ambiguous { .. } => "give more hex digits of the image id",
             Error::Busy { .. } => "wait for the other process to finish, or retry later",
             Error::LeaseExpired { .. } => "the process was paused or cut off for longer than its lease; run it again",
+            Error::Threads { .. } => "the per-user process limit is reached (`ulimit -u`; every thread of your processes counts): end other processes or ask for a higher limit, then run the command again",
             Error::Index { .. } => "the local index is derived data: run `imgstore index rebuild` to recreate it from the store",
             Error::Sif { .. } => "the SIF file looks damaged; check it with `apptainer sif list`, or rebuild it",
             Error::NotFound { what } if what.starts_with("ref") || what.starts_with("image") => {

@@ -4,7 +4,9 @@
 //! `IMGSTORE_TEST_HOLD=<step>` makes the process create `<step>.held` in
 //! `IMGSTORE_TEST_HOLD_DIR` and wait until that file is removed;
 //! `IMGSTORE_TEST_CRASH=<step>` aborts the process at that step (as a kill
-//! would). Both are read once per step and cost nothing when unset. They let
+//! would); `IMGSTORE_TEST_PANIC=<step>` panics there (a bug, which must end
+//! as an error, not an abort). All are read once per step and cost nothing
+//! when unset. They let
 //! tests place a SIGKILL or a concurrent GC at an exact point instead of
 //! hoping a timer lands there.
 
@@ -36,6 +38,9 @@ pub fn point(step: &str) {
     if std::env::var("IMGSTORE_TEST_CRASH").is_ok_and(|s| s == step) {
         tracing::warn!(step, "test crash point");
         std::process::abort();
+    }
+    if std::env::var("IMGSTORE_TEST_PANIC").is_ok_and(|s| s == step) {
+        panic!("test panic point {step}");
     }
     if std::env::var("IMGSTORE_TEST_HOLD").is_ok_and(|s| s == step) {
         let dir = std::env::var_os("IMGSTORE_TEST_HOLD_DIR")

@@ -15,7 +15,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor,
@@ -154,19 +155,144 @@ pub struct CatchUp {
     pub tombstones: usize,
 }
 
+/// Threads RocksDB may start while this process opens and uses one
+/// database: the timer of a primary's periodic tasks and one that opens
+/// table files beside the caller (`max_file_opening_threads`); at the
+/// process's first open also one each for its flush and compaction pools,
+/// which it keeps ([`POOLS_STARTED`]).
+const ROCKSDB_THREADS: usize = 2;
+const ROCKSDB_POOL_THREADS: usize = 2;
+
+/// Whether a database was opened in this process, so that RocksDB's pools
+/// run.
+static POOLS_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes sure RocksDB can start the threads an open of a database needs
+/// (see [`room_for_threads`]); `opened` says an open succeeded.
+pub(crate) fn room_for_rocksdb() -> Result<()> {
+    let pools = if POOLS_STARTED.load(Ordering::Relaxed) {
+        0
+    } else {
+        ROCKSDB_POOL_THREADS
+    };
+    room_for_threads(ROCKSDB_THREADS + pools)
+}
+
+/// Notes that a database opened, and with it RocksDB's pools started.
+pub(crate) fn opened() {
+    POOLS_STARTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes sure this process can start `n` more threads now, before RocksDB
+/// is asked to. RocksDB starts threads with C++ `std::thread`, which throws
+/// at the user's process limit (`ulimit -u` counts threads), and a C++
+/// exception cannot cross into Rust: the process aborted ("Rust cannot
+/// catch foreign exceptions"), once halfway through creating an index. So
+/// `n` threads are started and held together, then ended, each waited for
+/// until the kernel has given its place back. Another process of the same
+/// user can still take the room in between: this narrows that to a race.
+fn room_for_threads(n: usize) -> Result<()> {
+    let gate = Arc::new(RwLock::new(()));
+    let closed = gate.write().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::with_capacity(n);
+    let mut failed = None;
+    for _ in 0..n {
+        let gate = Arc::clone(&gate);
+        let spawned = std::thread::Builder::new()
+            .name("imgstore-room".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let me = fs::read_link("/proc/thread-self").ok();
+                drop(gate.read());
+                me
+            });
+        match spawned {
+            Ok(h) => held.push(h),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(closed);
+    for h in held {
+        // join() returns once the thread let go of its stack; the kernel
+        // releases its place in the limit a moment later, when it is reaped
+        // and leaves /proc.
+        if let Ok(Some(task)) = h.join() {
+            let task = Path::new("/proc").join(task);
+            for _ in 0..10_000 {
+                if !task.exists() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(Error::threads("the local index (RocksDB)", e)),
+        None => Ok(()),
+    }
+}
+
+/// Whether the database files in `db_path` can hold index entries: table
+/// files, or a write-ahead log with anything in it. What else a crash
+/// while RocksDB created the database leaves (its info `LOG`, `LOCK`,
+/// `IDENTITY`, a first `MANIFEST`, `OPTIONS`, an empty log) holds none.
+fn holds_entries(db_path: &Path) -> Result<bool> {
+    for entry in fs::read_dir(db_path).map_err(|e| Error::io(db_path, e))? {
+        let entry = entry.map_err(|e| Error::io(db_path, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let wal = name
+            .strip_suffix(".log")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if name.ends_with(".sst")
+            || name.ends_with(".blob")
+            || (wal && entry.metadata().map_err(|e| Error::io(db_path, e))?.len() > 0)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the open database holds no entry in any column family.
+fn is_empty(db: &DB, db_path: &Path) -> Result<bool> {
+    for cf in [CF_CHUNKS, CF_SEGMENTS, CF_META, CF_DELETED] {
+        let handle = db.cf_handle(cf).expect("cf exists");
+        if let Some(first) = db.iterator_cf(handle, rocksdb::IteratorMode::Start).next() {
+            first.map_err(|e| index_err(db_path, e))?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
     let db_path = dir.join(DB_DIR);
-    // Fresh only when the directory is missing or empty: a directory with
-    // files but no CURRENT is a damaged index, and letting RocksDB create a
-    // new database there would open it as empty.
-    let fresh = match fs::read_dir(&db_path) {
+    // Fresh when the directory is missing or empty, or was left
+    // half-created by a crash: derived data that holds nothing yet is
+    // created again. A directory with entries but no CURRENT is a damaged
+    // index, and letting RocksDB create a new database there would open it
+    // as empty.
+    let mut fresh = match fs::read_dir(&db_path) {
         Ok(mut d) => d.next().is_none(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(Error::io(&db_path, e)),
     };
     if !fresh && !db_path.join("CURRENT").exists() {
-        return Err(index_err(&db_path, "CURRENT is missing: the index is damaged"));
+        if holds_entries(&db_path)? {
+            return Err(index_err(&db_path, "CURRENT is missing: the index is damaged"));
+        }
+        tracing::info!(
+            path = %db_path.display(),
+            "the local index was left half-created (a crash or a killed command); creating it again"
+        );
+        fs::remove_dir_all(&db_path).map_err(|e| Error::io(&db_path, e))?;
+        fresh = true;
     }
+    room_for_rocksdb()?;
     let mut opts = db_options();
     if !fresh {
         // An existing index must open as what it is: a damaged one is an
@@ -175,6 +301,10 @@ fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
     }
     let db =
         DB::open_cf_descriptors(&opts, &db_path, cf_descriptors()).map_err(|e| index_err(&db_path, e))?;
+    opened();
+    if fresh {
+        crate::hold::point("index-created");
+    }
     let meta = db.cf_handle(CF_META).expect("cf exists");
     match db
         .get_cf(meta, META_STORE_ID)
@@ -190,7 +320,14 @@ fn open_primary(dir: &Path, store_id: &str) -> Result<DB> {
                 ),
             ))
         }
-        None if fresh => {
+        // Created but stopped before its first write: as good as fresh.
+        None if fresh || is_empty(&db, &db_path)? => {
+            if !fresh {
+                tracing::info!(
+                    path = %db_path.display(),
+                    "the local index was left half-created (a crash or a killed command); creating it again"
+                );
+            }
             let mut batch = WriteBatch::default();
             batch.put_cf(meta, META_STORE_ID, store_id.as_bytes());
             batch.put_cf(meta, META_SCHEMA, SCHEMA);
@@ -506,9 +643,11 @@ impl Reader {
         remove_stale_secondaries(&sec_root);
         let secondary = sec_root.join(unique_suffix());
         read_ahead(&db_path);
+        room_for_rocksdb()?;
         let opts = db_options();
         let db = DB::open_cf_descriptors_as_secondary(&opts, &db_path, &secondary, cf_descriptors())
             .map_err(|e| index_err(&db_path, e))?;
+        opened();
         db.try_catch_up_with_primary()
             .map_err(|e| index_err(&db_path, e))?;
         Ok(Reader { db, secondary })

@@ -121,8 +121,8 @@ impl Session {
         let last_renewal = Arc::new(Mutex::new(Instant::now()));
         let (stop, stopped) = mpsc::channel();
         let renewer = {
-            let (backend, key, last) = (backend.clone(), key.clone(), last_renewal.clone());
-            std::thread::Builder::new()
+            let (to, name, last) = (backend.clone(), key.clone(), last_renewal.clone());
+            let spawned = std::thread::Builder::new()
                 .name("imgstore-lease".into())
                 .spawn(move || loop {
                     match stopped.recv_timeout(lease / 4) {
@@ -138,11 +138,17 @@ impl Session {
                     }
                     // A failed renewal is not fatal here: check() notices the
                     // stale lease before anything is published.
-                    if backend.put(&key, &bytes).is_ok() {
+                    if to.put(&name, &bytes).is_ok() {
                         *last = Instant::now();
                     }
-                })
-                .expect("threads can be spawned")
+                });
+            match spawned {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = backend.delete(&key);
+                    return Err(Error::threads("the session's lease renewal", e));
+                }
+            }
         };
         Ok(Session {
             backend,

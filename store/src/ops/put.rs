@@ -105,9 +105,14 @@ pub struct PutReport {
     pub seconds: f64,
 }
 
+/// What the check for an input that changed while it was read compares.
+/// The ctime too: a tool that rewrites bytes in place can set the mtime
+/// back (`rsync --inplace -t`, `touch -r`), but nothing sets the ctime.
+#[derive(PartialEq, Eq)]
 struct FileStat {
     len: u64,
     mtime: (i64, i64),
+    ctime: (i64, i64),
     ino: u64,
 }
 
@@ -116,8 +121,38 @@ fn stat(path: &Path, f: &File) -> Result<FileStat> {
     Ok(FileStat {
         len: m.len(),
         mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
         ino: m.ino(),
     })
+}
+
+/// The clock the kernel stamps files with (`CLOCK_REALTIME_COARSE`, a
+/// tick of a few ms), as (seconds, nanoseconds).
+#[allow(unsafe_code)]
+fn file_clock() -> (i64, i64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    (ts.tv_sec, ts.tv_nsec)
+}
+
+/// Waits until a change to the input from now on gets a later ctime than
+/// `st`'s. A write lands on the kernel's coarse clock (or a filesystem's
+/// whole seconds), so one in the same tick as the last change before the
+/// put left every timestamp as it was, and an in-place rewrite of the same
+/// size went unseen. Waits only for an input that changed within the
+/// tick (a few ms; up to a second where ctimes are whole seconds), and
+/// never longer than two seconds (a ctime from a clock ahead of ours).
+fn wait_for_a_later_ctime(st: &FileStat) {
+    let (sec, nsec) = st.ctime;
+    let past = if nsec == 0 { (sec + 1, 0) } else { (sec, nsec + 1) };
+    let started = Instant::now();
+    while file_clock() < past && started.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Opens the input, refusing what cannot be an image.
@@ -133,6 +168,7 @@ fn open_input(path: &Path) -> Result<(File, FileStat)> {
             reason: format!("{} is a directory, not an image file", path.display()),
         });
     }
+    wait_for_a_later_ctime(&st);
     Ok((f, st))
 }
 
@@ -244,7 +280,7 @@ fn spawn_reader(
     name: PathBuf,
     full: SyncSender<Result<Block>>,
     free: Receiver<Vec<u8>>,
-) -> JoinHandle<()> {
+) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("imgstore-read".into())
         .spawn(move || {
@@ -259,6 +295,7 @@ fn spawn_reader(
             let (mut reading, mut for_buffers, mut handing_on) =
                 (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             let mut since = Instant::now();
+            let mut first = true;
             while let Ok(mut buf) = free.recv() {
                 for_buffers += since.elapsed();
                 since = Instant::now();
@@ -283,6 +320,9 @@ fn spawn_reader(
                     }
                 };
                 pos += len as u64;
+                if std::mem::take(&mut first) {
+                    hold::point("put-reading");
+                }
                 let mut hole_after = 0;
                 if let Some((start, hole_len)) = hole.filter(|(s, _)| *s == pos && !eof) {
                     hole_after = hole_len;
@@ -316,7 +356,7 @@ fn spawn_reader(
                 "put: input read"
             );
         })
-        .expect("threads can be spawned")
+        .map_err(|e| Error::threads("the put's reader", e))
 }
 
 /// A block with its chunk boundaries.
@@ -427,21 +467,52 @@ fn cut_blocks(
     image
 }
 
-/// The cutter's own threads, as many as the global pool's. Cutting and
-/// hashing on the global pool queued each block's cut behind the blocks
-/// being compressed (rayon takes outside work first in, first out), so a
-/// first put alternated between compressing and cutting, and the lookup
-/// thread waited 7.1 s of an 8.2 s put of c00-init.ext3 for cuts while
-/// both cores were busy only 1.66 of the time. With a pool of its own the
-/// next block is cut while earlier ones compress.
+/// The cutter's own threads, as many as there are cores (or
+/// `RAYON_NUM_THREADS`). Cutting and hashing on the pool that compresses
+/// queued each block's cut behind the blocks being compressed (rayon takes
+/// outside work first in, first out), so a first put alternated between
+/// compressing and cutting, and the lookup thread waited 7.1 s of an 8.2 s
+/// put of c00-init.ext3 for cuts while both cores were busy only 1.66 of
+/// the time. With a pool of its own the next block is cut while earlier
+/// ones compress.
 fn cut_pool() -> Result<rayon::ThreadPool> {
+    pool("cutter", "imgstore-cut")
+}
+
+/// The put's compression threads, as many as the cutter's. Not rayon's
+/// global pool: that one is started on first use, where a failure to start
+/// a thread is a panic, and a panic in a job on it aborts the process.
+fn encode_pool() -> Result<rayon::ThreadPool> {
+    pool("compressor", "imgstore-enc")
+}
+
+/// A pool of the put's own, built so that a thread that cannot be started
+/// (the process limit) is an error. A panic that escapes a job is caught
+/// in the job ([`EncodedBlock::encode_caught`]); the handler only keeps
+/// rayon from aborting the process should one get past it.
+fn pool(what: &str, prefix: &'static str) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(rayon::current_num_threads())
-        .thread_name(|i| format!("imgstore-cut{i}"))
+        .thread_name(move |i| format!("{prefix}{i}"))
+        .panic_handler(|_| tracing::error!("a job of the put panicked"))
         .build()
-        .map_err(|e| Error::BadInput {
-            reason: format!("cannot start the cutter's threads: {e}"),
-        })
+        .map_err(|e| Error::threads(format!("the put's {what}"), io::Error::other(e)))
+}
+
+/// A failure of the put itself, not of its input or the store (exit 1).
+fn internal(what: impl std::fmt::Display) -> Error {
+    Error::Internal {
+        detail: format!("in the put: {what}"),
+    }
+}
+
+/// A panic of one of the put's threads or jobs, as an error of the put.
+fn panicked(what: &str, payload: Box<dyn std::any::Any + Send>) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|m| m.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    internal(format!("{what} panicked: {message}"))
 }
 
 /// Packs whose chunk locations go into one index segment: a put of new
@@ -478,7 +549,7 @@ fn spawn_pack_writer(
     packs: Receiver<PackBuilder>,
     free: SyncSender<Vec<u8>>,
     indexed: std::sync::mpsc::Sender<u64>,
-) -> JoinHandle<Result<u64>> {
+) -> Result<JoinHandle<Result<u64>>> {
     let write_segment = |backend: &dyn Backend,
                          staged: &mut VecDeque<Box<dyn Staged>>,
                          locations: &mut Vec<(ChunkId, Location)>|
@@ -519,7 +590,7 @@ fn spawn_pack_writer(
             write_segment(backend.as_ref(), &mut staged, &mut locations)?;
             Ok(count)
         })
-        .expect("threads can be spawned")
+        .map_err(|e| Error::threads("the put's pack writer", e))
 }
 
 /// A fresh view of the index, and how many of this put's packs it covers.
@@ -536,7 +607,7 @@ fn spawn_indexer(
     backend: Arc<dyn Backend>,
     segments: Receiver<u64>,
     readers: std::sync::mpsc::Sender<Indexed>,
-) -> JoinHandle<()> {
+) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("imgstore-index".into())
         .spawn(move || {
@@ -569,7 +640,7 @@ fn spawn_indexer(
                 }
             }
         })
-        .expect("threads can be spawned")
+        .map_err(|e| Error::threads("the put's indexer", e))
 }
 
 /// Raw bytes a put compresses together as one group at most: zstd on
@@ -637,6 +708,23 @@ struct EncodedBlock {
 }
 
 impl EncodedBlock {
+    /// [`EncodedBlock::encode`], with a panic in it (a bug) turned into an
+    /// error of the put: the job runs on a pool thread, where a panic would
+    /// abort the process.
+    fn encode_caught(
+        buf: Vec<u8>,
+        data: std::ops::Range<usize>,
+        new: Vec<(ChunkId, std::ops::Range<usize>)>,
+        level: i32,
+        group_bytes: usize,
+    ) -> Result<EncodedBlock> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hold::point("put-encode");
+            EncodedBlock::encode(buf, data, new, level, group_bytes)
+        }))
+        .map_err(|p| panicked("a compression job", p))
+    }
+
     /// Splits `new` into runs and compresses them, on the calling thread
     /// and, through rayon, the pool.
     fn encode(
@@ -709,7 +797,9 @@ struct Ingest<'a> {
     /// ([`PENDING`] until it is in one).
     written: HashMap<ChunkId, u64>,
     /// Blocks being compressed, oldest first.
-    encoding: VecDeque<Receiver<EncodedBlock>>,
+    encoding: VecDeque<Receiver<Result<EncodedBlock>>>,
+    /// Where they are compressed.
+    encode_pool: &'a rayon::ThreadPool,
     /// Packs handed to the writer so far.
     packs_sent: u64,
     /// From the indexer: a reader of the index that now covers this many
@@ -788,12 +878,12 @@ impl Ingest<'_> {
                 runs: Vec::new(),
                 encoded: Ok(Vec::new()),
             };
-            tx.send(done).expect("channel has room");
+            tx.send(Ok(done)).expect("channel has room");
         } else {
             let (level, group_bytes) = (self.zstd_level, self.group_bytes);
-            rayon::spawn_fifo(move || {
+            self.encode_pool.spawn_fifo(move || {
                 // The receiver is gone only if the put already failed.
-                let _ = tx.send(EncodedBlock::encode(buf, data, new, level, group_bytes));
+                let _ = tx.send(EncodedBlock::encode_caught(buf, data, new, level, group_bytes));
             });
         }
         self.encoding.push_back(rx);
@@ -817,9 +907,7 @@ impl Ingest<'_> {
                 }
             };
             self.encoding.pop_front();
-            let done = done.ok_or_else(|| Error::BadInput {
-                reason: "a compression task stopped".into(),
-            })?;
+            let done = done.ok_or_else(|| internal("a compression job stopped"))??;
             let buf = self.add_to_packs(done)?;
             // The pool has room for every buffer; a closed one means the
             // reader is gone, and its error comes from it.
@@ -880,9 +968,7 @@ impl Ingest<'_> {
             return Ok(());
         }
         // A closed channel means the writer failed; its error comes from join.
-        let stopped = || Error::BadInput {
-            reason: "pack writer stopped".into(),
-        };
+        let stopped = || internal("the pack writer stopped");
         let waited = Instant::now();
         let next = PackBuilder::reuse(self.free_packs.recv().map_err(|_| stopped())?);
         let full = std::mem::replace(&mut self.pack, next);
@@ -985,10 +1071,12 @@ impl Store {
         // condemns after this point lists the session and waits for it.
         let session = Session::start(self.backend.clone(), "put")?;
         let condemned = self.condemned_packs()?;
-        index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
-        let lookup = index::Reader::open(&self.index_dir)?;
         let chunker = Chunker::new(self.config.chunker)?;
+        // The put's own threads start before the index is opened: at the
+        // user's process limit one of them fails, as an error, before
+        // RocksDB (whose threads cannot fail cleanly) is asked for any.
         let cut_pool = cut_pool()?;
+        let encode_pool = encode_pool()?;
 
         let head = chunker.max_len();
         let (full_tx, full_rx) = sync_channel(BLOCKS_IN_FLIGHT);
@@ -998,7 +1086,7 @@ impl Store {
                 .send(direct::aligned_buffer(head, BLOCK))
                 .expect("channel has room");
         }
-        let read_thread = spawn_reader(reader, head, input_name.clone(), full_tx, free_rx);
+        let read_thread = spawn_reader(reader, head, input_name.clone(), full_tx, free_rx)?;
         // Room for a full pack plus the group that crosses the limit and the footer.
         let pack_capacity = self.config.pack_size as usize + GROUP_BYTES + (1 << 20);
         let (pack_tx, pack_rx) = sync_channel(0);
@@ -1007,7 +1095,7 @@ impl Store {
             .send(Vec::with_capacity(pack_capacity + DIRECT_ALIGN))
             .expect("channel has room");
         let (segment_tx, segment_rx) = std::sync::mpsc::channel();
-        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, segment_tx);
+        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, segment_tx)?;
         let (indexed_tx, indexed_rx) = std::sync::mpsc::channel();
         let index_thread = spawn_indexer(
             self.index_dir.clone(),
@@ -1015,7 +1103,9 @@ impl Store {
             self.backend.clone(),
             segment_rx,
             indexed_tx,
-        );
+        )?;
+        index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
+        let lookup = index::Reader::open(&self.index_dir)?;
 
         progress.start("put", total);
         let mut ingest = Ingest {
@@ -1032,6 +1122,7 @@ impl Store {
             entries: manifest::Spool::new()?,
             written: HashMap::new(),
             encoding: VecDeque::new(),
+            encode_pool: &encode_pool,
             packs_sent: 0,
             indexed: indexed_rx,
             wait_for_segments: test_packs_per_segment(),
@@ -1046,32 +1137,43 @@ impl Store {
         // The cutter finds chunk boundaries in block N+1 while this thread
         // hashes, looks up and compresses block N.
         let ingested: Result<blake3::Hasher> = std::thread::scope(|scope| {
-            // Owned here so that leaving early, on an error, also stops the
-            // reader (its pool closes) and with it the cutter.
-            let free_tx = free_tx;
             let (cut_tx, cut_rx) = sync_channel::<Result<Cut>>(1);
             let chunker = &chunker;
             let cut_pool = &cut_pool;
-            let cutter = scope.spawn(move || cut_blocks(chunker, cut_pool, head, full_rx, cut_tx));
-            let mut waited = Instant::now();
-            for cut in cut_rx {
-                ingest.waits.cut += waited.elapsed();
-                let cut = cut?;
-                let (len, eof, hole, zeros) = (cut.len as u64, cut.eof, cut.hole, cut.zeros);
-                ingest.block(cut, &free_tx)?;
-                ingest.zero_run(zeros)?;
-                size += len + hole;
-                progress.advance(len + hole);
-                if eof {
-                    break;
+            let cutter = std::thread::Builder::new()
+                .name("imgstore-cutter".into())
+                .spawn_scoped(scope, move || {
+                    cut_blocks(chunker, cut_pool, head, full_rx, cut_tx)
+                })
+                .map_err(|e| Error::threads("the put's cutter", e))?;
+            let fed = (|| {
+                // Owned here so that leaving early, on an error, also stops
+                // the reader (its pool closes) and with it the cutter,
+                // before the cutter is joined.
+                let free_tx = free_tx;
+                let mut waited = Instant::now();
+                for cut in cut_rx {
+                    ingest.waits.cut += waited.elapsed();
+                    let cut = cut?;
+                    let (len, eof, hole, zeros) = (cut.len as u64, cut.eof, cut.hole, cut.zeros);
+                    ingest.block(cut, &free_tx)?;
+                    ingest.zero_run(zeros)?;
+                    size += len + hole;
+                    progress.advance(len + hole);
+                    if eof {
+                        break;
+                    }
+                    waited = Instant::now();
                 }
-                waited = Instant::now();
-            }
-            ingest.settle(&free_tx, 0)?;
-            Ok(cutter.join().expect("the cutter does not panic"))
+                ingest.settle(&free_tx, 0)
+            })();
+            let image = cutter.join().map_err(|p| panicked("the cutter", p));
+            fed.and(image)
         });
-        read_thread.join().expect("the read thread does not panic");
-        let flushed = ingested.and_then(|image| ingest.flush_pack().map(|()| image));
+        let read = read_thread.join().map_err(|p| panicked("the reader", p));
+        let flushed = ingested
+            .and_then(|image| read.map(|()| image))
+            .and_then(|image| ingest.flush_pack().map(|()| image));
         tracing::debug!(waits = ?ingest.waits, "put: lookup thread waited");
         let Ingest {
             entries,
@@ -1082,25 +1184,24 @@ impl Store {
             ..
         } = ingest;
         drop(packs);
-        let written = pack_thread.join().expect("pack writer does not panic");
+        let written = pack_thread
+            .join()
+            .unwrap_or_else(|p| Err(panicked("the pack writer", p)));
         // With the writer done, the indexer ends after the catch-up it is
         // in, if any (its work is not lost: the next command's is shorter).
-        index_thread.join().expect("the indexer does not panic");
+        let indexer = index_thread.join().map_err(|p| panicked("the indexer", p));
         progress.finish();
         // The writer's error (say, a full disk) is the cause; a failed
         // hand-off to it is only the symptom.
         let pack_count = written?;
         let image = flushed?;
+        indexer?;
         hold::point("put-after-lookup");
         hold::point("put-after-pack");
 
         if let Some((path, f, before)) = &file_check {
             let after = stat(path, f)?;
-            if after.len != before.len
-                || after.mtime != before.mtime
-                || after.ino != before.ino
-                || size != before.len
-            {
+            if after != *before || size != before.len {
                 return Err(Error::InputChanged { path: path.clone() });
             }
         }

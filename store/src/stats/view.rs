@@ -491,7 +491,9 @@ impl View {
             rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
             cf,
         )];
+        crate::index::room_for_rocksdb()?;
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| damaged(path, e))?;
+        crate::index::opened();
         let view = View {
             db,
             path: path.to_path_buf(),
