@@ -73,7 +73,7 @@ fn two_commits(env: &Env) -> (Vec<u8>, Vec<u8>) {
     let second = env.put("lab/app:v2", &env.file("y.img", &y));
     let path = env
         .store()
-        .join(imgstore_store::manifest::key(&image_id(&second)));
+        .join(imgstore_store::manifest::delta_key(&image_id(&second)));
     let manifest = std::fs::read(path).unwrap();
     assert_eq!(
         u32::from_le_bytes(manifest[8..12].try_into().unwrap()),

@@ -259,14 +259,11 @@ impl StoreReader {
     /// every [`WINDOW`]th entry starts.
     pub fn open_id(&self, id: &ImageId) -> Result<ImageReader> {
         let store = &self.shared.store;
-        let key = manifest::key(id);
-        let file = store.backend.open(&key).map_err(|e| {
-            if is_missing(&e) {
-                Error::not_found(format!("image {id}"))
-            } else {
-                e
-            }
-        })?;
+        let stored = |k: &str| store.backend.head(k).map(|m| m.is_some());
+        if !(stored(&manifest::key(id))? || stored(&manifest::delta_key(id))?) {
+            return Err(Error::not_found(format!("image {id}")));
+        }
+        let (key, file) = store.open_manifest(id)?;
         let (mut at, mut n, mut starts) = (0u64, 0u64, Vec::new());
         let manifest = ManifestFile::open_each(
             file,

@@ -136,7 +136,7 @@ impl Store {
 
     /// The image's full manifest, or else its delta (a full one wins:
     /// it may have replaced a damaged delta).
-    fn open_manifest(&self, id: &ImageId) -> Result<(String, Box<dyn ReadAt>)> {
+    pub(crate) fn open_manifest(&self, id: &ImageId) -> Result<(String, Box<dyn ReadAt>)> {
         let key = manifest::key(id);
         match self.backend.open(&key) {
             Ok(file) => return Ok((key, file)),
