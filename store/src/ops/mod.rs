@@ -101,11 +101,9 @@ mod tests {
         (base, next)
     }
 
-    /// The backend is the only door: a store in memory puts, gets (the
-    /// second image as a delta), verifies and collects garbage, with
-    /// nothing on disk but the local index.
-    #[test]
-    fn a_store_in_memory_does_everything_a_local_one_does() {
+    /// A store in memory with small chunks; its local index in a temporary
+    /// directory.
+    fn mem_store() -> (tempfile::TempDir, crate::MemoryBackend, Store) {
         let dir = tempfile::tempdir().unwrap();
         let mem = crate::MemoryBackend::default();
         let opts = InitOptions {
@@ -119,6 +117,15 @@ mod tests {
             Some(dir.path().join("idx")),
         )
         .unwrap();
+        (dir, mem, store)
+    }
+
+    /// The backend is the only door: a store in memory puts, gets (the
+    /// second image as a delta), verifies and collects garbage, with
+    /// nothing on disk but the local index.
+    #[test]
+    fn a_store_in_memory_does_everything_a_local_one_does() {
+        let (dir, mem, store) = mem_store();
         let (base, next) = two_commits();
         assert_eq!(put_get(&store, "lab/app:v1", &base), base);
         assert_eq!(put_get(&store, "lab/app:v2", &next), next);
@@ -145,44 +152,12 @@ mod tests {
         assert_eq!(on_disk, ["idx"], "something besides the index went to disk");
     }
 
-    /// A backend that fails a manifest write: the put fails, publishes
-    /// nothing, and the next put of the same image succeeds.
-    #[test]
-    fn a_failed_manifest_write_publishes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = crate::MemoryBackend::default();
-        let store = Store::init_with(
-            std::sync::Arc::new(mem.clone()),
-            InitOptions::default(),
-            Some(dir.path().join("idx")),
-        )
-        .unwrap();
-        let (base, _) = two_commits();
-        mem.inject(crate::backend::Fault::FailPut("manifests/".into()));
-        let r = TagRef::parse("lab/app:v1").unwrap();
-        let input = Input::Stream(Box::new(std::io::Cursor::new(base.clone())));
-        let err = store
-            .put(&r, input, &PutOptions::default(), &NoProgress)
-            .unwrap_err();
-        assert!(matches!(err, crate::Error::Backend { .. }), "{err}");
-        assert!(store.read_ref(&r).unwrap().is_none(), "a ref was published");
-        assert_eq!(put_get(&store, "lab/app:v1", &base), base);
-        verify_clean(&store);
-    }
-
     /// Invariant 2: a full manifest stays full. An image stored first under
     /// another name keeps its full manifest when a later put of it under a
     /// name with a delta base comes along; no delta is written beside it.
     #[test]
     fn a_full_manifest_is_never_turned_into_a_delta() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = crate::MemoryBackend::default();
-        let store = Store::init_with(
-            std::sync::Arc::new(mem.clone()),
-            InitOptions::default(),
-            Some(dir.path().join("idx")),
-        )
-        .unwrap();
+        let (_dir, mem, store) = mem_store();
         let (base, next) = two_commits();
         put_get(&store, "other/name:v1", &next);
         put_get(&store, "lab/app:v1", &base);
