@@ -27,9 +27,17 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// The store directory.
-    #[arg(long, short = 's', global = true, env = "IMGSTORE_STORE", value_name = "DIR")]
-    pub store: Option<PathBuf>,
+    /// The store: a directory, or a URL in object storage
+    /// (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX).
+    #[arg(long, short = 's', global = true, env = "IMGSTORE_STORE", value_name = "DIR|URL")]
+    pub store: Option<String>,
+    /// An S3-compatible server (MinIO, Ceph RGW, Garage) for s3:// stores,
+    /// addressed path-style [default: AWS, or $AWS_ENDPOINT].
+    #[arg(long, global = true, env = "IMGSTORE_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Allow plain HTTP to the object store (loopback, or behind a TLS proxy).
+    #[arg(long, global = true, env = "IMGSTORE_S3_ALLOW_HTTP", value_parser = clap::builder::FalseyValueParser::new())]
+    pub s3_allow_http: bool,
     /// Where this host keeps the store's local index [default: ~/.cache/imgstore/<store-id>].
     #[arg(long, global = true, env = "IMGSTORE_INDEX_DIR", value_name = "DIR")]
     pub index_dir: Option<PathBuf>,
@@ -103,8 +111,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// The directory to create the store in (or --store / IMGSTORE_STORE).
-    pub dir: Option<PathBuf>,
+    /// Where to create the store: a directory, or an object-store URL such
+    /// as s3://BUCKET/PREFIX (or --store / IMGSTORE_STORE).
+    #[arg(value_name = "DIR|URL")]
+    pub dir: Option<String>,
     /// Average chunk size: a power of two from 1KiB to 1MiB. Smaller finds
     /// more shared bytes between images, larger keeps less metadata.
     #[arg(long, default_value = "32KiB", value_name = "SIZE")]

@@ -1,6 +1,7 @@
 //! Store administration: init, index, completions, man.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Result;
 use clap::CommandFactory;
@@ -12,9 +13,9 @@ use crate::cmd::UsageError;
 use crate::output;
 
 pub fn init(g: &Global, a: &InitArgs) -> Result<()> {
-    let dir = match &a.dir {
+    let location = match &a.dir {
         Some(d) => d.clone(),
-        None => super::store_dir(g)?,
+        None => super::store_location(g)?,
     };
     let avg = u32::try_from(a.chunk_size.as_u64())
         .ok()
@@ -25,15 +26,16 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<()> {
                 a.chunk_size
             ))
         })?;
-    let store = Store::init(
-        &dir,
-        InitOptions {
-            avg_chunk: avg,
-            zstd_level: a.zstd_level,
-            shared: a.shared,
-        },
-        g.index_dir.clone(),
-    )?;
+    let opts = InitOptions {
+        avg_chunk: avg,
+        zstd_level: a.zstd_level,
+        shared: a.shared,
+    };
+    let store = if imgstore_store::backend::is_url(&location) {
+        Store::init_with(super::backend_at(g, &location)?, opts, g.index_dir.clone())?
+    } else {
+        Store::init(Path::new(&location), opts, g.index_dir.clone())?
+    };
     if g.json {
         return output::json(store.config());
     }
@@ -42,7 +44,7 @@ pub fn init(g: &Global, a: &InitArgs) -> Result<()> {
         crate::out!(
             "initialized store {} at {} (chunks {}/{}/{} min/avg/max, zstd level {})",
             c.store_id,
-            dir.display(),
+            location,
             output::size(c.chunker.min.into()),
             output::size(c.chunker.avg.into()),
             output::size(c.chunker.max.into()),

@@ -11,10 +11,10 @@ mod query;
 mod report;
 mod verify;
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
-use imgstore_store::Store;
+use imgstore_store::{Backend, ObjectOptions, Store};
 
 use crate::args::{Cli, Command, Global};
 
@@ -77,14 +77,36 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The store directory from --store / IMGSTORE_STORE.
-fn store_dir(g: &Global) -> Result<PathBuf> {
+/// The store location from --store / IMGSTORE_STORE.
+fn store_location(g: &Global) -> Result<String> {
     g.store
         .clone()
-        .ok_or_else(|| UsageError("no store given: use --store DIR or set IMGSTORE_STORE".into()).into())
+        .ok_or_else(|| UsageError("no store given: use --store DIR|URL or set IMGSTORE_STORE".into()).into())
+}
+
+/// How to reach an object store, from the global options.
+fn object_options(g: &Global) -> ObjectOptions {
+    ObjectOptions {
+        s3_endpoint: g.s3_endpoint.clone(),
+        allow_http: g.s3_allow_http,
+        retry_timeout: std::env::var("IMGSTORE_RETRY_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(std::time::Duration::from_secs),
+    }
+}
+
+/// The backend of the store the global options name.
+fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
+    backend_at(g, &store_location(g)?)
+}
+
+/// The backend of the store at `location`, reached with the global options.
+fn backend_at(g: &Global, location: &str) -> Result<Arc<dyn Backend>> {
+    Ok(imgstore_store::backend::at(location, &object_options(g))?)
 }
 
 /// Opens the store the global options name.
 fn open(g: &Global) -> Result<Store> {
-    Ok(Store::open(&store_dir(g)?, g.index_dir.clone())?)
+    Ok(Store::open_with(backend(g)?, g.index_dir.clone())?)
 }

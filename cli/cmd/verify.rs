@@ -46,9 +46,8 @@ fn config_damage(g: &Global, err: anyhow::Error) -> Result<()> {
     if !corrupt_config {
         return Err(err);
     }
-    let dir = super::store_dir(g)?;
     // Failing to list them must not read as "no image is affected".
-    let refs = imgstore_store::ops::refs::list_refs(imgstore_store::backend::at(&dir)?.as_ref(), None)
+    let refs = imgstore_store::ops::refs::list_refs(super::backend(g)?.as_ref(), None)
         .map_err(|e| {
             anyhow::Error::new(e).context(format!("{err}; listing the refs it affects failed too"))
         })?;

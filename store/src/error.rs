@@ -61,6 +61,15 @@ pub enum Error {
         /// The directory given as the store.
         path: PathBuf,
     },
+    /// A store location that cannot be reached as given: a URL with an
+    /// unknown scheme or no bucket, plain HTTP not asked for.
+    #[error("store location {location}: {detail}")]
+    BadLocation {
+        /// The location as given.
+        location: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// `init` on a directory that holds other files.
     #[error("{path} is not empty and is not an imgstore store")]
     NotEmpty {
@@ -238,6 +247,7 @@ impl Error {
             Error::NotEmpty { .. }
             | Error::AlreadyStore { .. }
             | Error::BadName { .. }
+            | Error::BadLocation { .. }
             | Error::BadInput { .. }
             | Error::InputChanged { .. }
             | Error::Ambiguous { .. }
@@ -259,6 +269,8 @@ impl Error {
             Error::Corrupt { .. } | Error::Missing { .. } => {
                 "run `imgstore verify` to list the damaged images; other images are unaffected"
             }
+            Error::BadLocation { .. } => "a store is a directory, or a URL: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX",
+            Error::Backend { .. } => "check the store's URL, the credentials and the network; requests that failed were retried before this error",
             Error::Internal { .. } => "this is a bug in imgstore: please report it with the command that failed",
             Error::BadName { .. } => "names look like `lab/app:3f2c1e`: lowercase path components of [a-z0-9._-], a tag of [A-Za-z0-9._-] up to 128 characters",
             Error::InputChanged { .. } => "wait until the image is completely written, then put it again",

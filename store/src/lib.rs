@@ -35,7 +35,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use backend::{Backend, LocalBackend, MemoryBackend};
+pub use backend::{Backend, LocalBackend, MemoryBackend, ObjectBackend, ObjectOptions};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ChunkId, Digest, ImageId, PackId};
@@ -109,7 +109,7 @@ impl Store {
     /// Opens the store in the directory `root`. `index_dir` overrides where
     /// the local index lives (default: under the user's cache directory).
     pub fn open(root: &Path, index_dir: Option<PathBuf>) -> Result<Store> {
-        Self::open_with(backend::at(root)?, index_dir)
+        Self::open_with(backend::local_at(root)?, index_dir)
     }
 
     /// Opens the store behind `backend`.

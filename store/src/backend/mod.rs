@@ -13,6 +13,7 @@
 
 mod local;
 mod memory;
+mod object;
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 
 pub use local::LocalBackend;
 pub use memory::{Fault, MemoryBackend};
+pub use object::{is_url, ObjectBackend, ObjectOptions, Requests};
 
 /// Random-access reads of one stored object (a ranged get).
 pub trait ReadAt: Send + Sync {
@@ -200,10 +202,24 @@ pub trait Backend: Send + Sync {
     fn foreign_entries(&self) -> Result<Vec<(String, String)>> {
         Ok(Vec::new())
     }
+    /// Requests made so far, where each call is a billed request (object
+    /// storage); `None` for a directory.
+    fn requests(&self) -> Option<Requests> {
+        None
+    }
 }
 
-/// The backend for a store at `location`: today a directory (local or NFS).
-pub fn at(location: &Path) -> Result<Arc<dyn Backend>> {
+/// The backend for a store at `location`: a URL of an object store
+/// (`s3://`, `gs://`, `az://`), else a directory (local or NFS).
+pub fn at(location: &str, opts: &ObjectOptions) -> Result<Arc<dyn Backend>> {
+    if is_url(location) {
+        return Ok(Arc::new(ObjectBackend::connect(location, opts)?));
+    }
+    local_at(Path::new(location))
+}
+
+/// The backend for a store in the directory `location`.
+pub fn local_at(location: &Path) -> Result<Arc<dyn Backend>> {
     if !location.is_dir() {
         return Err(Error::NoStore {
             path: location.into(),

@@ -91,6 +91,87 @@ impl Packs<'_> {
     fn get(&self, id: &PackId) -> Result<Arc<dyn ReadAt>> {
         self.open.get(self.store.backend.as_ref(), id)
     }
+
+    /// Pack `id`, its reads served from `spans` where they fall inside one.
+    fn get_in(&self, id: &PackId, spans: &Spans) -> Result<Arc<dyn ReadAt>> {
+        let file = self.get(id)?;
+        Ok(match spans.get(id) {
+            Some(read) => Arc::new(Spanned {
+                spans: read.clone(),
+                file,
+            }),
+            None => file,
+        })
+    }
+}
+
+/// Ranges of packs read ahead in one request each, by pack: where a
+/// request costs what an object store's costs, a batch's frames are read as
+/// a few long ranged GETs, not two small ones per chunk.
+type Spans = HashMap<PackId, Arc<Vec<(u64, Vec<u8>)>>>;
+
+/// Frames closer than this are read in one span, the bytes between them
+/// with them.
+const SPAN_GAP: u64 = 256 << 10;
+/// A span is at most this long.
+const SPAN_MAX: u64 = 16 << 20;
+
+/// Reads the frames at `locs` as spans, in parallel; a span that fails is
+/// left out (its frames are then read one by one, which names the damage).
+fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Spans {
+    let mut extents: Vec<(PackId, u64, u64)> = locs
+        .map(|l| (l.pack, l.offset, l.offset + pack::FRAME_HEADER_LEN as u64 + u64::from(l.stored_len)))
+        .collect();
+    extents.sort_unstable();
+    let mut runs: Vec<(PackId, u64, u64)> = Vec::new();
+    for (pack, start, end) in extents {
+        match runs.last_mut() {
+            Some((p, s, e)) if *p == pack && start <= *e + SPAN_GAP && end - *s <= SPAN_MAX => *e = (*e).max(end),
+            _ => runs.push((pack, start, end)),
+        }
+    }
+    let read: Vec<_> = runs
+        .into_par_iter()
+        .filter_map(|(pack, start, end)| {
+            let mut buf = vec![0u8; (end - start) as usize];
+            let file = packs.get(&pack).ok()?;
+            file.read_exact_at(&mut buf, start).ok()?;
+            Some((pack, (start, buf)))
+        })
+        .collect();
+    let mut spans: HashMap<PackId, Vec<(u64, Vec<u8>)>> = HashMap::new();
+    for (pack, span) in read {
+        spans.entry(pack).or_default().push(span);
+    }
+    spans.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+}
+
+/// A pack whose reads inside a span come from memory.
+struct Spanned {
+    spans: Arc<Vec<(u64, Vec<u8>)>>,
+    file: Arc<dyn ReadAt>,
+}
+
+impl ReadAt for Spanned {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let inside = self
+            .spans
+            .iter()
+            .find(|(start, data)| *start <= offset && end <= start + data.len() as u64);
+        match inside {
+            Some((start, data)) => {
+                let from = (offset - start) as usize;
+                buf.copy_from_slice(&data[from..from + buf.len()]);
+                Ok(())
+            }
+            None => self.file.read_exact_at(buf, offset),
+        }
+    }
+
+    fn size(&self) -> Result<u64> {
+        self.file.size()
+    }
 }
 
 /// Decoded groups by pack and frame offset, kept from one batch to the
@@ -158,13 +239,22 @@ fn fetch(
             None => decode.push(loc),
         }
     }
+    let spans = if packs.store.backend.requests().is_some() {
+        let single = jobs
+            .iter()
+            .filter_map(|job| job.as_ref().ok().map(|(_, loc)| *loc))
+            .filter(|loc| !loc.in_group());
+        read_spans(packs, decode.iter().copied().chain(single))
+    } else {
+        Spans::new()
+    };
     // A group that fails to decode is left out: its members are then read
     // one by one, which names the damage or finds where gc moved them.
     let decoded: Vec<_> = decode
         .par_iter()
         .filter_map(|loc| {
             let group = packs
-                .get(&loc.pack)
+                .get_in(&loc.pack, &spans)
                 .and_then(|f| pack::read_group(f.as_ref(), loc));
             group.ok().map(|g| ((loc.pack, loc.offset), Arc::new(g)))
         })
@@ -185,7 +275,7 @@ fn fetch(
                     });
                 match from_group {
                     Some(piece) => Ok(piece),
-                    None => read_or_relocate(packs, lookup, image, &id, &loc, check).map(Piece::Data),
+                    None => read_or_relocate(packs, &spans, lookup, image, &id, &loc, check).map(Piece::Data),
                 }
             }
         })
@@ -200,6 +290,7 @@ fn fetch(
 /// pack only when its live chunks have copies elsewhere.
 fn read_or_relocate(
     packs: &Packs,
+    spans: &Spans,
     lookup: &index::Reader,
     image: &ImageId,
     id: &ChunkId,
@@ -207,7 +298,7 @@ fn read_or_relocate(
     check: Check,
 ) -> Result<Vec<u8>> {
     let first = packs
-        .get(&loc.pack)
+        .get_in(&loc.pack, spans)
         .and_then(|f| pack::read_chunk_with(f.as_ref(), id, loc, check));
     let err = match first {
         Ok(raw) => return Ok(raw),

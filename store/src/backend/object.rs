@@ -1,0 +1,507 @@
+//! A store in object storage: S3 and S3-compatible servers (MinIO, Ceph
+//! RGW, Garage), Google Cloud Storage and Azure Blob Storage, through the
+//! `object_store` crate.
+//!
+//! `object_store` is async; the store is not. Each backend owns a small
+//! tokio runtime and blocks on it, so nothing above [`Backend`] knows.
+//! Only whole-object puts, gets (whole and ranged), heads, listings and
+//! deletes are used: no multipart uploads (a pack is one PUT, so a killed
+//! put leaves whole orphan objects that gc reaps, never a hidden partial
+//! upload), no conditional writes (Garage accepts `If-None-Match` writes
+//! that should fail), no copies or renames.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use tokio::task::JoinHandle;
+
+use super::{checked, dir_prefix, Backend, Fill, ListPage, ObjectMeta, ReadAt, Staged};
+use crate::error::{Error, Result};
+
+/// How many keys one [`Backend::list_page`] returns: S3's own page size.
+const PAGE: usize = 1000;
+
+/// How to reach an object store, beside what its URL says.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectOptions {
+    /// An S3-compatible server's endpoint (`http://127.0.0.1:3900`); keys
+    /// are then addressed path-style (`endpoint/bucket/key`).
+    pub s3_endpoint: Option<String>,
+    /// Allow plain HTTP to the endpoint (loopback, or behind a proxy).
+    pub allow_http: bool,
+    /// Give up on a request after retrying this long (default 3 min).
+    pub retry_timeout: Option<Duration>,
+}
+
+/// Requests made by one backend, by kind: what object storage bills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Requests {
+    /// Whole-object PUTs.
+    pub put: u64,
+    /// GETs, whole and ranged.
+    pub get: u64,
+    /// HEADs.
+    pub head: u64,
+    /// LIST pages.
+    pub list: u64,
+    /// DELETEs.
+    pub delete: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    put: AtomicU64,
+    get: AtomicU64,
+    head: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Requests {
+        Requests {
+            put: self.put.load(Ordering::Relaxed),
+            get: self.get.load(Ordering::Relaxed),
+            head: self.head.load(Ordering::Relaxed),
+            list: self.list.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Inner {
+    store: Box<dyn ObjectStore>,
+    /// Keys live under this path in the bucket (the URL's path).
+    root: ObjectPath,
+    runtime: tokio::runtime::Runtime,
+    counters: Counters,
+    location: String,
+}
+
+/// A store in a bucket, under a prefix.
+#[derive(Clone)]
+pub struct ObjectBackend {
+    inner: Arc<Inner>,
+}
+
+/// Whether `location` names an object store rather than a directory.
+pub fn is_url(location: &str) -> bool {
+    ["s3://", "gs://", "az://", "azure://", "abfs://", "abfss://"]
+        .iter()
+        .any(|s| location.starts_with(s))
+}
+
+impl ObjectBackend {
+    /// The backend for a store at `url` (`s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix`). Credentials and
+    /// region come the way each cloud's own tools read them from the
+    /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    pub fn connect(url: &str, opts: &ObjectOptions) -> Result<ObjectBackend> {
+        let bad = |detail: String| Error::BadLocation {
+            location: url.into(),
+            detail,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(bad("it names no bucket".into()));
+        }
+        let mut client = ClientOptions::new().with_timeout(Duration::from_secs(60));
+        if opts.allow_http {
+            client = client.with_allow_http(true);
+        }
+        let retry = RetryConfig {
+            retry_timeout: opts.retry_timeout.unwrap_or(Duration::from_secs(180)),
+            ..RetryConfig::default()
+        };
+        let store: Box<dyn ObjectStore> = match parsed.scheme() {
+            "s3" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                if let Some(endpoint) = &opts.s3_endpoint {
+                    if endpoint.starts_with("http://") && !opts.allow_http {
+                        return Err(bad(format!(
+                            "the endpoint {endpoint} is plain HTTP: pass --s3-allow-http \
+                             (or IMGSTORE_S3_ALLOW_HTTP=1) if that is meant"
+                        )));
+                    }
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_virtual_hosted_style_request(false);
+                }
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                    if let Some(p) = aws_profile::credentials() {
+                        b = b.with_access_key_id(p.key_id).with_secret_access_key(p.secret);
+                        if let Some(token) = p.token {
+                            b = b.with_token(token);
+                        }
+                    }
+                }
+                if std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                {
+                    if let Some(region) = aws_profile::region() {
+                        b = b.with_region(region);
+                    }
+                }
+                Box::new(b.build().map_err(|e| bad(e.to_string()))?)
+            }
+            "gs" => Box::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            "az" | "azure" | "abfs" | "abfss" => Box::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            other => return Err(bad(format!("unknown scheme {other}:// (use s3://, gs:// or az://)"))),
+        };
+        let root = ObjectPath::parse(parsed.path().trim_matches('/')).map_err(|e| bad(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("imgstore-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::threads("the object-store client", e))?;
+        Ok(ObjectBackend {
+            inner: Arc::new(Inner {
+                store,
+                root,
+                runtime,
+                counters: Counters::default(),
+                location: url.trim_end_matches('/').into(),
+            }),
+        })
+    }
+
+    /// Requests made so far through this backend.
+    pub fn requests(&self) -> Requests {
+        self.inner.counters.snapshot()
+    }
+}
+
+impl Inner {
+    fn path(&self, key: &str) -> Result<ObjectPath> {
+        let key = checked(key)?;
+        let full = match self.root.as_ref() {
+            "" => key.to_string(),
+            root => format!("{root}/{key}"),
+        };
+        ObjectPath::parse(&full).map_err(|e| Error::Internal {
+            detail: format!("store key {key:?} is not an object-store path: {e}"),
+        })
+    }
+
+    /// The store key of an object path under the root.
+    fn key_of(&self, path: &ObjectPath) -> Option<String> {
+        let parts: Vec<_> = path.prefix_match(&self.root)?.map(|p| p.as_ref().to_string()).collect();
+        (!parts.is_empty()).then(|| parts.join("/"))
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+}
+
+fn failed(key: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::Missing { key: key.into() },
+        e => Error::Backend {
+            key: key.into(),
+            source: Box::new(e),
+        },
+    }
+}
+
+/// A pack handed to the runtime to upload while the put goes on.
+struct Uploading {
+    key: String,
+    task: Option<JoinHandle<object_store::Result<()>>>,
+    inner: Arc<Inner>,
+}
+
+impl Staged for Uploading {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let task = self.task.take().expect("committed once");
+        match self.inner.block_on(task) {
+            Ok(done) => done.map_err(|e| failed(&self.key, e)),
+            Err(e) => Err(Error::Internal {
+                detail: format!("upload of {} stopped: {e}", self.key),
+            }),
+        }
+    }
+}
+
+impl Drop for Uploading {
+    /// An upload dropped uncommitted is stopped where it is; if the PUT
+    /// already landed, the object is an orphan that gc reaps.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Ranged gets of one object; its size from the HEAD that opened it.
+struct ObjectReader {
+    inner: Arc<Inner>,
+    key: String,
+    path: ObjectPath,
+    size: OnceLock<u64>,
+}
+
+impl ReadAt for ObjectReader {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        if end > self.size()? {
+            return Err(Error::corrupt(
+                format!("store object {}", self.key),
+                format!("too short: {} bytes at offset {offset} are missing", buf.len()),
+            ));
+        }
+        Counters::add(&self.inner.counters.get);
+        let bytes = self
+            .inner
+            .block_on(self.inner.store.get_range(&self.path, offset..end))
+            .map_err(|e| failed(&self.key, e))?;
+        if bytes.len() != buf.len() {
+            return Err(Error::corrupt(
+                format!("store object {}", self.key),
+                format!("a ranged get returned {} bytes, not {}", bytes.len(), buf.len()),
+            ));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn size(&self) -> Result<u64> {
+        Ok(*self.size.get().expect("set at open"))
+    }
+}
+
+impl Backend for ObjectBackend {
+    fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.inner.path(key)?;
+        Counters::add(&self.inner.counters.put);
+        let payload = PutPayload::from(data.to_vec());
+        self.inner
+            .block_on(self.inner.store.put(&path, payload))
+            .map(drop)
+            .map_err(|e| failed(key, e))
+    }
+
+    fn put_with(&self, key: &str, fill: &mut Fill) -> Result<()> {
+        let mut data = Vec::new();
+        fill(&mut data).map_err(|source| Error::Backend {
+            key: key.into(),
+            source: source.into(),
+        })?;
+        self.put(key, &data)
+    }
+
+    /// Starts the upload now and waits for it at commit, so a put's next
+    /// pack is cut and compressed while this one travels.
+    fn stage(&self, key: &str, data: &[u8]) -> Result<Box<dyn Staged>> {
+        let path = self.inner.path(key)?;
+        Counters::add(&self.inner.counters.put);
+        let payload = PutPayload::from(data.to_vec());
+        let inner = Arc::clone(&self.inner);
+        let task = self.inner.runtime.spawn(async move {
+            inner.store.put(&path, payload).await.map(drop)
+        });
+        Ok(Box::new(Uploading {
+            key: key.into(),
+            task: Some(task),
+            inner: Arc::clone(&self.inner),
+        }))
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.inner.path(key)?;
+        Counters::add(&self.inner.counters.get);
+        let got = self.inner.block_on(async {
+            match self.inner.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        got.map(|b| b.map(|b| b.to_vec())).map_err(|e| failed(key, e))
+    }
+
+    fn open(&self, key: &str) -> Result<Box<dyn ReadAt>> {
+        let meta = self.head(key)?.ok_or_else(|| Error::Missing { key: key.into() })?;
+        Ok(Box::new(ObjectReader {
+            inner: Arc::clone(&self.inner),
+            key: key.into(),
+            path: self.inner.path(key)?,
+            size: OnceLock::from(meta.size),
+        }))
+    }
+
+    fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.inner.path(key)?;
+        Counters::add(&self.inner.counters.head);
+        match self.inner.block_on(self.inner.store.head(&path)) {
+            Ok(m) => Ok(Some(ObjectMeta {
+                key: key.into(),
+                size: m.size,
+                modified: SystemTime::from(m.last_modified),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed(key, e)),
+        }
+    }
+
+    fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage> {
+        let mut keys = self.list_from(prefix, after, Some(PAGE))?;
+        let more = keys.len() > PAGE;
+        keys.truncate(PAGE);
+        Ok(ListPage { keys, more })
+    }
+
+    /// One listing, its pages fetched by the client as it goes.
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.list_from(prefix, None, None)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.inner.path(key)?;
+        Counters::add(&self.inner.counters.delete);
+        match self.inner.block_on(self.inner.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(failed(key, e)),
+        }
+    }
+
+    fn requests(&self) -> Option<Requests> {
+        Some(self.requests())
+    }
+}
+
+impl ObjectBackend {
+    /// Keys under `prefix` after `after`, sorted; up to `limit` + 1 (so a
+    /// caller knows whether more follow), or all.
+    fn list_from(&self, prefix: &str, after: Option<&str>, limit: Option<usize>) -> Result<Vec<String>> {
+        let inner = &self.inner;
+        let dir = dir_prefix(prefix);
+        let base = match dir.trim_end_matches('/') {
+            "" => inner.root.clone(),
+            p => inner.path(p)?,
+        };
+        let offset = after.map(|a| inner.path(a)).transpose()?;
+        let fail = |e| failed(if prefix.is_empty() { "(all keys)" } else { prefix }, e);
+        let mut keys = inner.block_on(async {
+            let mut stream = match &offset {
+                Some(o) => inner.store.list_with_offset(Some(&base), o),
+                None => inner.store.list(Some(&base)),
+            };
+            let mut keys = Vec::new();
+            while let Some(meta) = stream.next().await {
+                let meta = meta?;
+                if keys.len() % PAGE == 0 {
+                    Counters::add(&inner.counters.list);
+                }
+                if let Some(key) = inner.key_of(&meta.location) {
+                    keys.push(key);
+                }
+                if limit.is_some_and(|l| keys.len() > l) {
+                    break;
+                }
+            }
+            Ok::<_, object_store::Error>(keys)
+        })
+        .map_err(fail)?;
+        // Servers list in key order; some S3 look-alikes do not. The trait
+        // promises order, and gc's paging rests on it.
+        keys.sort_unstable();
+        keys.retain(|k| k.starts_with(&dir) && after.is_none_or(|a| k.as_str() > a));
+        Ok(keys)
+    }
+}
+
+/// The shared credentials and config files the AWS CLI reads
+/// (`~/.aws/credentials`, `~/.aws/config`, profile from `AWS_PROFILE`),
+/// for the keys and region `object_store` takes only from the environment.
+mod aws_profile {
+    use std::path::PathBuf;
+
+    pub struct Credentials {
+        pub key_id: String,
+        pub secret: String,
+        pub token: Option<String>,
+    }
+
+    fn profile() -> String {
+        std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into())
+    }
+
+    fn file(env: &str, name: &str) -> Option<PathBuf> {
+        std::env::var_os(env)
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws").join(name)))
+    }
+
+    /// `key = value` lines of the section named `section` of an INI file.
+    fn section(path: Option<PathBuf>, section: &str) -> Vec<(String, String)> {
+        let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
+            return Vec::new();
+        };
+        let mut inside = false;
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                inside = name.trim() == section;
+            } else if inside {
+                if let Some((k, v)) = line.split_once('=') {
+                    out.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    fn value(pairs: &[(String, String)], key: &str) -> Option<String> {
+        pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    pub fn credentials() -> Option<Credentials> {
+        let pairs = section(file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), &profile());
+        Some(Credentials {
+            key_id: value(&pairs, "aws_access_key_id")?,
+            secret: value(&pairs, "aws_secret_access_key")?,
+            token: value(&pairs, "aws_session_token"),
+        })
+    }
+
+    pub fn region() -> Option<String> {
+        let p = profile();
+        let name = if p == "default" { p } else { format!("profile {p}") };
+        value(&section(file("AWS_CONFIG_FILE", "config"), &name), "region")
+    }
+}
