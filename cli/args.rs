@@ -29,7 +29,13 @@ pub struct Cli {
 pub struct Global {
     /// The store: a directory, or a URL in object storage
     /// (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX).
-    #[arg(long, short = 's', global = true, env = "IMGSTORE_STORE", value_name = "DIR|URL")]
+    #[arg(
+        long,
+        short = 's',
+        global = true,
+        env = "IMGSTORE_STORE",
+        value_name = "DIR|URL"
+    )]
     pub store: Option<String>,
     /// An S3-compatible server (MinIO, Ceph RGW, Garage) for s3:// stores,
     /// addressed path-style [default: AWS, or $AWS_ENDPOINT].

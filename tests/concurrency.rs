@@ -1,12 +1,11 @@
 //! Several puts at once, on one host and from "different hosts".
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Kind};
 
-#[test]
-fn four_puts_at_once_on_one_host_and_two_hosts() {
-    let env = Env::new();
+fn four_puts_at_once_on_one_host_and_two_hosts(kind: Kind) {
+    let env = Env::on(kind);
     let base = common::image(6 << 20, 100);
     // Similar images, so the puts race to store the same chunks too.
     let images: Vec<Vec<u8>> = (0..6).map(|i| common::edit(&base, 3, 200 + i)).collect();
@@ -15,16 +14,13 @@ fn four_puts_at_once_on_one_host_and_two_hosts() {
         .enumerate()
         .map(|(i, d)| env.file(&format!("c{i}.img"), d))
         .collect();
-    let bin = assert_cmd::cargo::cargo_bin("imgstore");
     let children: Vec<_> = files
         .iter()
         .enumerate()
         .map(|(i, f)| {
             // Four on host a (one shared index), two on host b.
             let host = if i < 4 { "a" } else { "b" };
-            Command::new(&bin)
-                .env("IMGSTORE_STORE", env.store())
-                .env("IMGSTORE_INDEX_DIR", env.path(&format!("index-{host}")))
+            env.process(host)
                 .args(["put", &format!("ci/app:c{i}")])
                 .arg(f)
                 .stdout(Stdio::null())
@@ -57,3 +53,5 @@ fn four_puts_at_once_on_one_host_and_two_hosts() {
         }
     }
 }
+
+crate::on_both_backends!(four_puts_at_once_on_one_host_and_two_hosts,);

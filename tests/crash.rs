@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Kind};
 
 /// Every named step of a put, in order.
 use imgstore_store::hold::PUT_STEPS as STEPS;
@@ -24,9 +24,8 @@ fn check_after_crash(env: &Env, old: &[u8], new: &[u8]) {
     }
 }
 
-#[test]
-fn crash_at_every_put_step() {
-    let env = Env::new();
+fn crash_at_every_put_step(kind: Kind) {
+    let env = Env::on(kind);
     let old = common::image(2 << 20, 1);
     let new = common::edit(&old, 4, 2);
     let (fo, fnew) = (env.file("old.img", &old), env.file("new.img", &new));
@@ -56,19 +55,16 @@ fn crash_at_every_put_step() {
     }
 }
 
-#[test]
-fn sigkill_at_random_moments() {
-    let env = Env::new();
+fn sigkill_at_random_moments(kind: Kind) {
+    let env = Env::on(kind);
     let old = common::image(1 << 20, 3);
     env.put("lab/app:old", &env.file("old.img", &old));
     let new = common::image(24 << 20, 4);
     let fnew = env.file("new.img", &new);
-    let bin = assert_cmd::cargo::cargo_bin("imgstore");
     // Deterministic spread of kill times across the put.
     for (i, ms) in [5u64, 30, 80, 150, 300, 600].into_iter().enumerate() {
-        let mut child = Command::new(&bin)
-            .env("IMGSTORE_STORE", env.store())
-            .env("IMGSTORE_INDEX_DIR", env.path("index-a"))
+        let mut child = env
+            .process("a")
             .args(["put", "lab/app:new"])
             .arg(&fnew)
             .stdout(Stdio::null())
@@ -219,3 +215,5 @@ fn a_half_created_index_is_created_again() {
     assert_eq!(common::code(&out), 1, "{stderr}");
     assert!(stderr.contains("imgstore index rebuild"), "{stderr}");
 }
+
+crate::on_both_backends!(crash_at_every_put_step, sigkill_at_random_moments,);

@@ -3,15 +3,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Kind};
 
 fn gc(env: &Env, extra: &[&str]) -> serde_json::Value {
     common::json_of(env.cmd(), &[&["gc", "--grace", "0s"], extra].concat())
 }
 
-#[test]
-fn rm_then_gc_frees_exactly_what_the_removed_image_held() {
-    let env = Env::new();
+fn rm_then_gc_frees_exactly_what_the_removed_image_held(kind: Kind) {
+    let env = Env::on(kind);
     let keep = common::image(4 << 20, 1);
     let gone = common::random(4 << 20, 2);
     env.put("lab/keep:v1", &env.file("keep.img", &keep));
@@ -41,9 +40,8 @@ fn rm_then_gc_frees_exactly_what_the_removed_image_held() {
     env.cmd().args(["verify", "--read-data"]).assert().success();
 }
 
-#[test]
-fn mostly_garbage_packs_are_repacked() {
-    let env = Env::new();
+fn mostly_garbage_packs_are_repacked(kind: Kind) {
+    let env = Env::on(kind);
     let x = common::random(8 << 20, 3);
     let mut y = x[..2 << 20].to_vec();
     y.extend(common::random(6 << 20, 4));
@@ -86,9 +84,8 @@ fn dry_run_changes_nothing() {
     assert_eq!(common::list_files(&env.store()), files);
 }
 
-#[test]
-fn put_holding_a_found_chunk_survives_rm_and_two_gcs() {
-    let env = Env::new();
+fn put_holding_a_found_chunk_survives_rm_and_two_gcs(kind: Kind) {
+    let env = Env::on(kind);
     let owner = common::random(3 << 20, 6);
     env.put("lab/owner:v1", &env.file("owner.img", &owner));
     // The held put's image is the owner's bytes plus a little: it finds the
@@ -199,9 +196,8 @@ fn gc_paused_past_its_lease_aborts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lease expired"));
 }
 
-#[test]
-fn get_racing_gc_returns_right_bytes_or_a_retry_error() {
-    let env = Env::new();
+fn get_racing_gc_returns_right_bytes_or_a_retry_error(kind: Kind) {
+    let env = Env::on(kind);
     let data = common::random(6 << 20, 11);
     env.put("lab/a:v1", &env.file("a.img", &data));
     let target = env.path("out.img");
@@ -245,10 +241,9 @@ const GC_STEPS: &[(&str, bool)] = &[
     ("gc-after-delete", true),
 ];
 
-#[test]
-fn gc_killed_at_every_step_loses_nothing_and_the_next_run_finishes() {
+fn gc_killed_at_every_step_loses_nothing_and_the_next_run_finishes(kind: Kind) {
     for (step, needs_plan) in GC_STEPS {
-        let env = Env::new();
+        let env = Env::on(kind);
         // x is removed; y shares a quarter of x, so x's pack is repacked.
         let x = common::random(8 << 20, 3);
         let mut y = x[..2 << 20].to_vec();
@@ -292,21 +287,18 @@ fn gc_killed_at_every_step_loses_nothing_and_the_next_run_finishes() {
 
 /// Several processes put, get and rm in a loop while gc runs with no grace.
 /// Counts every get: wrong bytes or a "corrupt" error fail the test.
-#[test]
-fn thrash_put_get_rm_with_gc() {
-    let env = Env::new();
-    let bin = assert_cmd::cargo::cargo_bin("imgstore");
+fn thrash_put_get_rm_with_gc(kind: Kind) {
+    let env = Env::on(kind);
     let base = common::image(2 << 20, 14);
     let seconds = 20;
     let stop = Instant::now() + Duration::from_secs(seconds);
-    let gc_thread = {
-        let (bin, store, idx) = (bin.clone(), env.store(), env.path("index-gc"));
-        std::thread::spawn(move || {
+    let env = &env;
+    let (gets, corrupt, retries, gcs) = std::thread::scope(|s| {
+        let gc_thread = s.spawn(move || {
             let mut runs = 0;
             while Instant::now() < stop {
-                let out = Command::new(&bin)
-                    .env("IMGSTORE_STORE", &store)
-                    .env("IMGSTORE_INDEX_DIR", &idx)
+                let out = env
+                    .process("gc")
                     .args(["gc", "--grace", "0s", "--wait"])
                     .output()
                     .unwrap();
@@ -318,60 +310,53 @@ fn thrash_put_get_rm_with_gc() {
                 runs += 1;
             }
             runs
-        })
-    };
-    let workers: Vec<_> = (0..3u64)
-        .map(|w| {
-            let (bin, store, dir) = (bin.clone(), env.store(), env.dir.path().to_path_buf());
-            let base = base.clone();
-            std::thread::spawn(move || {
-                let idx = dir.join(format!("index-w{w}"));
-                let run = |args: &[&str]| {
-                    Command::new(&bin)
-                        .env("IMGSTORE_STORE", &store)
-                        .env("IMGSTORE_INDEX_DIR", &idx)
-                        .args(args)
-                        .output()
-                        .unwrap()
-                };
-                let (mut gets, mut corrupt, mut retries, mut i) = (0, 0, 0, 0u64);
-                while Instant::now() < stop {
-                    let data = common::edit(&base, 2, w * 1000 + i);
-                    let file = dir.join(format!("w{w}.img"));
-                    std::fs::write(&file, &data).unwrap();
-                    let tag = format!("t/w{w}:i{i}");
-                    let out = run(&["put", &tag, file.to_str().unwrap()]);
-                    assert!(
-                        out.status.success(),
-                        "put: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    let got = run(&["get", &tag, "-o", "-"]);
-                    gets += 1;
-                    match common::code(&got) {
-                        0 if got.stdout == data => {}
-                        0 => corrupt += 1,
-                        5 => retries += 1,
-                        _ => corrupt += 1,
+        });
+        let workers: Vec<_> = (0..3u64)
+            .map(|w| {
+                let dir = env.dir.path().to_path_buf();
+                let base = base.clone();
+                s.spawn(move || {
+                    let host = format!("w{w}");
+                    let run = |args: &[&str]| env.process(&host).args(args).output().unwrap();
+                    let (mut gets, mut corrupt, mut retries, mut i) = (0, 0, 0, 0u64);
+                    while Instant::now() < stop {
+                        let data = common::edit(&base, 2, w * 1000 + i);
+                        let file = dir.join(format!("w{w}.img"));
+                        std::fs::write(&file, &data).unwrap();
+                        let tag = format!("t/w{w}:i{i}");
+                        let out = run(&["put", &tag, file.to_str().unwrap()]);
+                        assert!(
+                            out.status.success(),
+                            "put: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        let got = run(&["get", &tag, "-o", "-"]);
+                        gets += 1;
+                        match common::code(&got) {
+                            0 if got.stdout == data => {}
+                            0 => corrupt += 1,
+                            5 => retries += 1,
+                            _ => corrupt += 1,
+                        }
+                        if i >= 1 {
+                            let out = run(&["rm", &format!("t/w{w}:i{}", i - 1)]);
+                            assert!(out.status.success());
+                        }
+                        i += 1;
                     }
-                    if i >= 1 {
-                        let out = run(&["rm", &format!("t/w{w}:i{}", i - 1)]);
-                        assert!(out.status.success());
-                    }
-                    i += 1;
-                }
-                (gets, corrupt, retries)
+                    (gets, corrupt, retries)
+                })
             })
-        })
-        .collect();
-    let (mut gets, mut corrupt, mut retries) = (0, 0, 0);
-    for w in workers {
-        let (g, c, r) = w.join().unwrap();
-        gets += g;
-        corrupt += c;
-        retries += r;
-    }
-    let gcs = gc_thread.join().unwrap();
+            .collect();
+        let (mut gets, mut corrupt, mut retries) = (0, 0, 0);
+        for w in workers {
+            let (g, c, r) = w.join().unwrap();
+            gets += g;
+            corrupt += c;
+            retries += r;
+        }
+        (gets, corrupt, retries, gc_thread.join().unwrap())
+    });
     println!("thrash: {gets} gets, {corrupt} corrupt or wrong, {retries} retry errors, {gcs} gc runs in {seconds}s");
     assert_eq!(corrupt, 0);
     assert!(gets > 3 && gcs > 1, "too little happened: {gets} gets, {gcs} gcs");
@@ -690,3 +675,12 @@ fn dry_run_reports_what_the_run_then_does() {
     }
     assert!(env.get("lab/y:v1") == y);
 }
+
+crate::on_both_backends!(
+    rm_then_gc_frees_exactly_what_the_removed_image_held,
+    mostly_garbage_packs_are_repacked,
+    put_holding_a_found_chunk_survives_rm_and_two_gcs,
+    get_racing_gc_returns_right_bytes_or_a_retry_error,
+    gc_killed_at_every_step_loses_nothing_and_the_next_run_finishes,
+    thrash_put_get_rm_with_gc,
+);

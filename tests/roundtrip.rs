@@ -1,6 +1,6 @@
 //! put/get round trips: sizes, zeros, stdin, dedup accounting.
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Kind};
 
 fn round_trip(env: &Env, name: &str, data: &[u8]) -> serde_json::Value {
     let file = env.file(&format!("{}.img", name.replace([':', '/'], "_")), data);
@@ -12,9 +12,8 @@ fn round_trip(env: &Env, name: &str, data: &[u8]) -> serde_json::Value {
     report
 }
 
-#[test]
-fn sizes_from_empty_to_many_chunks() {
-    let env = Env::new();
+fn sizes_from_empty_to_many_chunks(kind: Kind) {
+    let env = Env::on(kind);
     round_trip(&env, "t/empty:v", &[]);
     round_trip(&env, "t/one:v", b"x");
     round_trip(&env, "t/small:v", &common::random(1000, 1));
@@ -44,9 +43,8 @@ fn zeros_are_stored_as_nothing_and_come_back_sparse() {
     );
 }
 
-#[test]
-fn stdin_of_unknown_length_and_stdout() {
-    let env = Env::new();
+fn stdin_of_unknown_length_and_stdout(kind: Kind) {
+    let env = Env::on(kind);
     let data = common::image(2 << 20, 6);
     let out = env
         .cmd()
@@ -70,9 +68,8 @@ fn stdin_of_unknown_length_and_stdout() {
     assert!(got == data);
 }
 
-#[test]
-fn similar_image_costs_only_the_difference() {
-    let env = Env::new();
+fn similar_image_costs_only_the_difference(kind: Kind) {
+    let env = Env::on(kind);
     let v1 = common::image(16 << 20, 7);
     let v2 = common::edit(&v1, 5, 8);
     let r1 = round_trip(&env, "lab/app:v1", &v1);
@@ -89,9 +86,8 @@ fn similar_image_costs_only_the_difference() {
     );
 }
 
-#[test]
-fn same_image_twice_costs_nothing_new() {
-    let env = Env::new();
+fn same_image_twice_costs_nothing_new(kind: Kind) {
+    let env = Env::on(kind);
     let data = common::image(4 << 20, 9);
     round_trip(&env, "lab/app:a", &data);
     let packs = common::list_files(&env.store().join("packs"));
@@ -106,9 +102,8 @@ fn same_image_twice_costs_nothing_new() {
     assert!(raw < (2 << 20) + (512 << 10), "repeat stored twice: {raw}");
 }
 
-#[test]
-fn get_by_image_id_and_prefix() {
-    let env = Env::new();
+fn get_by_image_id_and_prefix(kind: Kind) {
+    let env = Env::on(kind);
     let data = common::image(1 << 20, 11);
     let r = round_trip(&env, "lab/app:v1", &data);
     let id = r["image"].as_str().unwrap().to_string();
@@ -453,3 +448,11 @@ fn cold_image_is_read_direct_and_comes_back_the_same() {
     }
     assert!(env.get("t/cold:v") == data, "get returned different bytes");
 }
+
+crate::on_both_backends!(
+    sizes_from_empty_to_many_chunks,
+    stdin_of_unknown_length_and_stdout,
+    similar_image_costs_only_the_difference,
+    same_image_twice_costs_nothing_new,
+    get_by_image_id_and_prefix,
+);

@@ -47,10 +47,9 @@ fn config_damage(g: &Global, err: anyhow::Error) -> Result<()> {
         return Err(err);
     }
     // Failing to list them must not read as "no image is affected".
-    let refs = imgstore_store::ops::refs::list_refs(super::backend(g)?.as_ref(), None)
-        .map_err(|e| {
-            anyhow::Error::new(e).context(format!("{err}; listing the refs it affects failed too"))
-        })?;
+    let refs = imgstore_store::ops::refs::list_refs(super::backend(g)?.as_ref(), None).map_err(|e| {
+        anyhow::Error::new(e).context(format!("{err}; listing the refs it affects failed too"))
+    })?;
     if g.json {
         #[derive(serde::Serialize)]
         struct R {

@@ -9,15 +9,51 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tempfile::TempDir;
 
+/// Where a test's store lives: the same tests run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Local,
+    /// A bucket prefix on an S3 server (s3s-fs on loopback).
+    S3,
+}
+
+/// Registers each named `fn(Kind)` as two tests, `NAME::local` and
+/// `NAME::s3`: one suite, run on a directory and on object storage.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn local() {
+                super::$name($crate::common::Kind::Local)
+            }
+            #[test]
+            fn s3() {
+                super::$name($crate::common::Kind::S3)
+            }
+        }
+    )*};
+}
+
 /// A fresh store, with its own local index directory, in a temp dir.
 pub struct Env {
     pub dir: TempDir,
+    /// The S3 URL of the store, for a store in object storage.
+    url: Option<String>,
 }
 
 impl Env {
     /// Creates and initializes a store.
     pub fn new() -> Env {
         Self::with_init(&[])
+    }
+
+    /// Creates and initializes a store of `kind`.
+    pub fn on(kind: Kind) -> Env {
+        let env = Env::uninit_on(kind);
+        env.cmd().arg("init").assert().success();
+        env
     }
 
     /// Creates a store with extra `init` arguments.
@@ -29,13 +65,60 @@ impl Env {
 
     /// A temp dir with no store in it yet.
     pub fn uninit() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
+        Self::uninit_on(Kind::Local)
+    }
+
+    /// A temp dir (for inputs and local indexes) and, on S3, a fresh
+    /// prefix in the test server's bucket, with no store in it yet.
+    pub fn uninit_on(kind: Kind) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = (kind == Kind::S3).then(|| {
+            let name = dir
+                .path()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_start_matches('.');
+            format!("s3://{}/{name}", s3::BUCKET)
+        });
+        Env { dir, url }
+    }
+
+    /// The directory that holds the store's objects as files: the store
+    /// itself, or the S3 server's files for its prefix (s3s-fs keeps each
+    /// object as a plain file, so tests can read and damage them alike).
+    pub fn store(&self) -> PathBuf {
+        match &self.url {
+            None => self.dir.path().join("store"),
+            Some(url) => s3::server().root.join(url.trim_start_matches("s3://")),
         }
     }
 
-    pub fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
+    /// What `--store` takes: the directory or the URL.
+    pub fn store_arg(&self) -> std::ffi::OsString {
+        match &self.url {
+            None => self.store().into(),
+            Some(url) => url.into(),
+        }
+    }
+
+    /// `imgstore` as a plain process (for spawning several), as host `host`.
+    pub fn process(&self, host: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgstore"));
+        c.env("IMGSTORE_STORE", self.store_arg())
+            .env(
+                "IMGSTORE_INDEX_DIR",
+                self.dir.path().join(format!("index-{host}")),
+            )
+            .env("IMGSTORE_HOSTNAME", format!("host-{host}"))
+            .env_remove("IMGSTORE_TEST_HOLD")
+            .env_remove("IMGSTORE_TEST_CRASH")
+            .env_remove("IMGSTORE_LEASE_SECS");
+        if self.url.is_some() {
+            s3::server().client_env(&mut c);
+        }
+        c
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -49,17 +132,7 @@ impl Env {
 
     /// `imgstore` as if on another host: its own local index directory.
     pub fn cmd_host(&self, host: &str) -> Command {
-        let mut c = Command::cargo_bin("imgstore").expect("binary built");
-        c.env("IMGSTORE_STORE", self.store())
-            .env(
-                "IMGSTORE_INDEX_DIR",
-                self.dir.path().join(format!("index-{host}")),
-            )
-            .env("IMGSTORE_HOSTNAME", format!("host-{host}"))
-            .env_remove("IMGSTORE_TEST_HOLD")
-            .env_remove("IMGSTORE_TEST_CRASH")
-            .env_remove("IMGSTORE_LEASE_SECS");
-        c
+        Command::from_std(self.process(host))
     }
 
     /// Writes `data` to a file in the env and returns its path.
@@ -241,12 +314,10 @@ pub fn code(out: &std::process::Output) -> i32 {
 /// Spawns `imgstore ARGS` on host a, held at the named test step; returns
 /// once it waits there (see store/src/hold.rs).
 pub fn spawn_held(env: &Env, step: &str, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("imgstore"));
-    cmd.env("IMGSTORE_STORE", env.store())
-        .env("IMGSTORE_INDEX_DIR", env.path("index-a"))
-        .env("IMGSTORE_TEST_HOLD", step)
+    let mut cmd = env.process("a");
+    cmd.env("IMGSTORE_TEST_HOLD", step)
         .env("IMGSTORE_TEST_HOLD_DIR", env.dir.path())
         .args(args)
         .stdout(Stdio::piped())
@@ -267,4 +338,123 @@ pub fn spawn_held(env: &Env, step: &str, args: &[&str], envs: &[(&str, &str)]) -
 /// Lets a process held by [`spawn_held`] go on.
 pub fn release(env: &Env, step: &str) {
     std::fs::remove_file(env.dir.path().join(format!("{step}.held"))).expect("held flag exists");
+}
+
+/// The S3 server the tests share: one s3s-fs per test run, on a free
+/// loopback port, stopped when the test process ends.
+pub mod s3 {
+    use std::net::{TcpListener, TcpStream};
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// The bucket every S3 test store is a prefix of.
+    pub const BUCKET: &str = "imgstore-tests";
+    const KEY: &str = "imgstore-test-key";
+    const SECRET: &str = "imgstore-test-secret";
+
+    pub struct Server {
+        pub endpoint: String,
+        /// Where s3s-fs keeps buckets as directories, objects as files.
+        pub root: PathBuf,
+    }
+
+    impl Server {
+        /// Points an imgstore process at this server.
+        pub fn client_env(&self, c: &mut Command) {
+            c.env("AWS_ACCESS_KEY_ID", KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET)
+                .env("AWS_REGION", "us-east-1")
+                .env_remove("AWS_PROFILE")
+                .env_remove("AWS_SESSION_TOKEN")
+                .env("IMGSTORE_S3_ENDPOINT", &self.endpoint)
+                .env("IMGSTORE_S3_ALLOW_HTTP", "1")
+                .env("IMGSTORE_RETRY_SECS", "20");
+        }
+    }
+
+    /// The s3s-fs binary: `$IMGSTORE_S3S_FS`, on the PATH, or where
+    /// `.ci/run` installs it.
+    fn binary() -> PathBuf {
+        if let Some(p) = std::env::var_os("IMGSTORE_S3S_FS") {
+            return p.into();
+        }
+        let cached =
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/s3s-fs/bin/s3s-fs");
+        if cached.exists() {
+            return cached;
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("s3s-fs"))
+                    .find(|p| p.exists())
+            })
+            .unwrap_or_default();
+        on_path.unwrap_or_else(|| {
+            panic!(
+                "the S3 tests need s3s-fs: run .ci/run, or `cargo install s3s-fs --version 0.14.1 \
+                 --features binary --locked --root ~/.cache/s3s-fs`"
+            )
+        })
+    }
+
+    /// The server, started on first use.
+    pub fn server() -> &'static Server {
+        static SERVER: OnceLock<Server> = OnceLock::new();
+        SERVER.get_or_init(start)
+    }
+
+    fn start() -> Server {
+        let bin = binary();
+        let root = tempfile::Builder::new()
+            .prefix("imgstore-s3s-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        std::fs::create_dir(root.join(BUCKET)).expect("bucket directory");
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            // A watcher ends the server, and removes its files, when this
+            // test process ends, however it ends.
+            let script = r#"
+                "$1" --host 127.0.0.1 --port "$2" --access-key "$3" --secret-key "$4" "$5" >"$5.log" 2>&1 &
+                server=$!
+                while kill -0 "$6" 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done
+                kill $server 2>/dev/null; wait; rm -rf "$5" "$5.log"
+            "#;
+            Command::new("sh")
+                .args(["-c", script, "s3s-fs-watch"])
+                .arg(&bin)
+                .arg(port.to_string())
+                .args([KEY, SECRET])
+                .arg(&root)
+                .arg(std::process::id().to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start s3s-fs");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Server {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        root,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!(
+            "s3s-fs ({}) did not start; see {}.log",
+            bin.display(),
+            root.display()
+        );
+    }
 }

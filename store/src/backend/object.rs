@@ -135,9 +135,7 @@ impl ObjectBackend {
                              (or IMGSTORE_S3_ALLOW_HTTP=1) if that is meant"
                         )));
                     }
-                    b = b
-                        .with_endpoint(endpoint)
-                        .with_virtual_hosted_style_request(false);
+                    b = b.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
                 }
                 if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
                     if let Some(p) = aws_profile::credentials() {
@@ -172,7 +170,11 @@ impl ObjectBackend {
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
-            other => return Err(bad(format!("unknown scheme {other}:// (use s3://, gs:// or az://)"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown scheme {other}:// (use s3://, gs:// or az://)"
+                )))
+            }
         };
         let root = ObjectPath::parse(parsed.path().trim_matches('/')).map_err(|e| bad(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -212,7 +214,10 @@ impl Inner {
 
     /// The store key of an object path under the root.
     fn key_of(&self, path: &ObjectPath) -> Option<String> {
-        let parts: Vec<_> = path.prefix_match(&self.root)?.map(|p| p.as_ref().to_string()).collect();
+        let parts: Vec<_> = path
+            .prefix_match(&self.root)?
+            .map(|p| p.as_ref().to_string())
+            .collect();
         (!parts.is_empty()).then(|| parts.join("/"))
     }
 
@@ -331,9 +336,10 @@ impl Backend for ObjectBackend {
         Counters::add(&self.inner.counters.put);
         let payload = PutPayload::from(data.to_vec());
         let inner = Arc::clone(&self.inner);
-        let task = self.inner.runtime.spawn(async move {
-            inner.store.put(&path, payload).await.map(drop)
-        });
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { inner.store.put(&path, payload).await.map(drop) });
         Ok(Box::new(Uploading {
             key: key.into(),
             task: Some(task),
@@ -355,7 +361,9 @@ impl Backend for ObjectBackend {
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn ReadAt>> {
-        let meta = self.head(key)?.ok_or_else(|| Error::Missing { key: key.into() })?;
+        let meta = self
+            .head(key)?
+            .ok_or_else(|| Error::Missing { key: key.into() })?;
         Ok(Box::new(ObjectReader {
             inner: Arc::clone(&self.inner),
             key: key.into(),
@@ -416,27 +424,28 @@ impl ObjectBackend {
         };
         let offset = after.map(|a| inner.path(a)).transpose()?;
         let fail = |e| failed(if prefix.is_empty() { "(all keys)" } else { prefix }, e);
-        let mut keys = inner.block_on(async {
-            let mut stream = match &offset {
-                Some(o) => inner.store.list_with_offset(Some(&base), o),
-                None => inner.store.list(Some(&base)),
-            };
-            let mut keys = Vec::new();
-            while let Some(meta) = stream.next().await {
-                let meta = meta?;
-                if keys.len() % PAGE == 0 {
-                    Counters::add(&inner.counters.list);
+        let mut keys = inner
+            .block_on(async {
+                let mut stream = match &offset {
+                    Some(o) => inner.store.list_with_offset(Some(&base), o),
+                    None => inner.store.list(Some(&base)),
+                };
+                let mut keys = Vec::new();
+                while let Some(meta) = stream.next().await {
+                    let meta = meta?;
+                    if keys.len() % PAGE == 0 {
+                        Counters::add(&inner.counters.list);
+                    }
+                    if let Some(key) = inner.key_of(&meta.location) {
+                        keys.push(key);
+                    }
+                    if limit.is_some_and(|l| keys.len() > l) {
+                        break;
+                    }
                 }
-                if let Some(key) = inner.key_of(&meta.location) {
-                    keys.push(key);
-                }
-                if limit.is_some_and(|l| keys.len() > l) {
-                    break;
-                }
-            }
-            Ok::<_, object_store::Error>(keys)
-        })
-        .map_err(fail)?;
+                Ok::<_, object_store::Error>(keys)
+            })
+            .map_err(fail)?;
         // Servers list in key order; some S3 look-alikes do not. The trait
         // promises order, and gc's paging rests on it.
         keys.sort_unstable();

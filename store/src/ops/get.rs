@@ -120,13 +120,21 @@ const SPAN_MAX: u64 = 16 << 20;
 /// left out (its frames are then read one by one, which names the damage).
 fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Spans {
     let mut extents: Vec<(PackId, u64, u64)> = locs
-        .map(|l| (l.pack, l.offset, l.offset + pack::FRAME_HEADER_LEN as u64 + u64::from(l.stored_len)))
+        .map(|l| {
+            (
+                l.pack,
+                l.offset,
+                l.offset + pack::FRAME_HEADER_LEN as u64 + u64::from(l.stored_len),
+            )
+        })
         .collect();
     extents.sort_unstable();
     let mut runs: Vec<(PackId, u64, u64)> = Vec::new();
     for (pack, start, end) in extents {
         match runs.last_mut() {
-            Some((p, s, e)) if *p == pack && start <= *e + SPAN_GAP && end - *s <= SPAN_MAX => *e = (*e).max(end),
+            Some((p, s, e)) if *p == pack && start <= *e + SPAN_GAP && end - *s <= SPAN_MAX => {
+                *e = (*e).max(end)
+            }
             _ => runs.push((pack, start, end)),
         }
     }
