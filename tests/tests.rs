@@ -31,3 +31,5 @@ mod reports;
 mod cli;
 // The random-access reader: ranges, threads, damage, gc under a handle.
 mod reader;
+// Object storage only: requests per put and get, URLs, an unreachable server.
+mod objects;

@@ -145,6 +145,12 @@ impl Store {
         self.backend.as_ref()
     }
 
+    /// Requests made to object storage since `before` (a
+    /// [`Backend::requests`] reading); `None` for a directory.
+    pub fn requests_since(&self, before: Option<backend::Requests>) -> Option<backend::Requests> {
+        Some(self.backend.requests()?.since(&before.unwrap_or_default()))
+    }
+
     /// Brings the local index up to date with the store.
     pub fn index_catch_up(&self) -> Result<index::CatchUp> {
         index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())

@@ -53,6 +53,19 @@ pub struct Requests {
     pub delete: u64,
 }
 
+impl Requests {
+    /// The requests made since the reading `before`.
+    pub fn since(&self, before: &Requests) -> Requests {
+        Requests {
+            put: self.put - before.put,
+            get: self.get - before.get,
+            head: self.head - before.head,
+            list: self.list - before.list,
+            delete: self.delete - before.delete,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     put: AtomicU64,
@@ -95,9 +108,9 @@ pub struct ObjectBackend {
 
 /// Whether `location` names an object store rather than a directory.
 pub fn is_url(location: &str) -> bool {
-    ["s3://", "gs://", "az://", "azure://", "abfs://", "abfss://"]
-        .iter()
-        .any(|s| location.starts_with(s))
+    location
+        .split_once("://")
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 impl ObjectBackend {

@@ -59,6 +59,9 @@ pub struct GetReport {
     pub chunks: u64,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Requests made to object storage, by kind (absent for a directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::backend::Requests>,
 }
 
 enum Piece {
@@ -437,6 +440,7 @@ impl Store {
     /// Writes the image `image` names to `out`, byte for byte.
     pub fn get(&self, image: &ImageRef, out: Output, progress: &dyn Progress) -> Result<GetReport> {
         let started = Instant::now();
+        let requests_before = self.backend.requests();
         let resolved = self.resolve(image)?;
         let manifest = self.manifest_file(&resolved.id)?;
         let (size, id) = (manifest.head.size, manifest.head.id);
@@ -560,6 +564,7 @@ impl Store {
             size,
             chunks,
             seconds: started.elapsed().as_secs_f64(),
+            requests: self.requests_since(requests_before),
         })
     }
 }

@@ -115,6 +115,9 @@ pub struct PutReport {
     pub sif: bool,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Requests made to object storage, by kind (absent for a directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::backend::Requests>,
 }
 
 /// The cutter's own threads, as many as there are cores (or
@@ -228,6 +231,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<PutReport> {
         let started = Instant::now();
+        let requests_before = self.backend.requests();
         let (reader, total, file_check, sif_info): (Source, Option<u64>, _, _) = match input {
             Input::File(path) => {
                 let (f, st) = open_input(&path)?;
@@ -440,6 +444,7 @@ impl Store {
             replaced: previous,
             sif: is_sif,
             seconds: started.elapsed().as_secs_f64(),
+            requests: self.requests_since(requests_before),
         })
     }
 }
