@@ -77,6 +77,13 @@ pub enum Command {
     Log(LsArgs),
     /// Remove tags by a retention policy (space returns with `gc`).
     Prune(PruneArgs),
+    /// Copy images from another store into this one (directory or object
+    /// storage, either way), sending only the chunks this store lacks.
+    ///
+    /// Keeps image ids, tags, SIF metadata, labels, deffiles and who put
+    /// each image when. Run it again to resume a copy that was stopped: what
+    /// arrived is not sent twice. `--dry-run` shows what would be sent.
+    Copy(CopyArgs),
     /// Free the space of chunks no image refers to, safely on a live store.
     ///
     /// Runs in two phases across runs: a run condemns garbage, and a later
@@ -113,6 +120,20 @@ pub enum Command {
     Man,
     /// Run a self-contained demonstration: two similar images, put, get, check.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The store to copy from: a directory or an object-store URL. Both
+    /// stores are reached with the same --s3-endpoint and credentials.
+    #[arg(long, value_name = "DIR|URL")]
+    pub from: String,
+    /// NAME:TAG or NAME (all its tags) to copy [default: every ref].
+    #[arg(value_name = "REF")]
+    pub refs: Vec<String>,
+    /// Report what would be copied and how much is new; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -26,8 +26,14 @@ fn a_mostly_known_put_makes_requests_per_new_pack_not_per_chunk() {
     // the session and the log entry: a handful, whatever the chunk count.
     let puts = requests(&second, "put");
     assert!(puts <= packs + 8, "{puts} PUTs for {packs} new packs: {second}");
-    let all: u64 = ["put", "get", "head", "list", "delete"].iter().map(|k| requests(&second, k)).sum();
-    assert!(all < 40, "{all} requests for a put of {chunks} known chunks: {second}");
+    let all: u64 = ["put", "get", "head", "list", "delete"]
+        .iter()
+        .map(|k| requests(&second, k))
+        .sum();
+    assert!(
+        all < 40,
+        "{all} requests for a put of {chunks} known chunks: {second}"
+    );
 
     // A get reads each pack in long ranges, not a request per chunk.
     let out = env.path("v2.out");
@@ -72,7 +78,11 @@ fn bad_urls_and_plain_http_get_one_line_errors() {
 fn an_unreachable_server_is_an_error_after_the_retries() {
     let env = Env::uninit_on(Kind::S3);
     // A loopback port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let started = Instant::now();
     let out = env
         .cmd()
@@ -83,7 +93,15 @@ fn an_unreachable_server_is_an_error_after_the_retries() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(common::code(&out), 1, "{err}");
-    assert_eq!(err.lines().filter(|l| !l.starts_with("hint:")).count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| !l.starts_with("hint:")).count(),
+        1,
+        "{err}"
+    );
     assert!(err.contains("hint:"), "{err}");
-    assert!(started.elapsed().as_secs() < 60, "gave up only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "gave up only after {:?}",
+        started.elapsed()
+    );
 }

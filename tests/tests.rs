@@ -33,3 +33,5 @@ mod cli;
 mod reader;
 // Object storage only: requests per put and get, URLs, an unreachable server.
 mod objects;
+// `imgstore copy` between a directory and object storage.
+mod copy;

@@ -2,6 +2,7 @@
 //! library calls and output.
 
 mod admin;
+mod copy;
 mod demo;
 mod gc;
 mod get;
@@ -62,6 +63,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rm(a) => query::rm(g, a),
         Command::Log(a) => query::log(g, a),
         Command::Prune(a) => gc::prune(g, a),
+        Command::Copy(a) => copy::run(g, a),
         Command::Gc(a) => gc::gc(g, a),
         Command::Verify(a) => verify::verify(g, a),
         Command::Repair(a) => verify::repair(g, a),

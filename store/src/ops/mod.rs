@@ -1,5 +1,6 @@
 //! Operations on a store, one file each.
 
+pub mod copy;
 #[cfg(test)]
 mod faults;
 pub mod get;

@@ -91,6 +91,14 @@ pub struct PutOptions {
     pub deffile: Option<String>,
 }
 
+/// What a copied image keeps from its source store.
+pub(crate) struct Copied {
+    /// The source manifest's metadata (SIF facts).
+    pub meta: ManifestMeta,
+    /// The source ref's record.
+    pub record: RefRecord,
+}
+
 /// What a put did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PutReport {
@@ -228,6 +236,21 @@ impl Store {
         reference: &TagRef,
         input: Input,
         opts: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<PutReport> {
+        self.put_as(reference, input, opts, None, progress)
+    }
+
+    /// [`Store::put`], or with `copied` the put of an image read from
+    /// another store: its manifest metadata and its ref's provenance
+    /// (created, user, host, message, labels, deffile) are kept, and
+    /// nothing is published unless the bytes hash to the source's id.
+    pub(crate) fn put_as(
+        &self,
+        reference: &TagRef,
+        input: Input,
+        opts: &PutOptions,
+        copied: Option<&Copied>,
         progress: &dyn Progress,
     ) -> Result<PutReport> {
         let started = Instant::now();
@@ -397,32 +420,50 @@ impl Store {
         hold::point("put-after-segment");
 
         let id = ImageId(Digest::from(image.finalize()));
-        let meta = ManifestMeta { sif: sif_info };
+        if let Some(c) = copied {
+            if c.record.image != id || c.record.size != size {
+                return Err(Error::corrupt(
+                    format!("image {} in the source store", c.record.image),
+                    format!("it read back as {size} bytes hashing to {id}; nothing was published"),
+                ));
+            }
+        }
+        let meta = match copied {
+            Some(c) => c.meta.clone(),
+            None => ManifestMeta { sif: sif_info },
+        };
         let is_sif = meta.sif.is_some();
         let entries = entries.finish()?;
         self.store_manifest(reference, size, &id, &meta, &entries)?;
         hold::point("put-after-manifest");
 
         let previous = self.read_ref(reference)?.map(|r| r.image).filter(|p| *p != id);
-        let record = RefRecord {
-            format: "imgstore-ref".into(),
-            version: 1,
-            image: id,
-            size,
-            created: session::now_unix(),
-            user: session::username(),
-            host: session::hostname(),
-            message: opts.message.clone(),
-            labels: opts.labels.clone(),
-            deffile: opts.deffile.clone(),
-            added,
+        let record = match copied {
+            Some(c) => RefRecord {
+                added,
+                ..c.record.clone()
+            },
+            None => RefRecord {
+                format: "imgstore-ref".into(),
+                version: 1,
+                image: id,
+                size,
+                created: session::now_unix(),
+                user: session::username(),
+                host: session::hostname(),
+                message: opts.message.clone(),
+                labels: opts.labels.clone(),
+                deffile: opts.deffile.clone(),
+                added,
+            },
         };
         hold::point("put-before-ref");
         session.check()?;
         self.backend.put(&reference.key(), &record.to_bytes())?;
         hold::point("put-after-ref");
 
-        let mut event = Event::now("put", reference.to_string(), Some(id));
+        let action = if copied.is_some() { "copy" } else { "put" };
+        let mut event = Event::now(action, reference.to_string(), Some(id));
         event.previous = previous;
         event.added = Some(added);
         if let Err(e) = eventlog::append(self.backend.as_ref(), &event) {
