@@ -444,9 +444,14 @@ impl ObjectBackend {
                     None => inner.store.list(Some(&base)),
                 };
                 let mut keys = Vec::new();
+                // One LIST request a page of up to 1000 keys, the first
+                // even when it is empty.
+                Counters::add(&inner.counters.list);
+                let mut seen = 0usize;
                 while let Some(meta) = stream.next().await {
                     let meta = meta?;
-                    if keys.len() % PAGE == 0 {
+                    seen += 1;
+                    if seen > PAGE && seen % PAGE == 1 {
                         Counters::add(&inner.counters.list);
                     }
                     if let Some(key) = inner.key_of(&meta.location) {
