@@ -105,3 +105,158 @@ fn an_unreachable_server_is_an_error_after_the_retries() {
         started.elapsed()
     );
 }
+
+/// Waits for `child`, up to a minute; its output.
+fn finish(child: std::process::Child) -> std::process::Output {
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_server_killed_and_restarted_mid_put_get_and_gc_loses_nothing() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    let mut server = common::s3::Own::start();
+    let env = Env::uninit_at(server.server);
+    env.cmd().arg("init").assert().success();
+    let v1 = common::image(8 << 20, 10);
+    env.put("lab/app:v1", &env.file("v1.img", &v1));
+    let outage = |server: &mut common::s3::Own, after_ms: u64| {
+        std::thread::sleep(Duration::from_millis(after_ms));
+        server.kill();
+        std::thread::sleep(Duration::from_millis(1500));
+        server.restart();
+    };
+
+    // A put: it retries through the outage, or fails having published nothing.
+    let v2 = common::random(24 << 20, 11);
+    let f2 = env.file("v2.img", &v2);
+    let put = env
+        .process("a")
+        .args(["put", "lab/app:v2"])
+        .arg(&f2)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    outage(&mut server, 150);
+    let out = finish(put);
+    let got = env.cmd().args(["get", "lab/app:v2", "-o", "-"]).output().unwrap();
+    if out.status.success() {
+        assert!(got.stdout == v2, "a put that reported success reads back wrong");
+    } else {
+        assert_eq!(common::code(&got), 3, "a failed put left a ref");
+        env.put("lab/app:v2", &f2);
+    }
+    println!(
+        "put through an outage: {}",
+        if out.status.success() {
+            "retried"
+        } else {
+            "failed cleanly"
+        }
+    );
+
+    // A get: right bytes, or an error and no output file.
+    let target = env.path("v2.out");
+    let get = env
+        .process("b")
+        .args(["get", "lab/app:v2", "-o"])
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    outage(&mut server, 100);
+    let out = finish(get);
+    if out.status.success() {
+        assert!(
+            std::fs::read(&target).unwrap() == v2,
+            "wrong bytes after an outage"
+        );
+    } else {
+        assert!(!target.exists(), "a failed get left its output");
+    }
+
+    // A gc that condemns, then one that deletes, each through an outage.
+    env.cmd().args(["rm", "lab/app:v1"]).assert().success();
+    for _ in 0..2 {
+        let gc = env
+            .process("a")
+            .args(["gc", "--grace", "0s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        outage(&mut server, 50);
+        let _ = finish(gc);
+    }
+    for _ in 0..2 {
+        env.cmd().args(["gc", "--grace", "0s"]).assert().success();
+    }
+    assert!(env.get("lab/app:v2") == v2, "gc through an outage lost an image");
+    env.cmd().args(["verify", "--read-data"]).assert().success();
+}
+
+#[test]
+fn every_command_works_on_a_store_in_object_storage() {
+    let env = Env::on(Kind::S3);
+    let v1 = common::image(4 << 20, 20);
+    let v2 = common::edit(&v1, 3, 21);
+    let f1 = env.file("v1.img", &v1);
+    let def = env.file("app.def", b"Bootstrap: docker\nFrom: ubuntu:24.04\n");
+    env.cmd()
+        .args(["put", "lab/app:v1", "--label", "k=v", "--deffile"])
+        .arg(&def)
+        .arg(&f1)
+        .assert()
+        .success();
+    env.cmd()
+        .args(["put", "lab/app:v2", "-"])
+        .write_stdin(v2.clone())
+        .assert()
+        .success();
+    assert!(env.get("lab/app:v2") == v2);
+    let html = env.path("report.html");
+    let prom = env.path("imgstore.prom");
+    let html = html.to_str().unwrap();
+    let prom = prom.to_str().unwrap();
+    for args in [
+        &["ls"][..],
+        &["ls", "lab/app"],
+        &["inspect", "lab/app:v1"],
+        &["deffile", "lab/app:v1"],
+        &["tag", "lab/app:v2", "lab/app:latest"],
+        &["log"],
+        &["stats"],
+        &["du"],
+        &["du", "lab/app", "--by", "tag"],
+        &["history", "lab/app"],
+        &["diff", "lab/app:v1", "lab/app:v2"],
+        &["report", "--html", html],
+        &["report", "--prometheus", prom],
+        &["verify"],
+        &["verify", "--read-data"],
+        &["verify", "--read-data", "--subset", "1/2"],
+        &["repair", "--dry-run"],
+        &["index", "status"],
+        &["index", "rebuild"],
+        &["prune", "--keep-last", "2", "--dry-run"],
+        &["rm", "lab/app:latest"],
+        &["prune", "--keep-last", "1"],
+        &["gc", "--grace", "0s"],
+        &["gc", "--grace", "0s"],
+        &["verify", "--read-data"],
+    ] {
+        let out = env.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(std::fs::read_to_string(html).unwrap().contains("<html"));
+    // prune kept the newest; gc freed the other's chunks and lost nothing.
+    assert!(env.get("lab/app:v2") == v2);
+    let gone = env.cmd().args(["get", "lab/app:v1", "-o", "-"]).output().unwrap();
+    assert_eq!(common::code(&gone), 3);
+}

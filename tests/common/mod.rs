@@ -41,6 +41,8 @@ pub struct Env {
     pub dir: TempDir,
     /// The S3 URL of the store, for a store in object storage.
     url: Option<String>,
+    /// The server it is on: the shared one, or a test's own.
+    server: Option<&'static s3::Server>,
 }
 
 impl Env {
@@ -71,18 +73,26 @@ impl Env {
     /// A temp dir (for inputs and local indexes) and, on S3, a fresh
     /// prefix in the test server's bucket, with no store in it yet.
     pub fn uninit_on(kind: Kind) -> Env {
+        match kind {
+            Kind::Local => Env {
+                dir: tempfile::tempdir().expect("tempdir"),
+                url: None,
+                server: None,
+            },
+            Kind::S3 => Self::uninit_at(s3::server()),
+        }
+    }
+
+    /// A fresh prefix on `server`, with no store in it yet.
+    pub fn uninit_at(server: &'static s3::Server) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = (kind == Kind::S3).then(|| {
-            let name = dir
-                .path()
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .trim_start_matches('.');
-            format!("s3://{}/{name}", s3::BUCKET)
-        });
-        Env { dir, url }
+        let name = dir.path().file_name().unwrap().to_str().unwrap();
+        let url = Some(format!("s3://{}/{}", s3::BUCKET, name.trim_start_matches('.')));
+        Env {
+            dir,
+            url,
+            server: Some(server),
+        }
     }
 
     /// The directory that holds the store's objects as files: the store
@@ -91,7 +101,7 @@ impl Env {
     pub fn store(&self) -> PathBuf {
         match &self.url {
             None => self.dir.path().join("store"),
-            Some(url) => s3::server().root.join(url.trim_start_matches("s3://")),
+            Some(url) => self.server.unwrap().root.join(url.trim_start_matches("s3://")),
         }
     }
 
@@ -115,8 +125,8 @@ impl Env {
             .env_remove("IMGSTORE_TEST_HOLD")
             .env_remove("IMGSTORE_TEST_CRASH")
             .env_remove("IMGSTORE_LEASE_SECS");
-        if self.url.is_some() {
-            s3::server().client_env(&mut c);
+        if let Some(server) = self.server {
+            server.client_env(&mut c);
         }
         c
     }
@@ -404,6 +414,76 @@ pub mod s3 {
     pub fn server() -> &'static Server {
         static SERVER: OnceLock<Server> = OnceLock::new();
         SERVER.get_or_init(start)
+    }
+
+    /// A server of a test's own, which it can kill and start again on the
+    /// same port and files (a plain child: the test ends it).
+    pub struct Own {
+        pub server: &'static Server,
+        port: u16,
+        child: Option<std::process::Child>,
+    }
+
+    impl Own {
+        pub fn start() -> Own {
+            let root = tempfile::Builder::new()
+                .prefix("imgstore-s3s-own-")
+                .tempdir()
+                .expect("tempdir")
+                .keep();
+            std::fs::create_dir(root.join(BUCKET)).expect("bucket directory");
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let server = Box::leak(Box::new(Server {
+                endpoint: format!("http://127.0.0.1:{port}"),
+                root,
+            }));
+            let mut own = Own {
+                server,
+                port,
+                child: None,
+            };
+            own.restart();
+            own
+        }
+
+        /// SIGKILL, as a crash or a power cut would stop it.
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// Starts it again on the same port and files.
+        pub fn restart(&mut self) {
+            self.kill();
+            let child = Command::new(binary())
+                .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(["--access-key", KEY, "--secret-key", SECRET])
+                .arg(&self.server.root)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start s3s-fs");
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(Instant::now() < deadline, "s3s-fs did not start again");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for Own {
+        fn drop(&mut self) {
+            self.kill();
+            let _ = std::fs::remove_dir_all(&self.server.root);
+        }
     }
 
     fn start() -> Server {

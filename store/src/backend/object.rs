@@ -51,6 +51,10 @@ pub struct Requests {
     pub list: u64,
     /// DELETEs.
     pub delete: u64,
+    /// Bytes received in GET bodies.
+    pub bytes_in: u64,
+    /// Bytes sent in PUT bodies.
+    pub bytes_out: u64,
 }
 
 impl Requests {
@@ -62,6 +66,8 @@ impl Requests {
             head: self.head - before.head,
             list: self.list - before.list,
             delete: self.delete - before.delete,
+            bytes_in: self.bytes_in - before.bytes_in,
+            bytes_out: self.bytes_out - before.bytes_out,
         }
     }
 }
@@ -73,11 +79,17 @@ struct Counters {
     head: AtomicU64,
     list: AtomicU64,
     delete: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
 }
 
 impl Counters {
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn bytes(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> Requests {
@@ -87,6 +99,8 @@ impl Counters {
             head: self.head.load(Ordering::Relaxed),
             list: self.list.load(Ordering::Relaxed),
             delete: self.delete.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
         }
     }
 }
@@ -303,6 +317,7 @@ impl ReadAt for ObjectReader {
             .inner
             .block_on(self.inner.store.get_range(&self.path, offset..end))
             .map_err(|e| failed(&self.key, e))?;
+        Counters::bytes(&self.inner.counters.bytes_in, bytes.len());
         if bytes.len() != buf.len() {
             return Err(Error::corrupt(
                 format!("store object {}", self.key),
@@ -326,6 +341,7 @@ impl Backend for ObjectBackend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let path = self.inner.path(key)?;
         Counters::add(&self.inner.counters.put);
+        Counters::bytes(&self.inner.counters.bytes_out, data.len());
         let payload = PutPayload::from(data.to_vec());
         self.inner
             .block_on(self.inner.store.put(&path, payload))
@@ -347,6 +363,7 @@ impl Backend for ObjectBackend {
     fn stage(&self, key: &str, data: &[u8]) -> Result<Box<dyn Staged>> {
         let path = self.inner.path(key)?;
         Counters::add(&self.inner.counters.put);
+        Counters::bytes(&self.inner.counters.bytes_out, data.len());
         let payload = PutPayload::from(data.to_vec());
         let inner = Arc::clone(&self.inner);
         let task = self
@@ -370,7 +387,11 @@ impl Backend for ObjectBackend {
                 Err(e) => Err(e),
             }
         });
-        got.map(|b| b.map(|b| b.to_vec())).map_err(|e| failed(key, e))
+        let got = got.map_err(|e| failed(key, e))?;
+        if let Some(b) = &got {
+            Counters::bytes(&self.inner.counters.bytes_in, b.len());
+        }
+        Ok(got.map(|b| b.to_vec()))
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn ReadAt>> {
