@@ -43,12 +43,14 @@ const VERSION_GROUPS: u32 = 2;
 /// The largest decoded group a reader accepts, so a damaged frame header
 /// cannot make it allocate gigabytes. Writers stay far below it.
 pub const MAX_GROUP_RAW: u32 = 16 << 20;
-const HEADER_LEN: usize = 32;
+/// Bytes of a pack's header.
+pub const HEADER_LEN: usize = 32;
 /// Bytes before each chunk's stored bytes.
 pub const FRAME_HEADER_LEN: usize = 48;
 /// Bytes of each chunk's footer entry.
 pub const FOOTER_ENTRY_LEN: usize = 56;
-const TAIL_LEN: usize = 48;
+/// Bytes of a pack's tail.
+pub const TAIL_LEN: usize = 48;
 /// Store directory of packs.
 pub const PACKS_DIR: &str = "packs";
 
