@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::PLAN_KEY;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{Digest, PackId};
 use crate::session::SESSIONS_DIR;
 
@@ -38,7 +38,7 @@ impl Plan {
     /// skipped pack would stay condemned unchecked, a skipped session would
     /// not be waited for.
     pub fn parse(bytes: &[u8]) -> Result<Plan> {
-        let what = format!("gc plan {PLAN_KEY}");
+        let what = Object::GcPlan { key: PLAN_KEY.into() };
         let damaged = |detail: String| {
             Error::corrupt(
                 &what,

@@ -14,7 +14,7 @@ use super::{
     QUARANTINE_RECORD,
 };
 use crate::backend::{key_name, Backend};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{ChunkId, Digest, PackId};
 use crate::pack::Location;
 use crate::segment::{self, INDEX_DIR};
@@ -54,7 +54,7 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
         let Some(bytes) = backend.get(key)? else {
             continue;
         };
-        let entries = segment::decode(&bytes, &format!("index segment {key}"))?;
+        let entries = segment::decode(&bytes, &Object::Segment { key: key.to_owned() })?;
         let mut batch = WriteBatch::default();
         let mut deleted: HashMap<PackId, bool> = HashMap::new();
         for (id, loc) in &entries {
@@ -83,7 +83,7 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
         let Some(bytes) = backend.get(&key)? else {
             continue;
         };
-        let chunks = segment::decode_tombstone(&bytes, &format!("tombstone {key}"))?;
+        let chunks = segment::decode_tombstone(&bytes, &Object::Tombstone { key: key.to_owned() })?;
         let mut batch = WriteBatch::default();
         for (id, copy) in &chunks {
             let here = db
@@ -172,7 +172,7 @@ fn surviving_copy(
         let Some(bytes) = backend.get(&key)? else {
             return Ok(Some(loc));
         };
-        copy = segment::decode_tombstone(&bytes, &format!("tombstone {key}"))?
+        copy = segment::decode_tombstone(&bytes, &Object::Tombstone { key: key.to_owned() })?
             .into_iter()
             .find(|(c, _)| c == id)
             .and_then(|(_, l)| l);

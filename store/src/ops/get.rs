@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ReadAt;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::fsutil::sync_dir;
 use crate::hold;
 use crate::id::unique_suffix;
@@ -120,7 +120,7 @@ fn locate(lookup: &index::Reader, image: &ImageId, batch: &[Entry]) -> Result<Lo
                 let (id, loc) = located.next().expect("one location per chunk");
                 loc.map(|l| Ok((*id, l))).ok_or_else(|| {
                     Error::corrupt(
-                        format!("image {image}"),
+                        Object::Image(*image),
                         format!("chunk {id} is in no pack the index knows; run `imgstore index rebuild`, then `imgstore verify`"),
                     )
                 })
@@ -448,7 +448,7 @@ impl Store {
                 }
             }
             return Err(Error::corrupt(
-                format!("image {id}"),
+                Object::Image(id),
                 format!("the chunks reassemble to {got}"),
             ));
         }

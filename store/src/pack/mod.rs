@@ -31,7 +31,7 @@ pub use writer::{encode_run, Encoded, PackBuilder, PackBytes};
 
 use crate::backend::{key_name, Backend};
 use crate::codec::Codec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{ChunkId, Digest, PackId};
 
 const MAGIC: &[u8; 8] = b"IMGSPACK";
@@ -186,7 +186,7 @@ pub fn list(backend: &dyn Backend) -> Result<Vec<(PackId, String)>> {
     let mut out = Vec::new();
     for key in backend.list(PACKS_DIR)? {
         let id = Digest::from_hex(key_name(&key))
-            .map_err(|_| Error::corrupt(format!("pack {key}"), "file name is not a pack id"))?;
+            .map_err(|_| Error::corrupt(Object::Pack { key: key.clone() }, "file name is not a pack id"))?;
         out.push((id, key));
     }
     Ok(out)
@@ -198,8 +198,11 @@ pub fn frames(entries: &[PackEntry]) -> impl Iterator<Item = &[PackEntry]> {
         .chunk_by(|a, b| a.codec == Codec::ZstdGroup && b.codec == Codec::ZstdGroup && a.offset == b.offset)
 }
 
-fn frame_what(loc: &Location) -> String {
-    format!("pack {} at offset {}", key(&loc.pack), loc.offset)
+fn frame_what(loc: &Location) -> Object {
+    Object::Frame {
+        pack: loc.pack,
+        offset: loc.offset,
+    }
 }
 #[cfg(test)]
 mod tests;

@@ -6,12 +6,12 @@ use super::{
 };
 use crate::backend::ReadAt;
 use crate::codec::{self, Codec};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{ChunkId, Digest, PackId};
 
 /// Reads a pack's footer: the list of chunks it holds. Checks magic and the
 /// footer checksum, and that every entry lies inside the file.
-pub fn read_footer(file: &dyn ReadAt, what: &str) -> Result<Vec<PackEntry>> {
+pub fn read_footer(file: &dyn ReadAt, what: &Object) -> Result<Vec<PackEntry>> {
     let len = file.size()?;
     if len < (HEADER_LEN + TAIL_LEN) as u64 {
         return Err(Error::corrupt(
@@ -140,7 +140,7 @@ pub fn read_group(file: &dyn ReadAt, loc: &Location) -> Result<Vec<u8>> {
 }
 
 /// [`read_group`] of a frame already read (header and stored bytes).
-pub(super) fn decode_group(buf: &[u8], loc: &Location, what: &str) -> Result<Vec<u8>> {
+pub(super) fn decode_group(buf: &[u8], loc: &Location, what: &Object) -> Result<Vec<u8>> {
     let head = &buf[..FRAME_HEADER_LEN];
     let raw_len = u32::from_le_bytes(head[32..36].try_into().expect("4 bytes"));
     let stored_len = u32::from_le_bytes(head[36..40].try_into().expect("4 bytes"));
@@ -202,7 +202,7 @@ pub fn check_all(file: &(dyn ReadAt + Sync), pack: PackId, entries: &[PackEntry]
         })
         .collect()
 }
-fn read_at(file: &dyn ReadAt, buf: &mut [u8], offset: u64, id: &ChunkId, what: &str) -> Result<()> {
+fn read_at(file: &dyn ReadAt, buf: &mut [u8], offset: u64, id: &ChunkId, what: &Object) -> Result<()> {
     file.read_exact_at(buf, offset).map_err(|e| match e {
         Error::Corrupt { .. } => Error::corrupt(what, format!("chunk {id}: pack is truncated")),
         other => other,
@@ -211,7 +211,7 @@ fn read_at(file: &dyn ReadAt, buf: &mut [u8], offset: u64, id: &ChunkId, what: &
 
 /// The frame (header and stored bytes) at `loc`, unchecked: a group's
 /// header names no one chunk, so [`decode_group`] checks it.
-pub(super) fn read_frame_bytes(file: &dyn ReadAt, loc: &Location, what: &str) -> Result<Vec<u8>> {
+pub(super) fn read_frame_bytes(file: &dyn ReadAt, loc: &Location, what: &Object) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; FRAME_HEADER_LEN + loc.stored_len as usize];
     file.read_exact_at(&mut buf, loc.offset).map_err(|e| match e {
         Error::Corrupt { .. } => Error::corrupt(what, "frame: pack is truncated"),
@@ -221,7 +221,7 @@ pub(super) fn read_frame_bytes(file: &dyn ReadAt, loc: &Location, what: &str) ->
 }
 
 /// The frame (header and stored bytes) of chunk `id` at `loc`, its header checked.
-pub(super) fn read_frame(file: &dyn ReadAt, id: &ChunkId, loc: &Location, what: &str) -> Result<Vec<u8>> {
+pub(super) fn read_frame(file: &dyn ReadAt, id: &ChunkId, loc: &Location, what: &Object) -> Result<Vec<u8>> {
     let buf = read_frame_bytes(file, loc, what).map_err(naming(id))?;
     check_header(&buf[..FRAME_HEADER_LEN], id, loc, what)?;
     Ok(buf)
@@ -230,8 +230,8 @@ pub(super) fn read_frame(file: &dyn ReadAt, id: &ChunkId, loc: &Location, what: 
 /// Puts the chunk's id in front of a corruption's detail.
 fn naming(id: &ChunkId) -> impl FnOnce(Error) -> Error + '_ {
     move |e| match e {
-        Error::Corrupt { what, detail } => Error::Corrupt {
-            what,
+        Error::Corrupt { object, detail } => Error::Corrupt {
+            object,
             detail: format!("chunk {id}: {detail}"),
         },
         other => other,
@@ -239,7 +239,7 @@ fn naming(id: &ChunkId) -> impl FnOnce(Error) -> Error + '_ {
 }
 
 /// A frame header must say what the index says of the chunk.
-fn check_header(head: &[u8], id: &ChunkId, loc: &Location, what: &str) -> Result<()> {
+fn check_header(head: &[u8], id: &ChunkId, loc: &Location, what: &Object) -> Result<()> {
     let frame_id = Digest(head[..32].try_into().expect("32 bytes"));
     let raw_len = u32::from_le_bytes(head[32..36].try_into().expect("4 bytes"));
     let stored_len = u32::from_le_bytes(head[36..40].try_into().expect("4 bytes"));

@@ -9,7 +9,7 @@ impl ReadAt for Mem {
         let src = self
             .0
             .get(start..start + buf.len())
-            .ok_or_else(|| Error::corrupt("mem", "short"))?;
+            .ok_or_else(|| Error::corrupt(Object::InMemory, "short"))?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -41,7 +41,7 @@ fn sample_groups() -> (PackId, Vec<u8>, Vec<PackEntry>, Vec<Vec<u8>>) {
         &chunks[0],
     );
     let group: Vec<u8> = chunks[1..4].concat();
-    let stored = codec::encode_group(3, "test group", &group)
+    let stored = codec::encode_group(3, &Object::InMemory, &group)
         .unwrap()
         .expect("compresses");
     let members: Vec<_> = chunks[1..4]
@@ -61,7 +61,7 @@ fn footer_and_chunks_round_trip() {
     let (id, bytes, entries, chunks) = sample();
     assert_eq!(id, Digest::of(&bytes));
     let file = Mem(bytes);
-    assert_eq!(read_footer(&file, "p").unwrap(), entries);
+    assert_eq!(read_footer(&file, &Object::InMemory).unwrap(), entries);
     for (e, c) in entries.iter().zip(&chunks) {
         assert_eq!(&read_chunk(&file, &e.id, &e.location(id)).unwrap(), c);
     }
@@ -76,7 +76,7 @@ fn groups_round_trip_and_share_their_stored_bytes() {
         "a pack with groups is version 2"
     );
     let file = Mem(bytes);
-    assert_eq!(read_footer(&file, "p").unwrap(), entries);
+    assert_eq!(read_footer(&file, &Object::InMemory).unwrap(), entries);
     assert_eq!(entries.len(), 5);
     let group = read_group(&file, &entries[2].location(id)).unwrap();
     assert_eq!(group, chunks[1..4].concat());
@@ -132,7 +132,9 @@ fn flips_are_caught((id, bytes, entries, _): (PackId, Vec<u8>, Vec<PackEntry>, V
         let mut bad = bytes.clone();
         bad[i] ^= 0x40;
         let file = Mem(bad);
-        let footer_ok = read_footer(&file, "p").map(|f| f == entries).unwrap_or(false);
+        let footer_ok = read_footer(&file, &Object::InMemory)
+            .map(|f| f == entries)
+            .unwrap_or(false);
         let chunks_ok = entries
             .iter()
             .all(|e| read_chunk(&file, &e.id, &e.location(id)).is_ok());

@@ -2,7 +2,7 @@
 
 use super::{PackEntry, END_MAGIC, HEADER_LEN, MAGIC, MAX_GROUP_RAW, VERSION, VERSION_GROUPS};
 use crate::codec::{self, Codec};
-use crate::error::Result;
+use crate::error::{Object, Result};
 use crate::fsutil::{pad_to_page, DIRECT_ALIGN};
 use crate::id::{ChunkId, Digest, PackId};
 
@@ -184,11 +184,14 @@ pub fn encode_run(level: i32, members: &[(ChunkId, u32)], raw: &[u8]) -> Result<
     if let [(id, _)] = members {
         return Ok(Encoded::Each(vec![codec::encode_group(
             level,
-            &format!("chunk {id}"),
+            &Object::Chunk(*id),
             raw,
         )?]));
     }
-    let what = format!("the {} chunks from {}", members.len(), members[0].0);
+    let what = Object::Chunks {
+        first: members[0].0,
+        count: members.len(),
+    };
     if let Some(stored) = codec::encode_group(level, &what, raw)? {
         return Ok(Encoded::Group(stored));
     }

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Wanted};
 use crate::eventlog::Event;
 use crate::id::{ChunkId, DigestMap, ImageId};
 use crate::pack;
@@ -513,7 +513,7 @@ impl Snapshot<'_> {
                     .map(|(i, _)| i),
             );
             if out.len() == before && !self.refs.iter().any(|(t, _)| hit(t)) {
-                return Err(Error::not_found(format!("ref or name {s}")));
+                return Err(Error::not_found(Wanted::RefOrName(s.to_string())));
             }
         }
         Ok(out.into_iter().collect())
@@ -558,7 +558,7 @@ impl Snapshot<'_> {
             });
         }
         if commits.is_empty() {
-            return Err(Error::not_found(format!("name {name}")));
+            return Err(Error::not_found(Wanted::Name(name.to_string())));
         }
         commits.sort_by(|a, b| (a.created, &a.tag).cmp(&(b.created, &b.tag)));
         Ok(HistoryReport {

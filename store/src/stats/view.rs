@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 pub use super::counts::{name_key, ChunkState, SetTotals, StoreTotals, Tally};
 
 use super::counts::{prefix, Changes, Delta};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::fsutil::{lock_path, LockGuard};
 use crate::id::{ChunkId, Digest, DigestMap, DigestSet, ImageId, PackId};
 use crate::index::rocks::{
@@ -372,14 +372,14 @@ impl View {
                 Err(Error::Missing { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            let entries = pack::read_footer(file.as_ref(), &format!("pack {k}"))?;
+            let entries = pack::read_footer(file.as_ref(), &Object::Pack { key: k.to_owned() })?;
             let is_condemned = condemned.contains(id);
             batch.refs += entries.len();
             let mut value = Vec::with_capacity(40 * entries.len());
             // A chunk's stored bytes: its frame, or its share of its group's.
             for (e, stored) in entries.iter().zip(pack::framed_shares(&entries)) {
                 let stored = u32::try_from(stored)
-                    .map_err(|_| Error::corrupt(format!("pack {k}"), "a frame over 4 GiB"))?;
+                    .map_err(|_| Error::corrupt(Object::Pack { key: k.to_owned() }, "a frame over 4 GiB"))?;
                 value.extend_from_slice(&e.id.0);
                 value.extend_from_slice(&e.raw_len.to_le_bytes());
                 value.extend_from_slice(&stored.to_le_bytes());

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::eventlog;
 use crate::id::{ChunkId, Digest, ImageId, PackId};
 use crate::index;
@@ -109,6 +109,41 @@ pub enum ProblemKind {
     Stray,
     /// A symbolic link in the store (never followed).
     Symlink,
+}
+
+impl ProblemKind {
+    /// The kind of problem an error reading a stored object is, by the
+    /// error's type: an object that is not there is missing; any other
+    /// failure to read it (its bytes fail their checks, or it cannot be
+    /// read at all) leaves it corrupt for every image that needs it.
+    pub fn of(e: &Error) -> ProblemKind {
+        match e {
+            Error::Missing { .. } => ProblemKind::Missing,
+            _ => ProblemKind::Corrupt,
+        }
+    }
+}
+
+impl Problem {
+    /// The problem with the object at `key` that reading it failed with `e`.
+    pub fn of(key: impl Into<String>, e: &Error) -> Problem {
+        Problem {
+            kind: ProblemKind::of(e),
+            key: key.into(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// A damaged image's line for the error that reading one of its objects
+/// (its ref, its manifest, a delta's base) failed with: the object the
+/// error names by its type, which need not be the one verify read.
+fn damage_line(e: &Error) -> String {
+    match e {
+        Error::Corrupt { object, .. } => format!("{object} is corrupt"),
+        Error::Missing { key } => format!("store object {key} is missing"),
+        other => other.to_string(),
+    }
 }
 
 /// One thing wrong with the store.
@@ -239,15 +274,11 @@ impl Store {
                 Ok(Some(r)) => images.entry(r.image).or_default().push(tag.to_string()),
                 Ok(None) => {}
                 Err(e) => {
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
+                    problems.push(Problem::of(key, &e));
                     damaged.push(DamagedImage {
                         image: None,
                         refs: vec![tag.to_string()],
-                        damage: vec![format!("ref {key} is corrupt")],
+                        damage: vec![damage_line(&e)],
                     });
                 }
             }
@@ -270,7 +301,7 @@ impl Store {
             };
             match self.backend.open(key).and_then(|f| {
                 info.size = f.size()?;
-                pack::read_footer(f.as_ref(), &format!("pack {key}"))
+                pack::read_footer(f.as_ref(), &Object::Pack { key: key.to_owned() })
             }) {
                 Ok(_) => {}
                 // Deleted by a gc since the listing: not damage.
@@ -284,12 +315,11 @@ impl Store {
                     continue;
                 }
                 Err(e) => {
-                    info.damage(id).footer_bad = true;
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
+                    match e {
+                        Error::Missing { .. } => info.damage(id).missing = true,
+                        _ => info.damage(id).footer_bad = true,
+                    }
+                    problems.push(Problem::of(key, &e));
                 }
             }
             packs.insert(id, info);
@@ -304,24 +334,16 @@ impl Store {
             let result = self
                 .backend
                 .get(key)?
-                .map(|b| segment::decode(&b, &format!("index segment {key}")).map(|_| ()))
+                .map(|b| segment::decode(&b, &Object::Segment { key: key.to_owned() }).map(|_| ()))
                 .unwrap_or(Ok(()));
             if let Err(e) = result {
-                problems.push(Problem {
-                    kind: ProblemKind::Corrupt,
-                    key: key.clone(),
-                    detail: e.to_string(),
-                });
+                problems.push(Problem::of(key, &e));
             }
         }
         for key in &walk.logs {
             if let Some(bytes) = self.backend.get(key)? {
                 if let Err(e) = eventlog::parse(&bytes, key) {
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
+                    problems.push(Problem::of(key, &e));
                 }
             }
         }
@@ -347,15 +369,8 @@ impl Store {
             let m = match self.manifest(id) {
                 Ok(m) => m,
                 Err(e) => {
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
-                    damage
-                        .entry(*id)
-                        .or_default()
-                        .push(format!("manifest {key} is corrupt"));
+                    problems.push(Problem::of(key, &e));
+                    damage.entry(*id).or_default().push(damage_line(&e));
                     continue;
                 }
             };
@@ -373,11 +388,7 @@ impl Store {
                 continue;
             }
             if let Err(e) = self.manifest(&id) {
-                problems.push(Problem {
-                    kind: ProblemKind::Corrupt,
-                    key: key.clone(),
-                    detail: e.to_string(),
-                });
+                problems.push(Problem::of(key, &e));
             }
         }
         for (pack, d) in &missing_packs {
@@ -417,7 +428,15 @@ impl Store {
     fn read_checked_ref(&self, tag: &TagRef, key: &str) -> Result<Option<RefRecord>> {
         self.backend
             .get(key)?
-            .map(|b| RefRecord::parse(&b, &format!("ref {tag} ({key})")))
+            .map(|b| {
+                RefRecord::parse(
+                    &b,
+                    &Object::Ref {
+                        key: key.to_owned(),
+                        tag: Some(tag.to_string()),
+                    },
+                )
+            })
             .transpose()
     }
 }
@@ -489,5 +508,36 @@ mod tests {
         for bad in ["7/7", "1/0", "x", "1/", "-1/3"] {
             assert!(Subset::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A damaged object is classified by the error's type, never its text:
+    /// a missing object is `missing` and any other failure `corrupt`, and
+    /// an image's damage line names the object the error names (a delta's
+    /// base, not the delta verify opened), whatever the detail says.
+    #[test]
+    fn damage_is_classified_by_the_error_type() {
+        let base = ImageId(Digest::of(b"base"));
+        let misleading = "manifest is missing; not found";
+        let corrupt = Error::corrupt(Object::Image(base), misleading);
+        assert_eq!(ProblemKind::of(&corrupt), ProblemKind::Corrupt);
+        assert_eq!(damage_line(&corrupt), format!("image {base} is corrupt"));
+        let pack = Error::corrupt(
+            Object::Pack {
+                key: "packs/ab/ab12".into(),
+            },
+            "missing",
+        );
+        assert_eq!(ProblemKind::of(&pack), ProblemKind::Corrupt);
+        assert_eq!(damage_line(&pack), "pack packs/ab/ab12 is corrupt");
+        let missing = Error::Missing {
+            key: "manifests/ab/ab12".into(),
+        };
+        assert_eq!(ProblemKind::of(&missing), ProblemKind::Missing);
+        assert_eq!(damage_line(&missing), "store object manifests/ab/ab12 is missing");
+        let problem = Problem::of("packs/ab/ab12", &missing);
+        assert_eq!(
+            (problem.kind, problem.key.as_str()),
+            (ProblemKind::Missing, "packs/ab/ab12")
+        );
     }
 }

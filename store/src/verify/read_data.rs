@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::{PackInfo, Problem, ProblemKind, VerifyOptions, VerifyReport, STATE_FILE};
 use crate::backend::InMemory;
-use crate::error::Result;
+use crate::error::{Object, Result};
 use crate::fsutil::atomic_write;
 use crate::id::{Digest, PackId};
 use crate::pack::{self, PackEntry};
@@ -71,7 +71,7 @@ impl Store {
             report.packs_read += 1;
             report.bytes_read += bytes.len() as u64;
             progress.advance(bytes.len() as u64);
-            let what = format!("pack {key}");
+            let what = Object::Pack { key: key.to_owned() };
             let mut clean = true;
             if Digest::of(&bytes) != *id {
                 clean = false;
@@ -86,11 +86,7 @@ impl Store {
                 Ok(e) => e,
                 Err(e) => {
                     info.damage(*id).footer_bad = true;
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key,
-                        detail: e.to_string(),
-                    });
+                    problems.push(Problem::of(key, &e));
                     continue;
                 }
             };
