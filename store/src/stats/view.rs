@@ -73,12 +73,20 @@ const BATCH_REFS: usize = 8 << 20;
 /// the lookups and the write batch (a few hundred bytes each).
 const BATCH_CHUNKS: usize = 1 << 18;
 
-/// `BATCH_REFS`, or `IMGSTORE_TEST_REPORT_BATCH` (tests: many tiny batches).
+/// `BATCH_REFS`, or `IMGSTORE_TEST_REPORT_BATCH` (tests: many tiny
+/// batches) in a build with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 fn batch_refs() -> usize {
     std::env::var("IMGSTORE_TEST_REPORT_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(BATCH_REFS)
+}
+
+/// `BATCH_REFS`: a release binary reads no test setting.
+#[cfg(not(feature = "test-hooks"))]
+fn batch_refs() -> usize {
+    BATCH_REFS
 }
 
 /// An image's distinct chunks and their raw lengths, from its manifest.
