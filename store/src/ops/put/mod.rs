@@ -157,12 +157,10 @@ pub(super) fn internal(what: impl std::fmt::Display) -> Error {
 
 /// A panic of one of the put's threads or jobs, as an error of the put.
 pub(super) fn panicked(what: &str, payload: Box<dyn std::any::Any + Send>) -> Error {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|m| m.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    internal(format!("{what} panicked: {message}"))
+    internal(format!(
+        "{what} panicked: {}",
+        super::panic_message(payload.as_ref())
+    ))
 }
 
 impl Store {
