@@ -454,7 +454,8 @@ impl Store {
                                 progress.advance(d.len() as u64);
                             }
                             Err(n) => {
-                                crate::id::hash_zeros(&mut hasher, n);
+                                // On all cores, so on the get's pool.
+                                pool.install(|| crate::id::hash_zeros(&mut hasher, n));
                                 progress.advance(n);
                             }
                         }

@@ -91,30 +91,40 @@ pub const MAX_DEFFILE_LEN: u64 = 1 << 20;
 /// Largest labels object [`parse`] reads, in bytes.
 pub const MAX_LABELS_LEN: u64 = 1 << 20;
 
+// Fields with `allow(dead_code)` are written only by `build_for_tests`
+// (test builds): the parser does not read them.
+
 /// The only SIF spec version in existence (`"01\0"`).
 const VERSION_01: [u8; 3] = *b"01\0";
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const LAUNCH_SCRIPT: &[u8] = b"#!/usr/bin/env run-singularity\n";
 
 // Global header field offsets.
 const H_VERSION: usize = 42;
 const H_ARCH: usize = 45;
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const H_DESCR_FREE: usize = 80;
 const H_DESCR_TOTAL: usize = 88;
 const H_DESCR_OFFSET: usize = 96;
 const H_DESCR_LEN: usize = 104;
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const H_DATA_OFFSET: usize = 112;
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const H_DATA_LEN: usize = 120;
 
 // Raw descriptor field offsets.
 const D_DATA_TYPE: usize = 0;
 const D_USED: usize = 4;
 const D_ID: usize = 5;
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_GROUP_ID: usize = 9;
 const D_OFFSET: usize = 17;
 const D_SIZE: usize = 25;
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_SIZE_WITH_PADDING: usize = 33;
 const D_NAME: usize = 73;
 const D_NAME_LEN: usize = 128;
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_EXTRA: usize = 201;
 
 /// Header architecture codes and the Go arch names they stand for.
