@@ -151,7 +151,7 @@ pub struct StaleTemporary {
 
 /// What one gc run would do, decided without writing anything: what
 /// `gc --dry-run` shows. A real run decides each phase the same way, by the
-/// same functions, just before carrying it out ([`Store::gc`]).
+/// same functions, just before carrying it out ([`Store::gc`](crate::Store::gc)).
 #[derive(Debug, Clone, Serialize)]
 pub struct GcPlan {
     /// The pending plan's fate.

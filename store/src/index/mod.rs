@@ -1,5 +1,6 @@
 //! The local index: chunk id -> location, in RocksDB. The only module that
-//! imports `rocksdb`.
+//! imports `rocksdb`, in one file (`rocks.rs`), whose wrapper the report
+//! view (`stats/view.rs`) opens its own database through.
 //!
 //! The index is derived data. Its truth is the store's `index/` segments
 //! (and, for `index rebuild --from-packs`, the packs' footers), so it lives on

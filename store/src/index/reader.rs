@@ -61,7 +61,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Opens a view of the index in `dir` as of now. Call [`catch_up`] first.
+    /// Opens a view of the index in `dir` as of now. Call [`catch_up`](super::catch_up) first.
     pub fn open(dir: &Path) -> Result<Reader> {
         let db_path = dir.join(DB_DIR);
         let sec_root = dir.join(SECONDARY_DIR);

@@ -255,7 +255,7 @@ impl Spooled {
     }
 
     /// Writes the full manifest of the image `id` of `size` bytes, with the
-    /// spooled entries, to `out` (for [`crate::backend::Backend::write_with`]).
+    /// spooled entries, to `out` (for [`crate::backend::Backend::put_with`]).
     pub fn write_manifest(
         &self,
         size: u64,
