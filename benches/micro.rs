@@ -115,7 +115,9 @@ fn stages(cr: &mut Criterion) {
     g.bench_function("decode + blake3 check per chunk, 1 thread", |b| {
         b.iter(|| {
             for ((r, id), (codec, stored)) in c.cuts.iter().zip(&c.ids).zip(&encoded) {
-                black_box(decode(*codec, stored, r.len(), id, "bench").expect("decode"));
+                black_box(
+                    decode(*codec, stored, r.len(), id, &imgstore_store::Object::InMemory).expect("decode"),
+                );
             }
         })
     });

@@ -340,6 +340,36 @@ fn a_panic_in_a_compression_job_is_an_error_of_the_put() {
     env.put("lab/app:v1", &img);
 }
 
+/// A bug that panics in a get's read (on its pool, carried to its fetch
+/// thread) ends the get with an error, not an abort or a panic of the
+/// process, and leaves no file, neither the output nor a temporary one.
+#[test]
+fn a_panic_in_a_read_is_an_error_of_the_get() {
+    let env = Env::new();
+    let data = common::text(4 << 20, 9);
+    let img = env.file("img", &data);
+    env.put("lab/app:v1", &img);
+    let outdir = env.dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = env
+        .cmd()
+        .env("IMGSTORE_TEST_PANIC", "get-fetch")
+        .args(["get", "lab/app:v1", "-o"])
+        .arg(outdir.join("x.img"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "imgstore: internal error: in the get: the get's reads panicked: test panic point get-fetch"
+        ),
+        "{stderr}"
+    );
+    assert!(common::list_files(&outdir).is_empty());
+    assert!(env.get("lab/app:v1") == data);
+}
+
 /// Whether this runs as root and has the tools to run a command as another
 /// user under a process limit.
 fn can_limit_another_user() -> bool {
@@ -353,56 +383,87 @@ fn can_limit_another_user() -> bool {
             .is_ok_and(|o| o.status.success())
 }
 
-/// A busy login node's `ulimit -u` (RLIMIT_NPROC counts every thread of
-/// the user; root ignores it, so the put runs as another user): under each
-/// limit from 1 to 16 a put ends in success or in a one-line error with a
-/// hint that names the limit, within a minute, never in an abort, a panic
-/// or a hang; and the index it used, fresh each time, works afterwards.
-/// Before, 2 aborted in RocksDB ("Rust cannot catch foreign exceptions")
-/// and left the index without CURRENT, 8 panicked, 4 hung.
-#[test]
-fn a_put_under_any_process_limit_succeeds_or_fails_cleanly() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-    if !can_limit_another_user() {
-        eprintln!("SKIPPED process limit test: needs root, runuser, useradd and prlimit");
-        return;
+/// The binary run as another user (RLIMIT_NPROC counts every thread of the
+/// user; root ignores it) under a process limit, on a store in a directory
+/// that user can write, with an image of 16 MiB put in it as `lab/app:ref`.
+/// One test at a time: the user's threads count against every process of
+/// that user, so two tests at once would take each other's room.
+struct Limited {
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    store: std::path::PathBuf,
+    img: std::path::PathBuf,
+    data: Vec<u8>,
+}
+
+impl Limited {
+    const USER: &'static str = "imgstore-nproc";
+
+    /// None where this cannot run (not root, or tools missing).
+    fn new() -> Option<Limited> {
+        use std::os::unix::fs::PermissionsExt;
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        if !can_limit_another_user() {
+            eprintln!("SKIPPED process limit test: needs root, runuser, useradd and prlimit");
+            return None;
+        }
+        let one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("id -u {0} >/dev/null 2>&1 || useradd -M -N {0}", Limited::USER),
+            ])
+            .status();
+        let dir = tempfile::Builder::new()
+            .prefix("imgnproc")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let bin = dir.path().join("imgstore");
+        std::fs::copy(assert_cmd::cargo::cargo_bin("imgstore"), &bin).unwrap();
+        let data = common::image(16 << 20, 11);
+        let img = dir.path().join("x.img");
+        std::fs::write(&img, &data).unwrap();
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = dir.path().join("store");
+        let limited = Limited {
+            _one_at_a_time: one_at_a_time,
+            dir,
+            bin,
+            store,
+            img,
+            data,
+        };
+        limited.ok(limited.run(None, "index", "init -q"), "init");
+        limited.ok(
+            limited.run(
+                None,
+                "index",
+                &format!("put -q lab/app:ref {}", limited.img.display()),
+            ),
+            "put",
+        );
+        Some(limited)
     }
-    let user = "imgstore-nproc";
-    let _ = Command::new("sh")
-        .args([
-            "-c",
-            &format!("id -u {user} >/dev/null 2>&1 || useradd -M -N {user}"),
-        ])
-        .status();
-    let dir = tempfile::Builder::new()
-        .prefix("imgnproc")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let bin = dir.path().join("imgstore");
-    std::fs::copy(assert_cmd::cargo::cargo_bin("imgstore"), &bin).unwrap();
-    let data = common::image(16 << 20, 11);
-    let img = dir.path().join("x.img");
-    std::fs::write(&img, &data).unwrap();
-    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let store = dir.path().join("store");
-    // As the user, under `limit` (None: none), with its own index `index`;
-    // None if it did not end within a minute (then it is killed).
-    let run = |limit: Option<u32>, index: &str, args: &str| -> Option<std::process::Output> {
-        let pidfile = dir.path().join("pid");
+
+    /// `args` as the user, under `limit` (None: none), with its own index
+    /// `index`; None if it did not end within a minute (then it is killed).
+    fn run(&self, limit: Option<u32>, index: &str, args: &str) -> Option<std::process::Output> {
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+        let pidfile = self.dir.path().join("pid");
         let _ = std::fs::remove_file(&pidfile);
         let prlimit = limit.map_or(String::new(), |n| format!("prlimit --nproc={n}:{n} --"));
         let script = format!(
             "echo $$ > {pid}; exec {prlimit} {bin} --store {store} --index-dir {dir}/{index} {args}",
             pid = pidfile.display(),
-            bin = bin.display(),
-            store = store.display(),
-            dir = dir.path().display(),
+            bin = self.bin.display(),
+            store = self.store.display(),
+            dir = self.dir.path().display(),
         );
         let mut child = Command::new("runuser")
-            .args(["-u", user, "--", "sh", "-c", &script])
+            .args(["-u", Limited::USER, "--", "sh", "-c", &script])
             // Pools as large as on a two-core host, whatever this one has.
             .env("RAYON_NUM_THREADS", "2")
             .env("IMGSTORE_TEST_PACKS_PER_SEGMENT", "1")
@@ -423,58 +484,128 @@ fn a_put_under_any_process_limit_succeeds_or_fails_cleanly() {
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(child.wait_with_output().unwrap())
-    };
-    let ok = |out: Option<std::process::Output>, what: &str| {
+    }
+
+    fn ok(&self, out: Option<std::process::Output>, what: &str) {
         let out = out.unwrap_or_else(|| panic!("{what}: hung"));
         assert!(
             out.status.success(),
             "{what}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    };
-    // To a file: the output is read only once the command ended.
-    let got = |index: &str, reference: &str| -> Vec<u8> {
-        let out = dir.path().join("got.img");
+    }
+
+    /// `reference` got to a file without a limit: the output is read only
+    /// once the command ended.
+    fn got(&self, index: &str, reference: &str) -> Vec<u8> {
+        let out = self.dir.path().join("got.img");
         let _ = std::fs::remove_file(&out);
-        ok(
-            run(None, index, &format!("get -q {reference} -o {}", out.display())),
+        self.ok(
+            self.run(None, index, &format!("get -q {reference} -o {}", out.display())),
             &format!("{index}: get {reference}"),
         );
         std::fs::read(&out).unwrap()
-    };
-    ok(run(None, "index", "init -q"), "init");
-    ok(
-        run(None, "index", &format!("put -q lab/app:ref {}", img.display())),
-        "put",
-    );
+    }
+
+    /// A command refused under `--nproc={n}`: a one-line error and a hint
+    /// that names the limit, exit 5 (busy), never a panic or an abort.
+    fn refused_cleanly(out: &std::process::Output, n: u32) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines.len() == 2 && lines[0].starts_with("imgstore: ") && lines[1].starts_with("hint: "),
+            "--nproc={n}: not a one-line error and a hint: {stderr}"
+        );
+        assert!(lines[1].contains("ulimit -u"), "--nproc={n}: {stderr}");
+        assert_eq!(common::code(out), 5, "--nproc={n}: {stderr}");
+    }
+}
+
+/// A busy login node's `ulimit -u`: under each limit from 1 to 16 a put
+/// ends in success or in a one-line error with a hint that names the
+/// limit, within a minute, never in an abort, a panic or a hang; and the
+/// index it used, fresh each time, works afterwards.
+/// Before, 2 aborted in RocksDB ("Rust cannot catch foreign exceptions")
+/// and left the index without CURRENT, 8 panicked, 4 hung.
+#[test]
+fn a_put_under_any_process_limit_succeeds_or_fails_cleanly() {
+    let Some(env) = Limited::new() else { return };
     let (mut succeeded, mut refused) = (0, 0);
     for n in 1..=16 {
         let index = format!("index-{n}");
-        let out = run(Some(n), &index, &format!("put -q lab/app:v{n} {}", img.display()))
+        let out = env
+            .run(
+                Some(n),
+                &index,
+                &format!("put -q lab/app:v{n} {}", env.img.display()),
+            )
             .unwrap_or_else(|| panic!("--nproc={n}: the put hung"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             succeeded += 1;
         } else {
             refused += 1;
-            let lines: Vec<&str> = stderr.lines().collect();
-            assert!(
-                lines.len() == 2 && lines[0].starts_with("imgstore: ") && lines[1].starts_with("hint: "),
-                "--nproc={n}: not a one-line error and a hint: {stderr}"
-            );
-            assert!(lines[1].contains("ulimit -u"), "--nproc={n}: {stderr}");
-            assert_eq!(common::code(&out), 5, "--nproc={n}: {stderr}");
+            Limited::refused_cleanly(&out, n);
         }
         // The same index works without the limit, and the store is whole.
         assert!(
-            got(&index, "lab/app:ref") == data,
+            env.got(&index, "lab/app:ref") == env.data,
             "--nproc={n}: get gave other bytes"
         );
         if out.status.success() {
-            let stored = got(&index, &format!("lab/app:v{n}"));
-            assert!(stored == data, "--nproc={n}: the put stored other bytes");
+            let stored = env.got(&index, &format!("lab/app:v{n}"));
+            assert!(stored == env.data, "--nproc={n}: the put stored other bytes");
         }
     }
+    assert!(
+        succeeded > 0 && refused > 0,
+        "{succeeded} succeeded, {refused} refused"
+    );
+}
+
+/// The same for a get to a file, with a fresh index each time (so RocksDB
+/// creates one under the limit too): success with the image's bytes, or a
+/// one-line error naming the limit and no file, neither the output nor a
+/// temporary one. Before, the get started its threads with `expect` and
+/// ran its reads on rayon's global pool, so a thread that could not start
+/// was a panic (`threads can be spawned`, or rayon's "The global thread
+/// pool has not been initialized"), exit 101.
+#[test]
+fn a_get_under_any_process_limit_succeeds_or_fails_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(env) = Limited::new() else { return };
+    let (mut succeeded, mut refused) = (0, 0);
+    for n in 1..=16 {
+        let index = format!("get-index-{n}");
+        let outdir = env.dir.path().join(format!("out-{n}"));
+        std::fs::create_dir(&outdir).unwrap();
+        std::fs::set_permissions(&outdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let target = outdir.join("x.img");
+        let out = env
+            .run(
+                Some(n),
+                &index,
+                &format!("get -q lab/app:ref -o {}", target.display()),
+            )
+            .unwrap_or_else(|| panic!("--nproc={n}: the get hung"));
+        if out.status.success() {
+            succeeded += 1;
+            assert!(
+                std::fs::read(&target).unwrap() == env.data,
+                "--nproc={n}: other bytes"
+            );
+        } else {
+            refused += 1;
+            Limited::refused_cleanly(&out, n);
+            let left = common::list_files(&outdir);
+            assert!(left.is_empty(), "--nproc={n}: left {left:?}");
+        }
+        // The same index works without the limit.
+        assert!(
+            env.got(&index, "lab/app:ref") == env.data,
+            "--nproc={n}: get gave other bytes"
+        );
+    }
+    eprintln!("get under --nproc=1..16: {succeeded} succeeded, {refused} refused cleanly");
     assert!(
         succeeded > 0 && refused > 0,
         "{succeeded} succeeded, {refused} refused"

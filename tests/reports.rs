@@ -47,12 +47,15 @@ impl Truth {
             .expect("a manifest");
             let mut base = |b: &ImageId| {
                 let key = imgstore_store::manifest::key(b);
-                ManifestFile::open_full(backend.open(&key)?, key)
+                ManifestFile::open_full(backend.open(&key)?, imgstore_store::Object::Manifest { key })
             };
             let mut entries = Vec::new();
-            ManifestFile::open_each(backend.open(&key).unwrap(), key.clone(), &mut base, &mut |e| {
-                entries.push(e)
-            })
+            ManifestFile::open_each(
+                backend.open(&key).unwrap(),
+                imgstore_store::Object::Manifest { key: key.clone() },
+                &mut base,
+                &mut |e| entries.push(e),
+            )
             .unwrap();
             let set = entries
                 .iter()
@@ -66,7 +69,11 @@ impl Truth {
         let (mut stored, mut packs, mut entries) = (HashMap::new(), 0, 0);
         for key in backend.list("packs").unwrap() {
             let f = backend.open(&key).unwrap();
-            let footer = imgstore_store::pack::read_footer(f.as_ref(), &key).unwrap();
+            let footer = imgstore_store::pack::read_footer(
+                f.as_ref(),
+                &imgstore_store::Object::Pack { key: key.clone() },
+            )
+            .unwrap();
             for (e, share) in footer.iter().zip(imgstore_store::pack::framed_shares(&footer)) {
                 stored.insert(e.id.0, share);
                 entries += 1;

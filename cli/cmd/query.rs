@@ -222,7 +222,9 @@ pub fn deffile(g: &Global, a: &RefArg) -> Result<()> {
         Some(t) => Some(t),
         None => store.manifest(&resolved.id)?.meta.sif.and_then(|s| s.deffile),
     };
-    let text = text.ok_or_else(|| imgstore_store::Error::not_found(format!("definition file of {image}")))?;
+    let text = text.ok_or_else(|| {
+        imgstore_store::Error::not_found(imgstore_store::Wanted::Deffile(image.to_string()))
+    })?;
     if g.json {
         #[derive(Serialize)]
         struct D {

@@ -3,7 +3,7 @@
 //! compresses a run of consecutive new chunks as one frame (a group): zstd
 //! on 32 KiB alone lacks the context to find repeats (benches/zstd_groups.py).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::ChunkId;
 
 /// How a chunk's bytes are stored in a pack.
@@ -90,18 +90,18 @@ impl Encoder {
         if looks_incompressible(raw) {
             return Ok(None);
         }
-        self.compress(&format!("chunk {id}"), raw)
+        self.compress(&Object::Chunk(*id), raw)
     }
 
     /// Compresses `raw`, the bytes of one or several consecutive chunks
     /// whose ids were just computed from it and that a caller already found
     /// worth compressing, as one frame, if that pays; checked as
     /// [`Encoder::encode`] checks. `what` names the chunks for errors.
-    pub fn encode_group(&mut self, what: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub fn encode_group(&mut self, what: &Object, raw: &[u8]) -> Result<Option<Vec<u8>>> {
         self.compress(what, raw)
     }
 
-    fn compress(&mut self, id: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn compress(&mut self, id: &Object, raw: &[u8]) -> Result<Option<Vec<u8>>> {
         let compressed = self.zstd.compress(raw).map_err(|e| Error::Internal {
             detail: format!("zstd failed on {id}: {e}"),
         })?;
@@ -143,7 +143,7 @@ pub fn encode(level: i32, id: &ChunkId, raw: &[u8]) -> Result<Option<Vec<u8>>> {
 }
 
 /// [`Encoder::encode_group`] with this thread's encoder at zstd `level`.
-pub fn encode_group(level: i32, what: &str, raw: &[u8]) -> Result<Option<Vec<u8>>> {
+pub fn encode_group(level: i32, what: &Object, raw: &[u8]) -> Result<Option<Vec<u8>>> {
     with_encoder(level, |enc| enc.encode_group(what, raw))
 }
 
@@ -160,7 +160,7 @@ thread_local! {
 
 /// Decodes stored bytes to `raw_len` bytes and checks them against `id`.
 /// `what` names where they came from for the error message.
-pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<Vec<u8>> {
+pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, id: &ChunkId, what: &Object) -> Result<Vec<u8>> {
     let raw = match codec {
         Codec::Raw => {
             check_len(stored, raw_len, id, what)?;
@@ -179,7 +179,7 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize, id: &ChunkId, what: &
 }
 
 /// Decompresses a zstd-stored chunk (no hash check: see [`check_hash`]).
-pub fn decompress(stored: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<Vec<u8>> {
+pub fn decompress(stored: &[u8], raw_len: usize, id: &ChunkId, what: &Object) -> Result<Vec<u8>> {
     let raw = decompress_frame(stored, raw_len)
         .map_err(|e| Error::corrupt(what, format!("chunk {id}: zstd: {e}")))?;
     check_len(&raw, raw_len, id, what)?;
@@ -194,7 +194,7 @@ pub fn decompress_frame(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u
 }
 
 /// Checks that a chunk's raw bytes are as long as its index entry says.
-pub fn check_len(raw: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result<()> {
+pub fn check_len(raw: &[u8], raw_len: usize, id: &ChunkId, what: &Object) -> Result<()> {
     if raw.len() != raw_len {
         return Err(Error::corrupt(
             what,
@@ -205,7 +205,7 @@ pub fn check_len(raw: &[u8], raw_len: usize, id: &ChunkId, what: &str) -> Result
 }
 
 /// Checks raw chunk bytes against their id.
-pub fn check_hash(raw: &[u8], id: &ChunkId, what: &str) -> Result<()> {
+pub fn check_hash(raw: &[u8], id: &ChunkId, what: &Object) -> Result<()> {
     if ChunkId::of(raw) != *id {
         return Err(Error::corrupt(what, format!("chunk {id}: hash mismatch")));
     }
@@ -222,13 +222,19 @@ mod tests {
         let text = b"hello world ".repeat(1000);
         let id = ChunkId::of(&text);
         let stored = enc.encode(&id, &text).unwrap().expect("text compresses");
-        assert_eq!(decode(Codec::Zstd, &stored, text.len(), &id, "t").unwrap(), text);
+        assert_eq!(
+            decode(Codec::Zstd, &stored, text.len(), &id, &Object::InMemory).unwrap(),
+            text
+        );
 
         let mut noise = vec![0u8; 4096];
         getrandom::fill(&mut noise).unwrap();
         let id = ChunkId::of(&noise);
         assert_eq!(enc.encode(&id, &noise).unwrap(), None, "noise is stored raw");
-        assert_eq!(decode(Codec::Raw, &noise, noise.len(), &id, "t").unwrap(), noise);
+        assert_eq!(
+            decode(Codec::Raw, &noise, noise.len(), &id, &Object::InMemory).unwrap(),
+            noise
+        );
     }
 
     #[test]
@@ -254,7 +260,10 @@ mod tests {
         assert!(best.len() < fast.len(), "{} vs {}", best.len(), fast.len());
         assert_eq!(fast, fast_again);
         for stored in [fast, best] {
-            assert_eq!(decode(Codec::Zstd, &stored, text.len(), &id, "t").unwrap(), text);
+            assert_eq!(
+                decode(Codec::Zstd, &stored, text.len(), &id, &Object::InMemory).unwrap(),
+                text
+            );
         }
     }
 
@@ -279,11 +288,11 @@ mod tests {
         let n = stored.len();
         stored[n / 2] ^= 1;
         assert!(matches!(
-            decode(codec, &stored, data.len(), &id, "t"),
+            decode(codec, &stored, data.len(), &id, &Object::InMemory),
             Err(Error::Corrupt { .. })
         ));
         assert!(matches!(
-            decode(Codec::Raw, b"xyz", 3, &id, "t"),
+            decode(Codec::Raw, b"xyz", 3, &id, &Object::InMemory),
             Err(Error::Corrupt { .. })
         ));
     }

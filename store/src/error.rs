@@ -4,6 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::id::{ChunkId, ImageId, PackId};
 use crate::sif::SifError;
 
 /// Result with the library's [`Error`].
@@ -52,8 +53,8 @@ pub enum Error {
     /// A ref, image, input file or other named thing does not exist.
     #[error("{what} not found")]
     NotFound {
-        /// What was looked for, e.g. `ref lab/app:v1`.
-        what: String,
+        /// What was looked for.
+        what: Wanted,
     },
     /// The directory is not an imgstore store.
     #[error("{path} is not an imgstore store (no config file)")]
@@ -90,11 +91,11 @@ pub enum Error {
         /// The newest version this build reads.
         supported: u32,
     },
-    /// Stored bytes fail their checks. Names the file and what in it is damaged.
-    #[error("corrupt {what}: {detail}")]
+    /// Stored bytes fail their checks. Names the object and what in it is damaged.
+    #[error("corrupt {object}: {detail}")]
     Corrupt {
-        /// The damaged object, e.g. `pack packs/ab/ab12…`.
-        what: String,
+        /// The damaged object.
+        object: Object,
         /// Where and how, e.g. `chunk 3f… at offset 4096: hash mismatch`.
         detail: String,
     },
@@ -181,6 +182,139 @@ pub enum Error {
     },
 }
 
+/// A stored object that can be found damaged: what [`Error::Corrupt`]
+/// names. Code that must tell damage apart (verify, get) matches on this,
+/// never on an error's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// A pack file, by store key.
+    Pack {
+        /// Its key, `packs/ab/ab12…`.
+        key: String,
+    },
+    /// One frame of a pack: a chunk's, or a group's.
+    Frame {
+        /// The pack.
+        pack: PackId,
+        /// Offset of the frame header in the pack.
+        offset: u64,
+    },
+    /// One chunk's bytes, as a put encoded them.
+    Chunk(ChunkId),
+    /// A run of consecutive chunks a put encoded as one group.
+    Chunks {
+        /// The first chunk of the run.
+        first: ChunkId,
+        /// How many chunks the run holds.
+        count: usize,
+    },
+    /// An index segment, by store key.
+    Segment {
+        /// Its key, `index/ab/ab12…`.
+        key: String,
+    },
+    /// A gc tombstone, by store key.
+    Tombstone {
+        /// Its key.
+        key: String,
+    },
+    /// An image's manifest, by store key.
+    Manifest {
+        /// Its key, `manifests/ab/ab12…` (maybe with the delta suffix).
+        key: String,
+    },
+    /// An image whose parts do not add up (a chunk no pack holds, bytes
+    /// that do not hash to its id, its manifest missing).
+    Image(ImageId),
+    /// A ref file.
+    Ref {
+        /// Its store key, `refs/…`.
+        key: String,
+        /// The `name:tag` it stands for, when its path gives one.
+        tag: Option<String>,
+    },
+    /// One record of the store's history (`log/`).
+    LogEntry {
+        /// Its key.
+        key: String,
+    },
+    /// The pending gc plan.
+    GcPlan {
+        /// Its key.
+        key: String,
+    },
+    /// The gc clock file, which dates condemnations.
+    GcClock,
+    /// A local file read through the backend (a short read).
+    File(PathBuf),
+    /// A store object read through a backend other than local files.
+    StoreObject(String),
+    /// Bytes already in memory.
+    InMemory,
+    /// The list of manifest entries a put keeps in a temporary file.
+    PutSpool,
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Object::Pack { key } => write!(f, "pack {key}"),
+            Object::Frame { pack, offset } => write!(f, "pack {} at offset {offset}", crate::pack::key(pack)),
+            Object::Chunk(id) => write!(f, "chunk {id}"),
+            Object::Chunks { first, count } => write!(f, "the {count} chunks from {first}"),
+            Object::Segment { key } => write!(f, "index segment {key}"),
+            Object::Tombstone { key } => write!(f, "tombstone {key}"),
+            Object::Manifest { key } => write!(f, "manifest {key}"),
+            Object::Image(id) => write!(f, "image {id}"),
+            Object::Ref { key, tag: Some(tag) } => write!(f, "ref {tag} ({key})"),
+            Object::Ref { key, tag: None } => write!(f, "ref {key}"),
+            Object::LogEntry { key } => write!(f, "log entry {key}"),
+            Object::GcPlan { key } => write!(f, "gc plan {key}"),
+            Object::GcClock => write!(f, "gc clock"),
+            Object::File(path) => write!(f, "file {}", path.display()),
+            Object::StoreObject(key) => write!(f, "store object {key}"),
+            Object::InMemory => write!(f, "bytes in memory"),
+            Object::PutSpool => write!(f, "the put's temporary entry list"),
+        }
+    }
+}
+
+impl From<&Object> for Object {
+    fn from(o: &Object) -> Object {
+        o.clone()
+    }
+}
+
+/// What a [`Error::NotFound`] looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// A ref, `name:tag`.
+    Ref(String),
+    /// An image, by id or id prefix.
+    Image(String),
+    /// A ref or a name (a report's argument).
+    RefOrName(String),
+    /// A name (every tag of it).
+    Name(String),
+    /// An input file.
+    InputFile(PathBuf),
+    /// An image's definition file.
+    Deffile(String),
+}
+
+impl std::fmt::Display for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wanted::Ref(r) => write!(f, "ref {r}"),
+            Wanted::Image(i) => write!(f, "image {i}"),
+            Wanted::RefOrName(s) => write!(f, "ref or name {s}"),
+            Wanted::Name(n) => write!(f, "name {n}"),
+            Wanted::InputFile(p) => write!(f, "input file {}", p.display()),
+            Wanted::Deffile(image) => write!(f, "definition file of {image}"),
+        }
+    }
+}
+
 /// Broad classes of [`Error`], one exit code each in the CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -211,10 +345,10 @@ impl Error {
         }
     }
 
-    /// A corruption error for `what`.
-    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Error {
+    /// `object` is damaged, as `detail` says.
+    pub fn corrupt(object: impl Into<Object>, detail: impl Into<String>) -> Error {
         Error::Corrupt {
-            what: what.into(),
+            object: object.into(),
             detail: detail.into(),
         }
     }
@@ -227,9 +361,9 @@ impl Error {
         }
     }
 
-    /// A not-found error for `what`.
-    pub fn not_found(what: impl Into<String>) -> Error {
-        Error::NotFound { what: what.into() }
+    /// `what` does not exist.
+    pub fn not_found(what: Wanted) -> Error {
+        Error::NotFound { what }
     }
 
     /// The class of this error.
@@ -280,7 +414,9 @@ impl Error {
             Error::Threads { .. } => "the per-user process limit is reached (`ulimit -u`; every thread of your processes counts): end other processes or ask for a higher limit, then run the command again",
             Error::Index { .. } => "the local index is derived data: run `imgstore index rebuild` to recreate it from the store",
             Error::Sif { .. } => "the SIF file looks damaged; check it with `apptainer sif list`, or rebuild it",
-            Error::NotFound { what } if what.starts_with("ref") || what.starts_with("image") => {
+            Error::NotFound {
+                what: Wanted::Ref(_) | Wanted::Image(_) | Wanted::RefOrName(_) | Wanted::Name(_),
+            } => {
                 "list what the store holds with `imgstore ls`"
             }
             _ => return None,

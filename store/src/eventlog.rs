@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::unique_suffix;
 use crate::id::ImageId;
 use crate::refs::Added;
@@ -97,7 +97,8 @@ pub fn append(backend: &dyn Backend, event: &Event) -> Result<()> {
 
 /// Parses one event file; `key` names it in errors.
 pub fn parse(bytes: &[u8], key: &str) -> Result<Event> {
-    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("log entry {key}"), e.to_string()))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(Object::LogEntry { key: key.into() }, e.to_string()))
 }
 
 /// All events in time order.

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use crate::backend::InMemory;
 use crate::codec::Codec;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Object};
 use crate::eventlog;
 use crate::id::Digest;
 use crate::pack::{self, Location, PackBuilder};
@@ -39,7 +39,7 @@ proptest! {
     fn pack_footer_and_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600),
                                           loc in proptest::collection::vec(any::<u8>(), 49)) {
         let file = InMemory(&bytes);
-        let _ = pack::read_footer(&file, "p");
+        let _ = pack::read_footer(&file, &Object::InMemory);
         if let Some(loc) = Location::decode(&loc) {
             let _ = pack::read_chunk(&file, &Digest::of(b"x"), &loc);
         }
@@ -50,7 +50,7 @@ proptest! {
                                  cut in 0usize..2000) {
         let mangled = mangled(&edits, cut);
         let file = InMemory(&mangled);
-        if let Ok(entries) = pack::read_footer(&file, "p") {
+        if let Ok(entries) = pack::read_footer(&file, &Object::InMemory) {
             for e in entries {
                 let _ = pack::read_chunk(&file, &e.id, &e.location(Digest::of(b"p")));
             }
@@ -67,7 +67,7 @@ proptest! {
         input.extend_from_slice(&bytes);
         let config_ok = matches!(Config::parse(&input),
             Ok(_) | Err(Error::CorruptConfig { .. } | Error::NewerFormat { .. } | Error::BadConfig { .. }));
-        let ref_ok = matches!(RefRecord::parse(&input, "r"), Ok(_) | Err(Error::Corrupt { .. } | Error::NewerFormat { .. }));
+        let ref_ok = matches!(RefRecord::parse(&input, &Object::InMemory), Ok(_) | Err(Error::Corrupt { .. } | Error::NewerFormat { .. }));
         let log_ok = matches!(eventlog::parse(&input, "l"), Ok(_) | Err(Error::Corrupt { .. }));
         prop_assert!(config_ok, "config: unexpected error kind");
         prop_assert!(ref_ok, "ref: unexpected error kind");

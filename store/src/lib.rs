@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 pub use backend::{Backend, LocalBackend, MemoryBackend, ObjectBackend, ObjectOptions};
 pub use config::Config;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Object, Result, Wanted};
 pub use id::{ChunkId, Digest, ImageId, PackId};
 pub use ops::get::{GetReport, Output};
 pub use ops::put::{Input, PutOptions, PutReport};
@@ -161,7 +161,7 @@ impl Store {
         let mut entries = Vec::new();
         for (id, key) in pack::list(self.backend.as_ref())? {
             let file = self.backend.open(&key)?;
-            for e in pack::read_footer(file.as_ref(), &format!("pack {key}"))? {
+            for e in pack::read_footer(file.as_ref(), &Object::Pack { key: key.to_owned() })? {
                 entries.push(Ok((e.id, e.location(id))));
             }
         }

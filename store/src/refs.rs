@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::ImageId;
 
 /// Store directory of refs.
@@ -202,7 +202,7 @@ impl RefRecord {
     }
 
     /// Parses a ref file; `what` names it in errors.
-    pub fn parse(bytes: &[u8], what: &str) -> Result<RefRecord> {
+    pub fn parse(bytes: &[u8], what: &Object) -> Result<RefRecord> {
         let r: RefRecord = serde_json::from_slice(bytes)
             .map_err(|e| Error::corrupt(what, format!("not a ref record: {e}")))?;
         if r.format != "imgstore-ref" {

@@ -12,7 +12,7 @@
 //! is written only when an entry is in a group, so a store without groups
 //! stays readable by the builds before them.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{ChunkId, Digest};
 use crate::pack::Location;
 
@@ -37,7 +37,7 @@ fn version_for<'a>(mut locations: impl Iterator<Item = &'a Location>) -> (u32, u
 }
 
 /// The encoded location length of a file of `version`.
-fn location_len(version: u32, what: &str, kind: &str) -> Result<usize> {
+fn location_len(version: u32, what: &Object, kind: &str) -> Result<usize> {
     match version {
         VERSION => Ok(Location::LEN_V1),
         VERSION_GROUPS => Ok(Location::LEN),
@@ -63,7 +63,7 @@ pub fn encode(entries: &[(ChunkId, Location)]) -> (Digest, Vec<u8>) {
 }
 
 /// Decodes and checks a segment's bytes.
-pub fn decode(bytes: &[u8], what: &str) -> Result<Vec<(ChunkId, Location)>> {
+pub fn decode(bytes: &[u8], what: &Object) -> Result<Vec<(ChunkId, Location)>> {
     if bytes.len() < 48 || &bytes[..8] != MAGIC {
         return Err(Error::corrupt(what, "not a segment (magic or length)"));
     }
@@ -129,7 +129,7 @@ pub fn encode_tombstone(chunks: &[(ChunkId, Option<Location>)]) -> Vec<u8> {
 }
 
 /// Decodes and checks a tombstone.
-pub fn decode_tombstone(bytes: &[u8], what: &str) -> Result<Vec<(ChunkId, Option<Location>)>> {
+pub fn decode_tombstone(bytes: &[u8], what: &Object) -> Result<Vec<(ChunkId, Option<Location>)>> {
     if bytes.len() < 48 || &bytes[..8] != TOMB_MAGIC {
         return Err(Error::corrupt(what, "not a tombstone (magic or length)"));
     }
@@ -187,7 +187,7 @@ mod tests {
             "no group: version 1, as before groups"
         );
         assert_eq!(bytes.len(), 16 + 2 * 81 + 32);
-        assert_eq!(decode(&bytes, "s").unwrap(), entries);
+        assert_eq!(decode(&bytes, &Object::InMemory).unwrap(), entries);
 
         let member = Location {
             codec: Codec::ZstdGroup,
@@ -198,7 +198,7 @@ mod tests {
         let (_, bytes) = encode(&entries);
         assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
         assert_eq!(bytes.len(), 16 + 2 * 85 + 32);
-        assert_eq!(decode(&bytes, "s").unwrap(), entries);
+        assert_eq!(decode(&bytes, &Object::InMemory).unwrap(), entries);
     }
 
     #[test]
@@ -212,22 +212,28 @@ mod tests {
             inner: 0,
         };
         let ids = vec![(Digest::of(b"a"), Some(loc)), (Digest::of(b"b"), None)];
-        assert_eq!(decode_tombstone(&encode_tombstone(&ids), "t").unwrap(), ids);
-        assert!(decode_tombstone(&encode_tombstone(&ids)[1..], "t").is_err());
+        assert_eq!(
+            decode_tombstone(&encode_tombstone(&ids), &Object::InMemory).unwrap(),
+            ids
+        );
+        assert!(decode_tombstone(&encode_tombstone(&ids)[1..], &Object::InMemory).is_err());
         let member = Location {
             codec: Codec::ZstdGroup,
             inner: 77,
             ..loc
         };
         let ids = vec![(Digest::of(b"a"), Some(member)), (Digest::of(b"b"), None)];
-        assert_eq!(decode_tombstone(&encode_tombstone(&ids), "t").unwrap(), ids);
+        assert_eq!(
+            decode_tombstone(&encode_tombstone(&ids), &Object::InMemory).unwrap(),
+            ids
+        );
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode(&bytes, "s");
-            let _ = decode_tombstone(&bytes, "t");
+            let _ = decode(&bytes, &Object::InMemory);
+            let _ = decode_tombstone(&bytes, &Object::InMemory);
         }
     }
 }

@@ -271,8 +271,11 @@ pub fn packs(store: &Path) -> Vec<(PathBuf, Vec<u8>, Vec<imgstore_store::pack::P
         .map(|p| {
             let path = dir.join(&p);
             let bytes = std::fs::read(&path).expect("read pack");
-            let entries = imgstore_store::pack::read_footer(&imgstore_store::backend::InMemory(&bytes), &p)
-                .expect("pack footer reads");
+            let entries = imgstore_store::pack::read_footer(
+                &imgstore_store::backend::InMemory(&bytes),
+                &imgstore_store::Object::Pack { key: p.clone() },
+            )
+            .expect("pack footer reads");
             (path, bytes, entries)
         })
         .collect()

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{checked, dir_prefix, Backend, Fill, ListPage, Lock, ObjectMeta, PartialWrite, ReadAt, Staged};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::fsutil::{self, Perms, StagedFile, TMP_PREFIX};
 
 /// Objects a listing page holds at most; a directory is walked whole once
@@ -152,7 +152,7 @@ impl ReadAt for LocalFile {
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 Error::corrupt(
-                    format!("file {}", self.path.display()),
+                    Object::File(self.path.clone()),
                     format!("too short: {} bytes at offset {offset} are missing", buf.len()),
                 )
             } else {

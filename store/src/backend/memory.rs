@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::{checked, dir_prefix, Backend, Fill, ListPage, ObjectMeta, ReadAt, Staged};
-use crate::error::{Error, Result};
+use crate::error::{self, Error, Result};
 
 /// A fault [`MemoryBackend::inject`] arms: a write, read or delete of a key
 /// starting with the prefix fails, once, as an object store's 5xx would,
@@ -160,7 +160,7 @@ impl ReadAt for MemoryObject {
             .and_then(|end| self.data.get(start..end))
             .ok_or_else(|| {
                 Error::corrupt(
-                    format!("store object {}", self.key),
+                    error::Object::StoreObject(self.key.clone()),
                     format!("too short: {} bytes at offset {offset} are missing", buf.len()),
                 )
             })?;

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 
 pub use local::LocalBackend;
 pub use memory::{Fault, MemoryBackend};
@@ -44,7 +44,7 @@ impl ReadAt for InMemory<'_> {
         let src = start
             .checked_add(buf.len())
             .and_then(|end| self.0.get(start..end))
-            .ok_or_else(|| Error::corrupt("file", format!("too short at offset {offset}")))?;
+            .ok_or_else(|| Error::corrupt(Object::InMemory, format!("too short at offset {offset}")))?;
         buf.copy_from_slice(src);
         Ok(())
     }

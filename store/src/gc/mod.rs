@@ -37,7 +37,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{key_name, Backend};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::eventlog::{self, Event, GcDone};
 use crate::hold;
 use crate::id::PackId;
@@ -100,7 +100,7 @@ fn store_now(backend: &dyn Backend) -> Result<SystemTime> {
     backend
         .head(CLOCK_KEY)?
         .map(|m| m.modified)
-        .ok_or_else(|| Error::corrupt("gc clock", "file vanished right after being written"))
+        .ok_or_else(|| Error::corrupt(Object::GcClock, "file vanished right after being written"))
 }
 
 /// How a pack's frames divide into garbage and live.
@@ -386,7 +386,7 @@ impl Store {
         for (id, key) in &all {
             progress.advance(1);
             let file = self.backend.open(key)?;
-            let entries = pack::read_footer(file.as_ref(), &format!("pack {key}"))?;
+            let entries = pack::read_footer(file.as_ref(), &Object::Pack { key: key.to_owned() })?;
             let bytes = file.size()?;
             let c = Classified::of(id, &entries, m, lookup)?;
             if c.garbage == c.total {
@@ -421,7 +421,7 @@ impl Store {
             }
             let key = pack::key(&r.pack);
             let file = self.backend.open(&key)?;
-            let entries = pack::read_footer(file.as_ref(), &format!("pack {key}"))?;
+            let entries = pack::read_footer(file.as_ref(), &Object::Pack { key: key.to_owned() })?;
             let keep = Classified::of(&r.pack, &entries, run.mark, run.lookup)?.keep;
             report.bytes_repacked += pack::copy_frames(file.as_ref(), r.pack, &keep, &mut repacked)?;
             report.packs_repacked += 1;
@@ -596,7 +596,7 @@ impl Store {
             Err(e) => return Err(e),
         };
         let bytes = file.size()?;
-        let entries = pack::read_footer(file.as_ref(), &format!("pack {key}"))?;
+        let entries = pack::read_footer(file.as_ref(), &Object::Pack { key: key.to_owned() })?;
         let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
         let copies = lookup.lookup(&ids)?;
         let mut tomb = Vec::with_capacity(ids.len());

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::PLAN_KEY;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{Digest, PackId};
 use crate::session::SESSIONS_DIR;
 
@@ -38,7 +38,7 @@ impl Plan {
     /// skipped pack would stay condemned unchecked, a skipped session would
     /// not be waited for.
     pub fn parse(bytes: &[u8]) -> Result<Plan> {
-        let what = format!("gc plan {PLAN_KEY}");
+        let what = Object::GcPlan { key: PLAN_KEY.into() };
         let damaged = |detail: String| {
             Error::corrupt(
                 &what,
@@ -151,7 +151,7 @@ pub struct StaleTemporary {
 
 /// What one gc run would do, decided without writing anything: what
 /// `gc --dry-run` shows. A real run decides each phase the same way, by the
-/// same functions, just before carrying it out ([`Store::gc`]).
+/// same functions, just before carrying it out ([`Store::gc`](crate::Store::gc)).
 #[derive(Debug, Clone, Serialize)]
 pub struct GcPlan {
     /// The pending plan's fate.

@@ -27,7 +27,7 @@ use std::io::{self, Write};
 
 use super::{write_encoded, Entry, Header, ManifestFile, ManifestMeta, Spooled, ENTRY_LEN, MAGIC, WINDOW};
 use crate::backend::ReadAt;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{ChunkId, Digest, ImageId};
 
 /// The format version of a delta manifest (a full one is version 1).
@@ -68,7 +68,7 @@ pub(super) struct Delta {
 
 impl Delta {
     /// Entries `from..from + n` of the image.
-    pub(super) fn entries(&self, from: u64, n: u64, what: &str) -> Result<Vec<Entry>> {
+    pub(super) fn entries(&self, from: u64, n: u64, what: &Object) -> Result<Vec<Entry>> {
         let mut out = Vec::with_capacity(n as usize);
         let end = from + n;
         let mut i = self.runs.partition_point(|r| r.first + r.count <= from);
@@ -102,7 +102,7 @@ impl Delta {
 /// handing each entry to `each` on the way.
 pub(super) fn open(
     file: &dyn ReadAt,
-    what: &str,
+    what: &Object,
     base: &mut dyn FnMut(&ImageId) -> Result<ManifestFile>,
     each: &mut dyn FnMut(Entry),
 ) -> Result<(Header, Delta)> {
@@ -230,7 +230,7 @@ pub(super) fn open(
 /// The image whose full manifest the manifest in `file` is a delta
 /// against, from its header alone; `None` for a full manifest. Unchecked:
 /// a caller that uses the base opens and checks it.
-pub fn base_of(file: &dyn ReadAt, what: &str) -> Result<Option<ImageId>> {
+pub fn base_of(file: &dyn ReadAt, what: &Object) -> Result<Option<ImageId>> {
     let mut head = [0u8; 96];
     let n = file.size()?.min(head.len() as u64) as usize;
     file.read_exact_at(&mut head[..n], 0)?;
@@ -439,7 +439,7 @@ mod tests {
     }
 
     fn full(m: &Manifest) -> ManifestFile {
-        ManifestFile::open_full(file(m.encode()), "base".into()).unwrap()
+        ManifestFile::open_full(file(m.encode()), Object::InMemory).unwrap()
     }
 
     fn spooled(m: &Manifest) -> Spooled {
@@ -467,8 +467,8 @@ mod tests {
 
     fn open_delta(bytes: Vec<u8>, base: &Manifest) -> Result<ManifestFile> {
         let base = base.encode();
-        ManifestFile::open(file(bytes), "delta".into(), &mut |_| {
-            ManifestFile::open_full(file(base.clone()), "base".into())
+        ManifestFile::open(file(bytes), Object::InMemory, &mut |_| {
+            ManifestFile::open_full(file(base.clone()), Object::InMemory)
         })
     }
 
@@ -510,8 +510,14 @@ mod tests {
             assert_eq!(m.entries(from, n).unwrap(), want, "entries {from}..+{n}");
         }
         assert_eq!(m.entries(0, m.head.count).unwrap(), next.entries);
-        assert_eq!(base_of(&InMemory(&bytes), "d").unwrap(), Some(base.id));
-        assert_eq!(base_of(&InMemory(&base.encode()), "b").unwrap(), None);
+        assert_eq!(
+            base_of(&InMemory(&bytes), &Object::InMemory).unwrap(),
+            Some(base.id)
+        );
+        assert_eq!(
+            base_of(&InMemory(&base.encode()), &Object::InMemory).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -561,7 +567,7 @@ mod tests {
             Err(Error::Corrupt { .. })
         ));
         // A full manifest is what a base must be.
-        let e = ManifestFile::open_full(file(bytes), "m".into())
+        let e = ManifestFile::open_full(file(bytes), Object::InMemory)
             .err()
             .expect("refused");
         assert!(e.to_string().contains("is a delta"), "{e}");

@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{InMemory, ReadAt};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::id::{ChunkId, Digest, ImageId};
 use crate::sif::SifInfo;
 
@@ -71,7 +71,7 @@ impl Entry {
     }
 
     /// Entry `i` of a manifest from its [`ENTRY_LEN`] bytes.
-    pub(crate) fn decode(r: &[u8], i: u64, what: &str) -> Result<Entry> {
+    pub(crate) fn decode(r: &[u8], i: u64, what: &Object) -> Result<Entry> {
         let len = u64::from_le_bytes(r[1..9].try_into().expect("8 bytes"));
         match r[0] {
             0 => Ok(Entry::Chunk {
@@ -250,12 +250,12 @@ impl Spooled {
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         buf.chunks_exact(ENTRY_LEN)
             .enumerate()
-            .map(|(k, r)| Entry::decode(r, from + k as u64, "the put's temporary entry list"))
+            .map(|(k, r)| Entry::decode(r, from + k as u64, &Object::PutSpool))
             .collect()
     }
 
     /// Writes the full manifest of the image `id` of `size` bytes, with the
-    /// spooled entries, to `out` (for [`crate::backend::Backend::write_with`]).
+    /// spooled entries, to `out` (for [`crate::backend::Backend::put_with`]).
     pub fn write_manifest(
         &self,
         size: u64,
@@ -336,13 +336,13 @@ const WINDOW: u64 = 25_000;
 /// hash, header, entries (kinds, lengths adding up to the size) and
 /// metadata. So the manifest of a 16 GiB image is checked in as little
 /// memory as a small one's, and its entries can then be read in windows.
-pub fn check(file: &dyn ReadAt, what: &str) -> Result<Header> {
+pub fn check(file: &dyn ReadAt, what: &Object) -> Result<Header> {
     check_with(file, what, &mut |_| {})
 }
 
 /// [`check`], handing each entry to `each` on the way (kept only if the
 /// whole manifest checks out): [`Manifest::decode`] reads entries once.
-fn check_with(file: &dyn ReadAt, what: &str, each: &mut dyn FnMut(Entry)) -> Result<Header> {
+fn check_with(file: &dyn ReadAt, what: &Object, each: &mut dyn FnMut(Entry)) -> Result<Header> {
     let bad = |d: String| Error::corrupt(what, d);
     let len = file.size()?;
     if len < (HEADER_LEN + 4 + 32) as u64 {
@@ -430,7 +430,7 @@ fn check_with(file: &dyn ReadAt, what: &str, each: &mut dyn FnMut(Entry)) -> Res
 }
 
 /// Entries `from..from + n` of a manifest that [`check`] passed.
-pub fn read_entries(file: &dyn ReadAt, from: u64, n: u64, what: &str) -> Result<Vec<Entry>> {
+pub fn read_entries(file: &dyn ReadAt, from: u64, n: u64, what: &Object) -> Result<Vec<Entry>> {
     let mut buf = vec![0u8; n as usize * ENTRY_LEN];
     file.read_exact_at(&mut buf, HEADER_LEN as u64 + from * ENTRY_LEN as u64)?;
     buf.chunks_exact(ENTRY_LEN)
@@ -444,7 +444,7 @@ pub fn read_entries(file: &dyn ReadAt, from: u64, n: u64, what: &str) -> Result<
 /// small one's.
 pub struct ManifestFile {
     body: Body,
-    what: String,
+    what: Object,
     /// What the manifest says of its image.
     pub head: Header,
 }
@@ -459,7 +459,7 @@ impl ManifestFile {
     /// base is opened with `base`.
     pub fn open(
         file: Box<dyn ReadAt>,
-        what: String,
+        what: Object,
         base: &mut dyn FnMut(&ImageId) -> Result<ManifestFile>,
     ) -> Result<ManifestFile> {
         ManifestFile::open_each(file, what, base, &mut |_| {})
@@ -470,7 +470,7 @@ impl ManifestFile {
     /// wanting every entry reads the manifest once.
     pub fn open_each(
         file: Box<dyn ReadAt>,
-        what: String,
+        what: Object,
         base: &mut dyn FnMut(&ImageId) -> Result<ManifestFile>,
         each: &mut dyn FnMut(Entry),
     ) -> Result<ManifestFile> {
@@ -496,7 +496,7 @@ impl ManifestFile {
     }
 
     /// Checks the full manifest in `file`, refusing a delta.
-    pub fn open_full(file: Box<dyn ReadAt>, what: String) -> Result<ManifestFile> {
+    pub fn open_full(file: Box<dyn ReadAt>, what: Object) -> Result<ManifestFile> {
         let head = check(file.as_ref(), &what)?;
         Ok(ManifestFile {
             body: Body::Full(file),
@@ -515,7 +515,7 @@ impl ManifestFile {
 }
 
 /// The entry count from a manifest's header, without reading the rest.
-pub fn entry_count(file: &dyn ReadAt, what: &str) -> Result<u64> {
+pub fn entry_count(file: &dyn ReadAt, what: &Object) -> Result<u64> {
     let mut head = [0u8; HEADER_LEN];
     file.read_exact_at(&mut head, 0)?;
     if &head[..8] != MAGIC {
@@ -535,7 +535,7 @@ impl Manifest {
     }
 
     /// Parses and checks a manifest; `what` names it in errors.
-    pub fn decode(bytes: &[u8], what: &str) -> Result<Manifest> {
+    pub fn decode(bytes: &[u8], what: &Object) -> Result<Manifest> {
         let mut entries = Vec::new();
         let head = check_with(&InMemory(bytes), what, &mut |e| entries.push(e))?;
         Ok(Manifest {
@@ -588,7 +588,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let m = sample();
-        assert_eq!(Manifest::decode(&m.encode(), "m").unwrap(), m);
+        assert_eq!(Manifest::decode(&m.encode(), &Object::InMemory).unwrap(), m);
     }
 
     #[test]
@@ -611,7 +611,7 @@ mod tests {
             .write_manifest(m.size, &m.id, &m.meta, &mut bytes)
             .unwrap();
         assert_eq!(bytes, m.encode());
-        assert_eq!(Manifest::decode(&bytes, "m").unwrap(), m);
+        assert_eq!(Manifest::decode(&bytes, &Object::InMemory).unwrap(), m);
     }
 
     #[test]
@@ -632,10 +632,10 @@ mod tests {
             meta: ManifestMeta::default(),
         };
         let bytes = m.encode();
-        assert_eq!(Manifest::decode(&bytes, "m").unwrap(), m);
-        let head = check(&InMemory(&bytes), "m").unwrap();
+        assert_eq!(Manifest::decode(&bytes, &Object::InMemory).unwrap(), m);
+        let head = check(&InMemory(&bytes), &Object::InMemory).unwrap();
         assert_eq!(head.count, m.entries.len() as u64);
-        let middle = read_entries(&InMemory(&bytes), WINDOW - 2, 5, "m").unwrap();
+        let middle = read_entries(&InMemory(&bytes), WINDOW - 2, 5, &Object::InMemory).unwrap();
         assert_eq!(middle, &m.entries[WINDOW as usize - 2..WINDOW as usize + 3]);
     }
 
@@ -646,12 +646,15 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
             assert!(
-                matches!(Manifest::decode(&bad, "m"), Err(Error::Corrupt { .. })),
+                matches!(
+                    Manifest::decode(&bad, &Object::InMemory),
+                    Err(Error::Corrupt { .. })
+                ),
                 "flip at {i}"
             );
         }
         assert!(matches!(
-            Manifest::decode(&bytes[..bytes.len() - 1], "m"),
+            Manifest::decode(&bytes[..bytes.len() - 1], &Object::InMemory),
             Err(Error::Corrupt { .. })
         ));
     }
@@ -659,7 +662,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = Manifest::decode(&bytes, "m");
+            let _ = Manifest::decode(&bytes, &Object::InMemory);
         }
     }
 }

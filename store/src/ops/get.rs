@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ReadAt;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::fsutil::sync_dir;
 use crate::hold;
 use crate::id::unique_suffix;
@@ -212,7 +212,7 @@ fn locate(lookup: &index::Reader, image: &ImageId, batch: &[Entry]) -> Result<Lo
                 let (id, loc) = located.next().expect("one location per chunk");
                 loc.map(|l| Ok((*id, l))).ok_or_else(|| {
                     Error::corrupt(
-                        format!("image {image}"),
+                        Object::Image(*image),
                         format!("chunk {id} is in no pack the index knows; run `imgstore index rebuild`, then `imgstore verify`"),
                     )
                 })
@@ -464,6 +464,9 @@ impl Store {
             Output::File(_) => Check::Frame,
             Output::Stream(_) => Check::Hash,
         };
+        // Before the output file exists: a get that cannot start its
+        // threads leaves nothing behind.
+        let pool = fetch_pool()?;
         let sink = Sink::open(out)?;
         hold::point("get-after-open");
         progress.start("get", Some(size));
@@ -476,33 +479,53 @@ impl Store {
         let mut chunks = 0;
         // Three stages at once: the fetch thread reads and decodes batch N+1,
         // this thread hashes batch N while the write thread writes it.
+        //
+        // Every thread is started with a `Builder`, so one that cannot be
+        // started (the process limit) is an error, and joined here, so a
+        // panic in one is an error too: `std::thread::scope`'s own `spawn`
+        // panics on the first, and its end on the second. A thread that
+        // was not started drops its channel ends, which stops the others.
         let written: Result<Sink> = std::thread::scope(|s| {
             let (tx, rx) = sync_channel::<Result<Vec<Piece>>>(2);
-            let (packs, lookup, manifest) = (&packs, &lookup, &manifest);
+            let (packs, lookup, manifest, pool) = (&packs, &lookup, &manifest, &pool);
             // Lookups of batch N+1 run beside the reads of batch N: on the
             // fetch thread they were 0.34 s of a 4.3 s get of c09-adddep.ext3.
             let (ltx, lrx) = sync_channel::<Result<Located>>(1);
-            s.spawn(move || {
-                for batch in Batches::new(manifest) {
-                    let located = batch.and_then(|b| locate(lookup, &id, &b));
-                    let failed = located.is_err();
-                    if ltx.send(located).is_err() || failed {
-                        return;
+            let locator = thread("imgstore-lookup")
+                .spawn_scoped(s, move || {
+                    for batch in Batches::new(manifest) {
+                        let located = batch.and_then(|b| locate(lookup, &id, &b));
+                        let failed = located.is_err();
+                        if ltx.send(located).is_err() || failed {
+                            return;
+                        }
                     }
-                }
-            });
-            s.spawn(move || {
+                })
+                .map_err(|e| Error::threads("the get's lookups", e))?;
+            let fetcher = thread("imgstore-fetch").spawn_scoped(s, move || {
                 let mut groups = Groups::new();
                 for located in lrx {
-                    let pieces = located.and_then(|jobs| fetch(packs, lookup, &id, jobs, check, &mut groups));
+                    let pieces = located.and_then(|jobs| {
+                        pool.install(|| {
+                            hold::point("get-fetch");
+                            fetch(packs, lookup, &id, jobs, check, &mut groups)
+                        })
+                    });
                     let failed = pieces.is_err();
                     if tx.send(pieces).is_err() || failed {
                         return;
                     }
                 }
             });
+            let fetcher = match fetcher {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = locator.join();
+                    return Err(Error::threads("the get's reads", e));
+                }
+            };
             let (wtx, wrx) = sync_channel::<Arc<Vec<Piece>>>(1);
-            let writer = s.spawn(move || -> Result<Sink> {
+            let writer = thread("imgstore-write").spawn_scoped(s, move || -> Result<Sink> {
                 let mut sink = sink;
                 for pieces in wrx {
                     for piece in pieces.iter() {
@@ -511,6 +534,15 @@ impl Store {
                 }
                 Ok(sink)
             });
+            let writer = match writer {
+                Ok(w) => w,
+                Err(e) => {
+                    drop(rx);
+                    let _ = fetcher.join();
+                    let _ = locator.join();
+                    return Err(Error::threads("the get's writes", e));
+                }
+            };
             let hashed = (|| -> Result<()> {
                 for pieces in rx {
                     let pieces = Arc::new(pieces?);
@@ -525,7 +557,8 @@ impl Store {
                                 progress.advance(d.len() as u64);
                             }
                             Err(n) => {
-                                crate::id::hash_zeros(&mut hasher, n);
+                                // On all cores, so on the get's pool.
+                                pool.install(|| crate::id::hash_zeros(&mut hasher, n));
                                 progress.advance(n);
                             }
                         }
@@ -534,7 +567,13 @@ impl Store {
                 Ok(())
             })();
             drop(wtx);
-            let sink = writer.join().expect("the write thread does not panic");
+            let sink = writer.join().map_err(|p| panicked("the get's writes", p));
+            let fetched = fetcher.join().map_err(|p| panicked("the get's reads", p));
+            let located = locator.join().map_err(|p| panicked("the get's lookups", p));
+            // A panic first: it is why the others stopped.
+            located?;
+            fetched?;
+            let sink = sink?;
             hashed?;
             sink
         });
@@ -547,11 +586,11 @@ impl Store {
                 let mut groups = Groups::new();
                 for batch in Batches::new(&manifest) {
                     let jobs = locate(&lookup, &id, &batch?)?;
-                    fetch(&packs, &lookup, &id, jobs, Check::Hash, &mut groups)?;
+                    pool.install(|| fetch(&packs, &lookup, &id, jobs, Check::Hash, &mut groups))?;
                 }
             }
             return Err(Error::corrupt(
-                format!("image {id}"),
+                Object::Image(id),
                 format!("the chunks reassemble to {got}"),
             ));
         }
@@ -566,6 +605,35 @@ impl Store {
             seconds: started.elapsed().as_secs_f64(),
             requests: self.requests_since(requests_before),
         })
+    }
+}
+
+/// A named thread of the get, with a `Builder` so that a failure to start
+/// it is an error, not a panic.
+fn thread(name: &str) -> std::thread::Builder {
+    std::thread::Builder::new().name(name.into())
+}
+
+/// The get's read and decode threads. Not rayon's global pool: that one is
+/// started on first use, where a failure to start a thread is a panic. A
+/// panic in a job reaches the fetch thread (`install` carries it there),
+/// whose join makes it an error; the handler only keeps rayon from
+/// aborting the process should one get past it.
+fn fetch_pool() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("imgstore-read{i}"))
+        .panic_handler(|_| tracing::error!("a job of the get panicked"))
+        .build()
+        .map_err(|e| Error::threads("the get's reads", std::io::Error::other(e)))
+}
+
+/// A panic of one of the get's threads, as an error of the get (exit 1).
+fn panicked(what: &str, payload: Box<dyn std::any::Any + Send>) -> Error {
+    Error::Internal {
+        detail: format!(
+            "in the get: {what} panicked: {}",
+            super::panic_message(payload.as_ref())
+        ),
     }
 }
 

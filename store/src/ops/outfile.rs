@@ -71,7 +71,14 @@ impl OutFile {
                 .send(Vec::with_capacity(BLOCK + PAGE))
                 .expect("channel has room");
         }
-        let writer = spawn_writer(plain, direct, path.to_path_buf(), full_rx, free_tx);
+        let writer = match spawn_writer(plain, direct, path.to_path_buf(), full_rx, free_tx) {
+            Ok(w) => w,
+            Err(e) => {
+                // Created above and of no use now.
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
         Ok(OutFile {
             file,
             block: Block::new(Vec::with_capacity(BLOCK + PAGE), 0),
@@ -155,6 +162,7 @@ impl OutFile {
         self.full = None;
         match self.writer.take().map(JoinHandle::join) {
             Some(Ok(Err(e))) => e,
+            Some(Err(p)) => writer_panicked(p),
             _ => Error::io(&self.path, std::io::Error::other("the writing thread stopped")),
         }
     }
@@ -164,7 +172,7 @@ impl OutFile {
     pub fn finish(mut self, size: u64) -> Result<()> {
         self.full = None;
         if let Some(writer) = self.writer.take() {
-            writer.join().expect("the writing thread does not panic")?;
+            writer.join().map_err(writer_panicked)??;
         }
         let tail = &self.block.buf[self.block.pad..];
         self.file
@@ -198,15 +206,26 @@ impl Block {
     }
 }
 
+/// A panic of the writing thread, as an error of the get (exit 1).
+fn writer_panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
+    Error::Internal {
+        detail: format!(
+            "in the get: the file writer panicked: {}",
+            super::panic_message(payload.as_ref())
+        ),
+    }
+}
+
 /// Writes blocks where they belong, with direct I/O while the filesystem
-/// takes it, and hands each buffer back; stops at the first error.
+/// takes it, and hands each buffer back; stops at the first error. A
+/// thread that cannot be started (the process limit) is an error.
 fn spawn_writer(
     file: File,
     mut direct: Option<File>,
     path: PathBuf,
     blocks: Receiver<Block>,
     free: SyncSender<Vec<u8>>,
-) -> JoinHandle<Result<()>> {
+) -> Result<JoinHandle<Result<()>>> {
     std::thread::Builder::new()
         .name("imgstore-out".into())
         .spawn(move || {
@@ -237,7 +256,7 @@ fn spawn_writer(
             }
             Ok(())
         })
-        .expect("threads can be spawned")
+        .map_err(|e| Error::threads("the get's file writer", e))
 }
 
 #[cfg(test)]

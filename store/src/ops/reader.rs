@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rayon::prelude::*;
 
 use crate::backend::{Backend, ReadAt};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result, Wanted};
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index;
 use crate::manifest::{self, Entry, ManifestFile};
@@ -261,13 +261,13 @@ impl StoreReader {
         let store = &self.shared.store;
         let stored = |k: &str| store.backend.head(k).map(|m| m.is_some());
         if !(stored(&manifest::key(id))? || stored(&manifest::delta_key(id))?) {
-            return Err(Error::not_found(format!("image {id}")));
+            return Err(Error::not_found(Wanted::Image(id.to_string())));
         }
         let (key, file) = store.open_manifest(id)?;
         let (mut at, mut n, mut starts) = (0u64, 0u64, Vec::new());
         let manifest = ManifestFile::open_each(
             file,
-            format!("manifest {key}"),
+            Object::Manifest { key: key.to_owned() },
             &mut |base| store.full_manifest_file(base),
             &mut |e| {
                 if n.is_multiple_of(WINDOW) {
@@ -279,7 +279,7 @@ impl StoreReader {
         )?;
         if manifest.head.id != *id {
             return Err(Error::corrupt(
-                format!("manifest {key}"),
+                Object::Manifest { key: key.to_owned() },
                 format!("describes image {}", manifest.head.id),
             ));
         }
@@ -516,7 +516,7 @@ impl ImageReader {
     ) -> Result<(Arc<Frame>, Range<usize>)> {
         let Some(loc) = loc else {
             return Err(Error::corrupt(
-                format!("image {}", self.id),
+                Object::Image(self.id),
                 format!(
                     "chunk {id} at image offset {at} is in no pack the index knows; \
                      run `imgstore index rebuild`, then `imgstore verify`"
@@ -555,10 +555,10 @@ impl ImageReader {
     /// in which pack at which offset.
     fn named(&self, e: Error, id: &ChunkId, loc: &Location, at: u64) -> Error {
         match e {
-            Error::Corrupt { what, detail } => Error::corrupt(
-                format!("image {}", self.id),
+            Error::Corrupt { object, detail } => Error::corrupt(
+                Object::Image(self.id),
                 format!(
-                    "chunk {id} at image offset {at}, in pack {} at offset {}: {what}: {detail}",
+                    "chunk {id} at image offset {at}, in pack {} at offset {}: {object}: {detail}",
                     loc.pack, loc.offset
                 ),
             ),

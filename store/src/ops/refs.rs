@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::backend::{key_name, Backend, ReadAt};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result, Wanted};
 use crate::eventlog::{self, Event};
 use crate::id::{Digest, ImageId};
 use crate::manifest::{self, Manifest, ManifestFile, MANIFESTS_DIR};
@@ -28,7 +28,15 @@ impl Store {
         let key = r.key();
         self.backend
             .get(&key)?
-            .map(|b| RefRecord::parse(&b, &format!("ref {r} ({key})")))
+            .map(|b| {
+                RefRecord::parse(
+                    &b,
+                    &Object::Ref {
+                        key: key.to_owned(),
+                        tag: Some(r.to_string()),
+                    },
+                )
+            })
             .transpose()
     }
 
@@ -38,7 +46,7 @@ impl Store {
             ImageRef::Tag(t) => {
                 let record = self
                     .read_ref(t)?
-                    .ok_or_else(|| Error::not_found(format!("ref {t}")))?;
+                    .ok_or_else(|| Error::not_found(Wanted::Ref(t.to_string())))?;
                 Ok(Resolved {
                     id: record.image,
                     tag: Some(t.clone()),
@@ -57,11 +65,13 @@ impl Store {
                 // An image may have a full manifest and a delta.
                 matches.dedup();
                 match matches.as_slice() {
-                    [] => Err(Error::not_found(format!("image {image}"))),
+                    [] => Err(Error::not_found(Wanted::Image(image.to_string()))),
                     [one] => Ok(Resolved {
                         id: ImageId(Digest::from_hex(one).map_err(|_| {
                             Error::corrupt(
-                                format!("manifest {MANIFESTS_DIR}/{shard}/{one}"),
+                                Object::Manifest {
+                                    key: format!("{MANIFESTS_DIR}/{shard}/{one}"),
+                                },
                                 "file name is not an image id",
                             )
                         })?),
@@ -90,7 +100,7 @@ impl Store {
         let mut entries = Vec::new();
         let m = ManifestFile::open_each(
             file,
-            format!("manifest {key}"),
+            Object::Manifest { key: key.to_owned() },
             &mut |base| self.full_manifest_file(base),
             &mut |e| entries.push(e),
         )?;
@@ -107,7 +117,7 @@ impl Store {
     /// its entries a window at a time (see [`ManifestFile`]).
     pub fn manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
         let (key, file) = self.open_manifest(id)?;
-        let m = ManifestFile::open(file, format!("manifest {key}"), &mut |base| {
+        let m = ManifestFile::open(file, Object::Manifest { key: key.to_owned() }, &mut |base| {
             self.full_manifest_file(base)
         })?;
         described(m, id, &key)
@@ -117,7 +127,7 @@ impl Store {
     /// base is always a full manifest.
     pub(crate) fn full_manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
         let (key, file) = self.open_full_manifest(id)?;
-        let m = ManifestFile::open_full(file, format!("manifest {key}"))?;
+        let m = ManifestFile::open_full(file, Object::Manifest { key: key.to_owned() })?;
         described(m, id, &key)
     }
 
@@ -125,13 +135,13 @@ impl Store {
     /// against (reads only its header; unchecked).
     pub fn manifest_base(&self, id: &ImageId) -> Result<Option<ImageId>> {
         let (key, file) = self.open_manifest(id)?;
-        manifest::delta::base_of(file.as_ref(), &format!("manifest {key}"))
+        manifest::delta::base_of(file.as_ref(), &Object::Manifest { key: key.to_owned() })
     }
 
     /// How many entries an image's manifest has (reads only its header).
     pub fn manifest_entry_count(&self, id: &ImageId) -> Result<u64> {
         let (key, file) = self.open_manifest(id)?;
-        manifest::entry_count(file.as_ref(), &format!("manifest {key}"))
+        manifest::entry_count(file.as_ref(), &Object::Manifest { key: key.to_owned() })
     }
 
     /// The image's full manifest, or else its delta (a full one wins:
@@ -147,7 +157,7 @@ impl Store {
         match self.backend.open(&delta) {
             Ok(file) => Ok((delta, file)),
             Err(Error::Missing { .. }) => Err(Error::corrupt(
-                format!("image {id}"),
+                Object::Image(*id),
                 format!("manifest {key} is missing"),
             )),
             Err(e) => Err(e),
@@ -158,9 +168,7 @@ impl Store {
     fn open_full_manifest(&self, id: &ImageId) -> Result<(String, Box<dyn ReadAt>)> {
         let key = manifest::key(id);
         let file = self.backend.open(&key).map_err(|e| match e {
-            Error::Missing { .. } => {
-                Error::corrupt(format!("image {id}"), format!("manifest {key} is missing"))
-            }
+            Error::Missing { .. } => Error::corrupt(Object::Image(*id), format!("manifest {key} is missing")),
             other => other,
         })?;
         Ok((key, file))
@@ -240,7 +248,7 @@ impl Store {
     pub(crate) fn rm_as(&self, r: &TagRef, action: &str) -> Result<RefRecord> {
         let record = self
             .read_ref(r)?
-            .ok_or_else(|| Error::not_found(format!("ref {r}")))?;
+            .ok_or_else(|| Error::not_found(Wanted::Ref(r.to_string())))?;
         self.backend.delete(&r.key())?;
         eventlog::append(
             self.backend.as_ref(),
@@ -283,7 +291,10 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
             .filter(|t| TagRef::parse(&t.to_string()).is_ok())
             .ok_or_else(|| {
                 Error::corrupt(
-                    format!("ref {key}"),
+                    Object::Ref {
+                        key: key.to_owned(),
+                        tag: None,
+                    },
                     "file name is not a valid name:tag; rename it to one (or move it out of refs/) \
                      before gc and prune can run",
                 )
@@ -291,7 +302,16 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
         let Some(bytes) = backend.get(key)? else {
             continue;
         };
-        out.push((t.clone(), RefRecord::parse(&bytes, &format!("ref {t} ({key})"))?));
+        out.push((
+            t.clone(),
+            RefRecord::parse(
+                &bytes,
+                &Object::Ref {
+                    key: key.to_owned(),
+                    tag: Some(t.to_string()),
+                },
+            )?,
+        ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -301,7 +321,7 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
 fn described(m: ManifestFile, id: &ImageId, key: &str) -> Result<ManifestFile> {
     if m.head.id != *id {
         return Err(Error::corrupt(
-            format!("manifest {key}"),
+            Object::Manifest { key: key.to_owned() },
             format!("describes image {}", m.head.id),
         ));
     }

@@ -12,6 +12,7 @@
 //! totals; any other set (several names, a label's refs) is computed over
 //! its chunks, one lookup per distinct chunk.
 
+mod counts;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,20 +21,21 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Wanted};
 use crate::eventlog::Event;
 use crate::id::{ChunkId, DigestMap, ImageId};
+use crate::pack;
 use crate::progress::Progress;
 use crate::refs::{RefRecord, TagRef};
 use crate::Store;
 use view::{PackInfo, SetTotals, StoreTotals, View};
 
-/// Pack bytes that are not a chunk's frame: per chunk copy, a 56 B footer
-/// entry. A copy's stored bytes include its frame header (48 B; a group's
-/// is shared among its members), as [`crate::pack::framed_shares`] counts.
-pub const CHUNK_OVERHEAD: u64 = 56;
-/// Pack bytes that are not chunk data: per pack, a 32 B header and a 48 B tail.
-pub const PACK_OVERHEAD: u64 = 32 + 48;
+/// Pack bytes that are not a chunk's frame: per chunk copy, a footer entry.
+/// A copy's stored bytes include its frame header (a group's is shared
+/// among its members), as [`crate::pack::framed_shares`] counts.
+pub const CHUNK_OVERHEAD: u64 = pack::FOOTER_ENTRY_LEN as u64;
+/// Pack bytes that are not chunk data: per pack, a header and a tail.
+pub const PACK_OVERHEAD: u64 = (pack::HEADER_LEN + pack::TAIL_LEN) as u64;
 /// The summary cache of earlier versions, removed when found.
 const OLD_CACHE_FILE: &str = "report-cache.bin";
 
@@ -104,9 +106,9 @@ pub struct StatsReport {
     /// Pack framing of the live, one-copy chunks and pack headers/tails in
     /// non-condemned packs: `CHUNK_OVERHEAD` per chunk + `PACK_OVERHEAD` per pack.
     pub overhead_bytes: u64,
-    /// Framing per chunk copy outside its frame (the 56 B footer entry).
+    /// Framing per chunk copy outside its frame (a pack footer entry).
     pub chunk_overhead: u64,
-    /// Framing per pack (32 B header + 48 B tail).
+    /// Framing per pack (a pack's header and tail).
     pub pack_overhead: u64,
     /// This host's local index (chunk index + report view) on local disk.
     pub index_bytes: u64,
@@ -511,7 +513,7 @@ impl Snapshot<'_> {
                     .map(|(i, _)| i),
             );
             if out.len() == before && !self.refs.iter().any(|(t, _)| hit(t)) {
-                return Err(Error::not_found(format!("ref or name {s}")));
+                return Err(Error::not_found(Wanted::RefOrName(s.to_string())));
             }
         }
         Ok(out.into_iter().collect())
@@ -556,7 +558,7 @@ impl Snapshot<'_> {
             });
         }
         if commits.is_empty() {
-            return Err(Error::not_found(format!("name {name}")));
+            return Err(Error::not_found(Wanted::Name(name.to_string())));
         }
         commits.sort_by(|a, b| (a.created, &a.tag).cmp(&(b.created, &b.tag)));
         Ok(HistoryReport {

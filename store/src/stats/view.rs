@@ -26,14 +26,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+pub use super::counts::{name_key, ChunkState, SetTotals, StoreTotals, Tally};
 
-use super::CHUNK_OVERHEAD;
-use crate::error::{Error, Result};
+use super::counts::{prefix, Changes, Delta};
+use crate::error::{Error, Object, Result};
 use crate::fsutil::{lock_path, LockGuard};
 use crate::id::{ChunkId, Digest, DigestMap, DigestSet, ImageId, PackId};
+use crate::index::rocks::{
+    self, BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB, DEFAULT_COLUMN_FAMILY_NAME,
+};
 use crate::manifest::Entry;
 use crate::pack;
 use crate::progress::Progress;
@@ -71,7 +73,9 @@ const BATCH_REFS: usize = 8 << 20;
 /// the lookups and the write batch (a few hundred bytes each).
 const BATCH_CHUNKS: usize = 1 << 18;
 
-/// `BATCH_REFS`, or `IMGSTORE_TEST_REPORT_BATCH` (tests: many tiny batches).
+/// `BATCH_REFS`, or `IMGSTORE_TEST_REPORT_BATCH` (tests: many tiny
+/// batches) in a build with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 fn batch_refs() -> usize {
     std::env::var("IMGSTORE_TEST_REPORT_BATCH")
         .ok()
@@ -79,250 +83,10 @@ fn batch_refs() -> usize {
         .unwrap_or(BATCH_REFS)
 }
 
-/// Chunks, raw bytes and stored bytes (one copy each) of a set of chunks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    /// Distinct chunks.
-    pub chunks: i64,
-    /// Their raw bytes.
-    pub bytes: i64,
-    /// Their stored bytes, one copy each (0 for a chunk with no copy).
-    pub stored: i64,
-}
-
-impl Tally {
-    fn from_array([chunks, bytes, stored]: [i64; 3]) -> Tally {
-        Tally {
-            chunks,
-            bytes,
-            stored,
-        }
-    }
-
-    /// Counts one chunk of `raw` bytes stored in `stored` bytes, `sign` times.
-    pub fn add(&mut self, sign: i64, raw: u32, stored: u64) {
-        self.chunks += sign;
-        self.bytes += sign * i64::from(raw);
-        self.stored += sign * stored as i64;
-    }
-
-    fn plus(&mut self, o: &Tally) {
-        self.chunks += o.chunks;
-        self.bytes += o.bytes;
-        self.stored += o.stored;
-    }
-}
-
-/// The chunks a set of images uses, and those no image outside it uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SetTotals {
-    /// Every distinct chunk the set uses.
-    pub all: Tally,
-    /// Chunks only the set uses: what removing it frees.
-    pub exclusive: Tally,
-}
-
-/// The whole store's chunk figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreTotals {
-    /// Chunks live images use.
-    pub live: Tally,
-    /// Live chunks with a copy in a non-condemned pack (each costs one
-    /// `CHUNK_OVERHEAD` of framing).
-    pub first_copies: i64,
-    /// Further non-condemned copies of live chunks, stored bytes + framing.
-    pub duplicate_bytes: i64,
-    /// Non-condemned copies of chunks no live image uses, stored + framing.
-    pub unreferenced_bytes: i64,
-}
-
-/// What the view knows of one chunk.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChunkState {
-    /// Raw length.
-    pub raw: u32,
-    /// Stored bytes of one copy, as image and name totals count it. Copies
-    /// of a chunk are alike (gc copies frames as they are) unless two puts
-    /// grouped it differently (concurrent puts, or one storing anew a chunk
-    /// gc condemned): then this is fixed while images use the chunk, so
-    /// their totals stay right, and `duplicates` takes the difference.
-    pub stored: u32,
-    /// Stored bytes of its copies in packs the gc plan has not condemned,
-    /// added up, so the store's totals stay exact however copies differ.
-    pub copies_stored: u32,
-    /// The same for its copies in condemned packs.
-    pub condemned_stored: u32,
-    /// Live images using it.
-    pub images: u32,
-    /// XOR of their id prefixes.
-    xor: u64,
-    /// Copies in packs the gc plan has not condemned.
-    pub copies: u32,
-    /// Copies in condemned packs.
-    pub condemned: u32,
-    /// Per name key, the live (image, name) pairs using it; sorted, no zeros.
-    names: Vec<(u64, u32)>,
-}
-
-impl ChunkState {
-    /// Stored bytes of one copy, or 0 when no pack holds one.
-    pub fn stored_one(&self) -> u64 {
-        if self.copies + self.condemned > 0 {
-            u64::from(self.stored)
-        } else {
-            0
-        }
-    }
-
-    /// What [`ChunkState::stored`] becomes when no image holds it to a
-    /// value: the mean of the copies that stay, else of the condemned ones.
-    fn stored_now(&self) -> u32 {
-        self.copies_stored
-            .checked_div(self.copies)
-            .or_else(|| self.condemned_stored.checked_div(self.condemned))
-            .unwrap_or(0)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.images == 0 && self.copies == 0 && self.condemned == 0
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(36 + 12 * self.names.len());
-        for v in [
-            self.raw,
-            self.stored,
-            self.copies_stored,
-            self.condemned_stored,
-            self.images,
-            self.copies,
-            self.condemned,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&self.xor.to_le_bytes());
-        for (k, n) in &self.names {
-            out.extend_from_slice(&k.to_le_bytes());
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-        out
-    }
-
-    fn decode(b: &[u8]) -> Option<ChunkState> {
-        if b.len() < 36 || !(b.len() - 36).is_multiple_of(12) {
-            return None;
-        }
-        let u = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        Some(ChunkState {
-            raw: u(0),
-            stored: u(4),
-            copies_stored: u(8),
-            condemned_stored: u(12),
-            images: u(16),
-            copies: u(20),
-            condemned: u(24),
-            xor: u64::from_le_bytes(b[28..36].try_into().expect("8 bytes")),
-            names: b[36..]
-                .chunks_exact(12)
-                .map(|e| {
-                    let k = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
-                    (k, u32::from_le_bytes(e[8..].try_into().expect("4 bytes")))
-                })
-                .collect(),
-        })
-    }
-
-    /// Adds this state's figures to the totals, with `sign` +1 or -1.
-    fn contribute(&self, sign: i64, to: &mut Changes) {
-        let copies = i64::from(self.copies);
-        let framed_all = i64::from(self.copies_stored) + copies * CHUNK_OVERHEAD as i64;
-        if self.images == 0 {
-            to.store.unreferenced_bytes += sign * framed_all;
-            return;
-        }
-        let stored = self.stored_one();
-        to.store.live.add(sign, self.raw, stored);
-        if self.copies > 0 {
-            to.store.first_copies += sign;
-            to.store.duplicate_bytes += sign * (framed_all - stored as i64 - CHUNK_OVERHEAD as i64);
-        }
-        let alone = self.names.len() == 1;
-        for (k, _) in &self.names {
-            let n = to.names.entry(*k).or_default();
-            n.all.add(sign, self.raw, stored);
-            if alone {
-                n.exclusive.add(sign, self.raw, stored);
-            }
-        }
-        if self.images == 1 {
-            to.images.entry(self.xor).or_default().add(sign, self.raw, stored);
-        }
-    }
-
-    fn apply(mut self, d: &Delta) -> Option<ChunkState> {
-        if d.raw != 0 {
-            self.raw = d.raw;
-        }
-        let add = |v: u32, by: i64| u32::try_from(i64::from(v) + by).ok();
-        self.copies_stored = add(self.copies_stored, d.copies_stored)?;
-        self.condemned_stored = add(self.condemned_stored, d.condemned_stored)?;
-        // Image totals counted `stored` when the images came in: it moves
-        // only while no image holds it (or while no copy gave it a value).
-        let was_held = self.images > 0;
-        self.images = add(self.images, d.images)?;
-        self.copies = add(self.copies, d.copies)?;
-        self.condemned = add(self.condemned, d.condemned)?;
-        self.xor ^= d.xor;
-        for (k, by) in &d.names {
-            match self.names.binary_search_by_key(k, |e| e.0) {
-                Ok(i) => {
-                    self.names[i].1 = add(self.names[i].1, *by)?;
-                    if self.names[i].1 == 0 {
-                        self.names.remove(i);
-                    }
-                }
-                Err(i) if *by > 0 => self.names.insert(i, (*k, u32::try_from(*by).ok()?)),
-                Err(_) if *by == 0 => {}
-                Err(_) => return None,
-            }
-        }
-        if !was_held || self.stored == 0 {
-            self.stored = self.stored_now();
-        }
-        Some(self)
-    }
-}
-
-/// A pending change to one chunk.
-#[derive(Debug, Default)]
-struct Delta {
-    /// Raw length when known (0: unknown).
-    raw: u32,
-    copies_stored: i64,
-    condemned_stored: i64,
-    images: i64,
-    xor: u64,
-    copies: i64,
-    condemned: i64,
-    names: Vec<(u64, i64)>,
-}
-
-impl Delta {
-    fn name(&mut self, key: u64, by: i64) {
-        match self.names.iter_mut().find(|e| e.0 == key) {
-            Some(e) => e.1 += by,
-            None => self.names.push((key, by)),
-        }
-    }
-}
-
-/// Totals moved by one batch.
-#[derive(Debug, Default)]
-struct Changes {
-    store: StoreTotals,
-    names: HashMap<u64, SetTotals>,
-    /// Exclusive tallies by image prefix.
-    images: HashMap<u64, Tally>,
+/// `BATCH_REFS`: a release binary reads no test setting.
+#[cfg(not(feature = "test-hooks"))]
+fn batch_refs() -> usize {
+    BATCH_REFS
 }
 
 /// An image's distinct chunks and their raw lengths, from its manifest.
@@ -338,75 +102,12 @@ pub fn image_chunks(store: &Store, id: &ImageId) -> Result<Vec<(ChunkId, u32)>> 
         .collect())
 }
 
-/// The key of a name in the view: the first 8 bytes of its BLAKE3.
-pub fn name_key(name: &str) -> u64 {
-    prefix(&Digest::of(name.as_bytes()))
-}
-
-fn prefix(d: &Digest) -> u64 {
-    u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes"))
-}
-
 fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![kind];
     for p in parts {
         k.extend_from_slice(p);
     }
     k
-}
-
-fn encode_i64s(v: &[i64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn decode_i64s<const N: usize>(b: &[u8]) -> Option<[i64; N]> {
-    if b.len() != 8 * N {
-        return None;
-    }
-    let mut out = [0; N];
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
-        *o = i64::from_le_bytes(c.try_into().ok()?);
-    }
-    Some(out)
-}
-
-impl SetTotals {
-    fn encode(&self) -> Vec<u8> {
-        let (a, e) = (&self.all, &self.exclusive);
-        encode_i64s(&[a.chunks, a.bytes, a.stored, e.chunks, e.bytes, e.stored])
-    }
-
-    fn decode(b: &[u8]) -> Option<SetTotals> {
-        let [c, by, s, ec, eb, es] = decode_i64s::<6>(b)?;
-        Some(SetTotals {
-            all: Tally::from_array([c, by, s]),
-            exclusive: Tally::from_array([ec, eb, es]),
-        })
-    }
-}
-
-impl StoreTotals {
-    fn encode(&self) -> Vec<u8> {
-        let l = &self.live;
-        encode_i64s(&[
-            l.chunks,
-            l.bytes,
-            l.stored,
-            self.first_copies,
-            self.duplicate_bytes,
-            self.unreferenced_bytes,
-        ])
-    }
-
-    fn decode(b: &[u8]) -> Option<StoreTotals> {
-        let [c, by, s, f, d, u] = decode_i64s::<6>(b)?;
-        Some(StoreTotals {
-            live: Tally::from_array([c, by, s]),
-            first_copies: f,
-            duplicate_bytes: d,
-            unreferenced_bytes: u,
-        })
-    }
 }
 
 /// A pack as the view last saw it.
@@ -445,10 +146,7 @@ fn remove_view(path: &Path) -> Result<()> {
 }
 
 fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
-    Error::Index {
-        path: path.to_path_buf(),
-        detail: format!("report view: {what}"),
-    }
+    rocks::err(path, format!("report view: {what}"))
 }
 
 impl View {
@@ -487,13 +185,8 @@ impl View {
         let mut cf = Options::default();
         cf.set_block_based_table_factory(&table);
         // Named so that `cf_handle` finds it for batched lookups.
-        let cfs = [ColumnFamilyDescriptor::new(
-            rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
-            cf,
-        )];
-        crate::index::room_for_rocksdb()?;
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| damaged(path, e))?;
-        crate::index::opened();
+        let cfs = [ColumnFamilyDescriptor::new(DEFAULT_COLUMN_FAMILY_NAME, cf)];
+        let db = rocks::open(&opts, path, cfs, |e| damaged(path, e))?;
         let view = View {
             db,
             path: path.to_path_buf(),
@@ -564,7 +257,7 @@ impl View {
         const LOOKUPS: usize = 4096;
         let cf = self
             .db
-            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .cf_handle(DEFAULT_COLUMN_FAMILY_NAME)
             .expect("opened with the default column family named");
         let mut out = Vec::with_capacity(ids.len());
         for part in ids.chunks(LOOKUPS) {
@@ -687,14 +380,14 @@ impl View {
                 Err(Error::Missing { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            let entries = pack::read_footer(file.as_ref(), &format!("pack {k}"))?;
+            let entries = pack::read_footer(file.as_ref(), &Object::Pack { key: k.to_owned() })?;
             let is_condemned = condemned.contains(id);
             batch.refs += entries.len();
             let mut value = Vec::with_capacity(40 * entries.len());
             // A chunk's stored bytes: its frame, or its share of its group's.
             for (e, stored) in entries.iter().zip(pack::framed_shares(&entries)) {
                 let stored = u32::try_from(stored)
-                    .map_err(|_| Error::corrupt(format!("pack {k}"), "a frame over 4 GiB"))?;
+                    .map_err(|_| Error::corrupt(Object::Pack { key: k.to_owned() }, "a frame over 4 GiB"))?;
                 value.extend_from_slice(&e.id.0);
                 value.extend_from_slice(&e.raw_len.to_le_bytes());
                 value.extend_from_slice(&stored.to_le_bytes());
@@ -957,33 +650,6 @@ struct Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_state_round_trips_and_applies() {
-        let s = ChunkState {
-            raw: 10,
-            stored: 7,
-            copies_stored: 7,
-            condemned_stored: 0,
-            images: 2,
-            xor: 5,
-            copies: 1,
-            condemned: 0,
-            names: vec![(3, 1), (9, 2)],
-        };
-        assert_eq!(ChunkState::decode(&s.encode()), Some(s.clone()));
-        let mut d = Delta {
-            images: -1,
-            xor: 4,
-            ..Delta::default()
-        };
-        d.name(9, -2);
-        let t = s.clone().apply(&d).unwrap();
-        assert_eq!((t.images, t.xor, t.names.clone()), (1, 1, vec![(3, 1)]));
-        let mut under = Delta::default();
-        under.name(7, -1);
-        assert!(s.apply(&under).is_none(), "a count below zero is damage");
-    }
 
     #[test]
     fn a_view_of_another_version_is_rebuilt_not_refused() {

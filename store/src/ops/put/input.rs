@@ -57,7 +57,7 @@ pub(super) fn wait_for_a_later_ctime(st: &FileStat) {
 /// Opens the input, refusing what cannot be an image.
 pub(super) fn open_input(path: &Path) -> Result<(File, FileStat)> {
     let f = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::not_found(format!("input file {}", path.display())),
+        io::ErrorKind::NotFound => Error::not_found(crate::error::Wanted::InputFile(path.to_path_buf())),
         _ => Error::io(path, e),
     })?;
     let st = stat(path, &f)?;

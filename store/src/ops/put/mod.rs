@@ -5,7 +5,7 @@
 //! Pipeline: a reader thread fills large blocks and hashes the whole image;
 //! a cutter thread finds the blocks' FastCDC boundaries (each block's two
 //! halves at once, see [`Chunker::chunks_parallel`]) and hashes the chunks,
-//! on a rayon pool of its own ([`cut_pool`]); this thread looks known chunks up in the index in one batch per
+//! on a rayon pool of its own (`cut_pool`); this thread looks known chunks up in the index in one batch per
 //! block and hands the block's new chunks to rayon to compress, without
 //! waiting, so that the pool compresses several blocks at once while this
 //! thread goes on; it appends each block's compressed chunks to a pack in
@@ -168,12 +168,10 @@ pub(super) fn internal(what: impl std::fmt::Display) -> Error {
 
 /// A panic of one of the put's threads or jobs, as an error of the put.
 pub(super) fn panicked(what: &str, payload: Box<dyn std::any::Any + Send>) -> Error {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|m| m.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    internal(format!("{what} panicked: {message}"))
+    internal(format!(
+        "{what} panicked: {}",
+        super::panic_message(payload.as_ref())
+    ))
 }
 
 impl Store {

@@ -11,12 +11,22 @@ pub(super) const PACKS_PER_SEGMENT: u64 = 8;
 
 /// `IMGSTORE_TEST_PACKS_PER_SEGMENT`: tests make a small image cross
 /// segments, and have the put wait for each segment, so that what it
-/// forgets is the same from run to run.
+/// forgets is the same from run to run. Read only in a build with the
+/// `test-hooks` feature (what `cargo test` builds), as `hold` is.
+#[cfg(feature = "test-hooks")]
 pub(super) fn test_packs_per_segment() -> Option<u64> {
     std::env::var("IMGSTORE_TEST_PACKS_PER_SEGMENT")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
+}
+
+/// Without the `test-hooks` feature (every release binary): always
+/// [`PACKS_PER_SEGMENT`], whatever the environment says.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(super) fn test_packs_per_segment() -> Option<u64> {
+    None
 }
 
 /// Packs written but not yet committed (fsynced and renamed into place).

@@ -25,26 +25,23 @@
 //! manifests, then catches up the index, then lists packs, so everything a
 //! listed ref needs was durable before verify looked for it.
 
+mod read_data;
+mod walk;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::InMemory;
-use crate::config::CONFIG_KEY;
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::eventlog;
-use crate::fsutil::atomic_write;
 use crate::id::{ChunkId, Digest, ImageId, PackId};
-use crate::index::{self, QUARANTINE_DIR};
-use crate::manifest::{self, Entry, Manifest, MANIFESTS_DIR};
-use crate::pack::{self, PackEntry, PACKS_DIR};
+use crate::index;
+use crate::manifest::{self, Entry, Manifest};
+use crate::pack;
 use crate::progress::Progress;
-use crate::refs::{self, RefRecord, TagRef, REFS_DIR};
-use crate::segment::{self, INDEX_DIR};
-use crate::session::now_unix;
+use crate::refs::{self, RefRecord, TagRef};
+use crate::segment;
 use crate::Store;
 
 /// File in the local index directory: when each pack was last read clean.
@@ -112,6 +109,41 @@ pub enum ProblemKind {
     Stray,
     /// A symbolic link in the store (never followed).
     Symlink,
+}
+
+impl ProblemKind {
+    /// The kind of problem an error reading a stored object is, by the
+    /// error's type: an object that is not there is missing; any other
+    /// failure to read it (its bytes fail their checks, or it cannot be
+    /// read at all) leaves it corrupt for every image that needs it.
+    pub fn of(e: &Error) -> ProblemKind {
+        match e {
+            Error::Missing { .. } => ProblemKind::Missing,
+            _ => ProblemKind::Corrupt,
+        }
+    }
+}
+
+impl Problem {
+    /// The problem with the object at `key` that reading it failed with `e`.
+    pub fn of(key: impl Into<String>, e: &Error) -> Problem {
+        Problem {
+            kind: ProblemKind::of(e),
+            key: key.into(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// A damaged image's line for the error that reading one of its objects
+/// (its ref, its manifest, a delta's base) failed with: the object the
+/// error names by its type, which need not be the one verify read.
+fn damage_line(e: &Error) -> String {
+    match e {
+        Error::Corrupt { object, .. } => format!("{object} is corrupt"),
+        Error::Missing { key } => format!("store object {key} is missing"),
+        other => other.to_string(),
+    }
 }
 
 /// One thing wrong with the store.
@@ -214,84 +246,6 @@ impl PackInfo {
     }
 }
 
-struct Walk {
-    refs: Vec<String>,
-    manifests: Vec<String>,
-    segments: Vec<String>,
-    packs: Vec<String>,
-    logs: Vec<String>,
-}
-
-fn is_hex_id(name: &str) -> bool {
-    name.len() == 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Files `classify` sorts into `w`; else why the key does not belong.
-fn classify(key: &str, w: &mut Walk) -> Option<&'static str> {
-    let parts: Vec<&str> = key.split('/').collect();
-    match parts.as_slice() {
-        [CONFIG_KEY] => None,
-        [REFS_DIR, .., last] if refs::is_tag_entry(last) => {
-            let comps: Vec<String> = parts[1..].iter().map(|c| c.to_string()).collect();
-            let valid = refs::ref_from_path(&comps).is_some_and(|t| TagRef::parse(&t.to_string()).is_ok());
-            if valid {
-                w.refs.push(key.into());
-                None
-            } else {
-                Some("that is not a valid name:tag")
-            }
-        }
-        [REFS_DIR, ..] => Some("that is not a ref"),
-        // Sharded content: <dir>/<xx>/<64 hex starting with xx>.
-        [dir @ (MANIFESTS_DIR | INDEX_DIR | PACKS_DIR), shard, name] => {
-            let shard_ok = shard.len() == 2
-                && shard
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-            let id = match *dir {
-                MANIFESTS_DIR => name.strip_suffix(manifest::DELTA_SUFFIX).unwrap_or(name),
-                _ => name,
-            };
-            if !shard_ok {
-                return Some("where only shard directories belong");
-            }
-            if !(is_hex_id(id) && id.starts_with(shard)) {
-                return Some("that is not named by its content id");
-            }
-            match *dir {
-                MANIFESTS_DIR => w.manifests.push(key.into()),
-                INDEX_DIR => w.segments.push(key.into()),
-                _ => w.packs.push(key.into()),
-            }
-            None
-        }
-        [MANIFESTS_DIR | INDEX_DIR | PACKS_DIR, ..] => Some("where only shard directories belong"),
-        // log/ and sessions/: flat directories of .json records.
-        [dir @ ("log" | "sessions"), name] if name.ends_with(".json") => {
-            if *dir == "log" {
-                w.logs.push(key.into());
-            }
-            None
-        }
-        ["log" | "sessions", ..] => Some("that is not a .json record"),
-        // gc/ and quarantine/ belong to their commands.
-        ["gc" | QUARANTINE_DIR, _, ..] => None,
-        _ => Some("that the store layout has no place for"),
-    }
-}
-
-/// A stray file's problem.
-fn stray(key: String, why: &str) -> Problem {
-    Problem {
-        kind: ProblemKind::Stray,
-        key,
-        detail: format!("file {why}"),
-    }
-}
-
 impl Store {
     /// Checks the store; see the module documentation. Returns `Err` only
     /// when verification itself cannot proceed (I/O, a damaged local index);
@@ -320,15 +274,11 @@ impl Store {
                 Ok(Some(r)) => images.entry(r.image).or_default().push(tag.to_string()),
                 Ok(None) => {}
                 Err(e) => {
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
+                    problems.push(Problem::of(key, &e));
                     damaged.push(DamagedImage {
                         image: None,
                         refs: vec![tag.to_string()],
-                        damage: vec![format!("ref {key} is corrupt")],
+                        damage: vec![damage_line(&e)],
                     });
                 }
             }
@@ -351,7 +301,7 @@ impl Store {
             };
             match self.backend.open(key).and_then(|f| {
                 info.size = f.size()?;
-                pack::read_footer(f.as_ref(), &format!("pack {key}"))
+                pack::read_footer(f.as_ref(), &Object::Pack { key: key.to_owned() })
             }) {
                 Ok(_) => {}
                 // Deleted by a gc since the listing: not damage.
@@ -365,12 +315,11 @@ impl Store {
                     continue;
                 }
                 Err(e) => {
-                    info.damage(id).footer_bad = true;
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
+                    match e {
+                        Error::Missing { .. } => info.damage(id).missing = true,
+                        _ => info.damage(id).footer_bad = true,
+                    }
+                    problems.push(Problem::of(key, &e));
                 }
             }
             packs.insert(id, info);
@@ -385,24 +334,16 @@ impl Store {
             let result = self
                 .backend
                 .get(key)?
-                .map(|b| segment::decode(&b, &format!("index segment {key}")).map(|_| ()))
+                .map(|b| segment::decode(&b, &Object::Segment { key: key.to_owned() }).map(|_| ()))
                 .unwrap_or(Ok(()));
             if let Err(e) = result {
-                problems.push(Problem {
-                    kind: ProblemKind::Corrupt,
-                    key: key.clone(),
-                    detail: e.to_string(),
-                });
+                problems.push(Problem::of(key, &e));
             }
         }
         for key in &walk.logs {
             if let Some(bytes) = self.backend.get(key)? {
                 if let Err(e) = eventlog::parse(&bytes, key) {
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
+                    problems.push(Problem::of(key, &e));
                 }
             }
         }
@@ -428,15 +369,8 @@ impl Store {
             let m = match self.manifest(id) {
                 Ok(m) => m,
                 Err(e) => {
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key: key.clone(),
-                        detail: e.to_string(),
-                    });
-                    damage
-                        .entry(*id)
-                        .or_default()
-                        .push(format!("manifest {key} is corrupt"));
+                    problems.push(Problem::of(key, &e));
+                    damage.entry(*id).or_default().push(damage_line(&e));
                     continue;
                 }
             };
@@ -454,11 +388,7 @@ impl Store {
                 continue;
             }
             if let Err(e) = self.manifest(&id) {
-                problems.push(Problem {
-                    kind: ProblemKind::Corrupt,
-                    key: key.clone(),
-                    detail: e.to_string(),
-                });
+                problems.push(Problem::of(key, &e));
             }
         }
         for (pack, d) in &missing_packs {
@@ -498,152 +428,16 @@ impl Store {
     fn read_checked_ref(&self, tag: &TagRef, key: &str) -> Result<Option<RefRecord>> {
         self.backend
             .get(key)?
-            .map(|b| RefRecord::parse(&b, &format!("ref {tag} ({key})")))
+            .map(|b| {
+                RefRecord::parse(
+                    &b,
+                    &Object::Ref {
+                        key: key.to_owned(),
+                        tag: Some(tag.to_string()),
+                    },
+                )
+            })
             .transpose()
-    }
-
-    /// Lists the store in commit-safe order (refs, manifests, segments,
-    /// packs) and reports what does not belong. One listing of every key,
-    /// each classified by its path; what is not an object at all (a
-    /// symlink in a store directory) comes from the backend apart, never
-    /// followed.
-    fn walk(&self, problems: &mut Vec<Problem>) -> Result<Walk> {
-        let mut w = Walk {
-            refs: Vec::new(),
-            manifests: Vec::new(),
-            segments: Vec::new(),
-            packs: Vec::new(),
-            logs: Vec::new(),
-        };
-        for (key, detail) in self.backend.foreign_entries()? {
-            problems.push(Problem {
-                kind: ProblemKind::Symlink,
-                key,
-                detail,
-            });
-        }
-        // Listed in commit-safe order: refs before manifests before segments
-        // before packs, so a put finishing during the walk is seen whole
-        // or not at all.
-        for dir in [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR] {
-            for key in self.backend.list(dir)? {
-                if let Some(why) = classify(&key, &mut w) {
-                    problems.push(stray(key, why));
-                }
-            }
-        }
-        for key in self.backend.list("")? {
-            let top = key.split('/').next().unwrap_or_default();
-            if [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR].contains(&top) {
-                continue;
-            }
-            if let Some(why) = classify(&key, &mut w) {
-                problems.push(stray(key, why));
-            }
-        }
-        w.refs.sort();
-        Ok(w)
-    }
-
-    /// Reads the selected packs whole, oldest-verified first, until the
-    /// deadline; records damage in `packs` and clean reads in the state file.
-    fn read_packs(
-        &self,
-        opts: &VerifyOptions,
-        packs: &mut HashMap<PackId, PackInfo>,
-        report: &mut VerifyReport,
-        problems: &mut Vec<Problem>,
-        progress: &dyn Progress,
-    ) -> Result<()> {
-        let state_path = self.index_dir.join(STATE_FILE);
-        let mut state = load_state(&state_path);
-        let mut order: Vec<(u64, PackId)> = packs
-            .iter()
-            .filter(|(id, p)| opts.subset.is_none_or(|s| s.contains(id)) && p.damage.is_none())
-            .map(|(id, _)| (state.get(&id.to_hex()).copied().unwrap_or(0), *id))
-            .collect();
-        order.sort();
-        let total: u64 = order.iter().map(|(_, id)| packs[id].size).sum();
-        progress.start("verify", Some(total));
-        let deadline = opts.max_duration.map(|d| Instant::now() + d);
-        let mut read_ok = 0;
-        for (i, (_, id)) in order.iter().enumerate() {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                report.packs_left = (order.len() - i) as u64;
-                break;
-            }
-            let info = packs.get_mut(id).expect("pack listed");
-            let key = info.key.clone();
-            let bytes = match self.backend.get(&key)? {
-                Some(b) => b,
-                // A gc running meanwhile deleted it (after copying what
-                // any image needs): not damage.
-                None if self
-                    .backend
-                    .head(&format!("{}/{}", crate::segment::TOMBSTONES_DIR, id.to_hex()))?
-                    .is_some() =>
-                {
-                    continue;
-                }
-                None => {
-                    info.damage(*id).missing = true;
-                    problems.push(Problem {
-                        kind: ProblemKind::Missing,
-                        key,
-                        detail: "pack vanished while verify ran".into(),
-                    });
-                    continue;
-                }
-            };
-            report.packs_read += 1;
-            report.bytes_read += bytes.len() as u64;
-            progress.advance(bytes.len() as u64);
-            let what = format!("pack {key}");
-            let mut clean = true;
-            if Digest::of(&bytes) != *id {
-                clean = false;
-                info.damage(*id).hash_mismatch = true;
-                problems.push(Problem {
-                    kind: ProblemKind::Corrupt,
-                    key: key.clone(),
-                    detail: "the file's BLAKE3 does not match its name".into(),
-                });
-            }
-            let entries: Vec<PackEntry> = match pack::read_footer(&InMemory(&bytes), &what) {
-                Ok(e) => e,
-                Err(e) => {
-                    info.damage(*id).footer_bad = true;
-                    problems.push(Problem {
-                        kind: ProblemKind::Corrupt,
-                        key,
-                        detail: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let bad = pack::check_all(&InMemory(&bytes), *id, &entries);
-            report.chunks_read += entries.len() as u64;
-            for (chunk, detail) in bad {
-                clean = false;
-                info.damage(*id).bad_chunks.push(chunk);
-                problems.push(Problem {
-                    kind: ProblemKind::Corrupt,
-                    key: key.clone(),
-                    detail,
-                });
-            }
-            if clean {
-                state.insert(id.to_hex(), now_unix());
-                read_ok += 1;
-            }
-        }
-        progress.finish();
-        if read_ok > 0 {
-            // Forget packs that no longer exist so the state stays small.
-            state.retain(|k, _| Digest::from_hex(k).is_ok_and(|d| packs.contains_key(&d)));
-            save_state(&state_path, &state)?;
-        }
-        Ok(())
     }
 }
 
@@ -698,17 +492,6 @@ fn check_chunks(
     Ok(found)
 }
 
-fn load_state(path: &Path) -> BTreeMap<String, u64> {
-    fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn save_state(path: &Path, state: &BTreeMap<String, u64>) -> Result<()> {
-    atomic_write(path, &serde_json::to_vec(state).expect("state serializes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,5 +508,36 @@ mod tests {
         for bad in ["7/7", "1/0", "x", "1/", "-1/3"] {
             assert!(Subset::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A damaged object is classified by the error's type, never its text:
+    /// a missing object is `missing` and any other failure `corrupt`, and
+    /// an image's damage line names the object the error names (a delta's
+    /// base, not the delta verify opened), whatever the detail says.
+    #[test]
+    fn damage_is_classified_by_the_error_type() {
+        let base = ImageId(Digest::of(b"base"));
+        let misleading = "manifest is missing; not found";
+        let corrupt = Error::corrupt(Object::Image(base), misleading);
+        assert_eq!(ProblemKind::of(&corrupt), ProblemKind::Corrupt);
+        assert_eq!(damage_line(&corrupt), format!("image {base} is corrupt"));
+        let pack = Error::corrupt(
+            Object::Pack {
+                key: "packs/ab/ab12".into(),
+            },
+            "missing",
+        );
+        assert_eq!(ProblemKind::of(&pack), ProblemKind::Corrupt);
+        assert_eq!(damage_line(&pack), "pack packs/ab/ab12 is corrupt");
+        let missing = Error::Missing {
+            key: "manifests/ab/ab12".into(),
+        };
+        assert_eq!(ProblemKind::of(&missing), ProblemKind::Missing);
+        assert_eq!(damage_line(&missing), "store object manifests/ab/ab12 is missing");
+        let problem = Problem::of("packs/ab/ab12", &missing);
+        assert_eq!(
+            (problem.kind, problem.key.as_str()),
+            (ProblemKind::Missing, "packs/ab/ab12")
+        );
     }
 }
