@@ -21,7 +21,7 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, Retry
 use tokio::task::JoinHandle;
 
 use super::{checked, dir_prefix, Backend, Fill, ListPage, ObjectMeta, ReadAt, Staged};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 
 /// How many keys one [`Backend::list_page`] returns: S3's own page size.
 const PAGE: usize = 1000;
@@ -308,7 +308,7 @@ impl ReadAt for ObjectReader {
         let end = offset + buf.len() as u64;
         if end > self.size()? {
             return Err(Error::corrupt(
-                format!("store object {}", self.key),
+                Object::StoreObject(self.key.clone()),
                 format!("too short: {} bytes at offset {offset} are missing", buf.len()),
             ));
         }
@@ -320,7 +320,7 @@ impl ReadAt for ObjectReader {
         Counters::bytes(&self.inner.counters.bytes_in, bytes.len());
         if bytes.len() != buf.len() {
             return Err(Error::corrupt(
-                format!("store object {}", self.key),
+                Object::StoreObject(self.key.clone()),
                 format!("a ranged get returned {} bytes, not {}", bytes.len(), buf.len()),
             ));
         }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::Requests;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Wanted};
 use crate::id::ImageId;
 use crate::ops::get::Output;
 use crate::ops::put::{Copied, Input, PutOptions};
@@ -162,12 +162,14 @@ fn select(src: &Store, names: &[String]) -> Result<Vec<(TagRef, RefRecord)>> {
             let tag = TagRef::parse(name)?;
             let record = src
                 .read_ref(&tag)?
-                .ok_or_else(|| Error::not_found(format!("ref {tag} in the source store")))?;
+                .ok_or_else(|| Error::not_found(Wanted::Ref(format!("{tag} in the source store"))))?;
             vec![(tag, record)]
         } else {
             let all = list_refs(src.backend.as_ref(), Some(name))?;
             if all.is_empty() {
-                return Err(Error::not_found(format!("ref {name}:* in the source store")));
+                return Err(Error::not_found(Wanted::Name(format!(
+                    "{name} in the source store"
+                ))));
             }
             all
         };

@@ -34,7 +34,7 @@ use crate::chunker::Chunker;
 use crate::codec;
 use crate::config::{CHUNK_GROUPS, DELTA_KEYS, MANIFEST_DELTAS};
 use crate::direct::{self, FileReader};
-use crate::error::{Error, Result};
+use crate::error::{Error, Object, Result};
 use crate::eventlog::{self, Event};
 use crate::fsutil::DIRECT_ALIGN;
 use crate::hold;
@@ -421,8 +421,8 @@ impl Store {
         if let Some(c) = copied {
             if c.record.image != id || c.record.size != size {
                 return Err(Error::corrupt(
-                    format!("image {} in the source store", c.record.image),
-                    format!("it read back as {size} bytes hashing to {id}; nothing was published"),
+                    Object::Image(c.record.image),
+                    format!("it read back from the source store as {size} bytes hashing to {id}; nothing was published"),
                 ));
             }
         }
