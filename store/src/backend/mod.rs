@@ -202,6 +202,18 @@ pub trait Backend: Send + Sync {
     fn foreign_entries(&self) -> Result<Vec<(String, String)>> {
         Ok(Vec::new())
     }
+    /// Reads each `(key, offset, len)`: what a get fetches of a batch's
+    /// packs at once. Object storage sends the requests concurrently.
+    fn read_ranges(&self, ranges: &[(String, u64, u64)]) -> Vec<Result<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|(key, offset, len)| {
+                let mut buf = vec![0u8; *len as usize];
+                self.open(key)?.read_exact_at(&mut buf, *offset)?;
+                Ok(buf)
+            })
+            .collect()
+    }
     /// Requests made so far, where each call is a billed request (object
     /// storage); `None` for a directory.
     fn requests(&self) -> Option<Requests> {

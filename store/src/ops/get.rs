@@ -116,8 +116,10 @@ type Spans = HashMap<PackId, Arc<Vec<(u64, Vec<u8>)>>>;
 /// Frames closer than this are read in one span, the bytes between them
 /// with them.
 const SPAN_GAP: u64 = 256 << 10;
-/// A span is at most this long.
-const SPAN_MAX: u64 = 16 << 20;
+/// A span is at most this long (a frame longer than it is a span of its
+/// own): a batch's spans are fetched concurrently, and one long GET of a
+/// pack is as slow as one stream from the server.
+const SPAN_MAX: u64 = 4 << 20;
 
 /// Reads the frames at `locs` as spans, in parallel; a span that fails is
 /// left out (its frames are then read one by one, which names the damage).
@@ -141,18 +143,16 @@ fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Spans {
             _ => runs.push((pack, start, end)),
         }
     }
-    let read: Vec<_> = runs
-        .into_par_iter()
-        .filter_map(|(pack, start, end)| {
-            let mut buf = vec![0u8; (end - start) as usize];
-            let file = packs.get(&pack).ok()?;
-            file.read_exact_at(&mut buf, start).ok()?;
-            Some((pack, (start, buf)))
-        })
+    let ranges: Vec<_> = runs
+        .iter()
+        .map(|(pack, start, end)| (pack::key(pack), *start, end - start))
         .collect();
+    let read = packs.store.backend.read_ranges(&ranges);
     let mut spans: HashMap<PackId, Vec<(u64, Vec<u8>)>> = HashMap::new();
-    for (pack, span) in read {
-        spans.entry(pack).or_default().push(span);
+    for ((pack, start, _), bytes) in runs.into_iter().zip(read) {
+        if let Ok(bytes) = bytes {
+            spans.entry(pack).or_default().push((start, bytes));
+        }
     }
     spans.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
 }
