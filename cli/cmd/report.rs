@@ -23,7 +23,7 @@ fn snapshot<'s>(store: &'s Store, g: &Global) -> Result<Snapshot<'s>> {
 
 pub fn stats(g: &Global) -> Result<()> {
     let store = super::open(g)?;
-    let r = snapshot(&store, g)?.stats();
+    let r = with_census(&store, snapshot(&store, g)?.stats())?;
     if g.json {
         return output::json(&r);
     }
@@ -33,6 +33,14 @@ pub fn stats(g: &Global) -> Result<()> {
     }
     crate::out!("{t}");
     Ok(())
+}
+
+/// `r` with the store's object count and mean object size.
+fn with_census(store: &imgstore_store::Store, mut r: StatsReport) -> Result<StatsReport> {
+    let (objects, bytes) = store.object_census()?;
+    r.objects = objects;
+    r.mean_object_size = bytes.checked_div(objects).unwrap_or(0);
+    Ok(r)
 }
 
 /// (figure, value, one-line meaning) for the table and the HTML report.
@@ -107,6 +115,12 @@ pub fn stats_rows(r: &StatsReport) -> Vec<(&'static str, String, &'static str)> 
             "this host's local index and report view",
         ),
         ("last put", output::date(r.last_put), "newest ref's creation time"),
+        ("objects", r.objects.to_string(), "objects (files) of every kind in the store"),
+        (
+            "mean object size",
+            s(r.mean_object_size),
+            "their mean size: object storage bills each request on one",
+        ),
     ]
 }
 
@@ -262,7 +276,7 @@ struct ReportDone {
 pub fn report(g: &Global, a: &ReportArgs) -> Result<()> {
     let store = super::open(g)?;
     let snap = snapshot(&store, g)?;
-    let stats = snap.stats();
+    let stats = with_census(&store, snap.stats())?;
     let du = snap.du_all()?;
     if let Some(path) = &a.prometheus {
         write_atomic(path, prometheus(&store.location(), &stats, &du).as_bytes())?;

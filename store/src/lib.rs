@@ -145,6 +145,13 @@ impl Store {
         self.backend.as_ref()
     }
 
+    /// How many objects the store holds and their total bytes: one
+    /// listing (a LIST a thousand objects on object storage).
+    pub fn object_census(&self) -> Result<(u64, u64)> {
+        let sized = self.backend.list_sized("")?;
+        Ok((sized.len() as u64, sized.iter().map(|(_, n)| n).sum()))
+    }
+
     /// Requests made to object storage since `before` (a
     /// [`Backend::requests`] reading); `None` for a directory.
     pub fn requests_since(&self, before: Option<backend::Requests>) -> Option<backend::Requests> {

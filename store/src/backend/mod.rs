@@ -180,6 +180,18 @@ pub trait Backend: Send + Sync {
             }
         }
     }
+    /// Every key under `prefix` with its size, in order. A listing of
+    /// object storage carries sizes; elsewhere each object is asked.
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for key in self.list(prefix)? {
+            // Gone since the listing (a gc deleted it): not counted.
+            if let Some(meta) = self.head(&key)? {
+                out.push((key, meta.size));
+            }
+        }
+        Ok(out)
+    }
     /// Removes `key`; removing a missing key is not an error.
     fn delete(&self, key: &str) -> Result<()>;
     /// An advisory exclusive lock named `key`, held until the guard drops.

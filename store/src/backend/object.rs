@@ -425,7 +425,7 @@ impl Backend for ObjectBackend {
     }
 
     fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage> {
-        let mut keys = self.list_from(prefix, after, Some(PAGE))?;
+        let mut keys: Vec<String> = self.list_from(prefix, after, Some(PAGE))?.into_iter().map(|(k, _)| k).collect();
         let more = keys.len() > PAGE;
         keys.truncate(PAGE);
         Ok(ListPage { keys, more })
@@ -433,6 +433,11 @@ impl Backend for ObjectBackend {
 
     /// One listing, its pages fetched by the client as it goes.
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self.list_from(prefix, None, None)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Sizes come with the listing: no request an object.
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         self.list_from(prefix, None, None)
     }
 
@@ -479,9 +484,9 @@ async fn fetch_range(inner: &Inner, key: String, offset: u64, len: u64) -> Resul
 }
 
 impl ObjectBackend {
-    /// Keys under `prefix` after `after`, sorted; up to `limit` + 1 (so a
-    /// caller knows whether more follow), or all.
-    fn list_from(&self, prefix: &str, after: Option<&str>, limit: Option<usize>) -> Result<Vec<String>> {
+    /// Keys under `prefix` after `after`, sorted, with their sizes; up to
+    /// `limit` + 1 (so a caller knows whether more follow), or all.
+    fn list_from(&self, prefix: &str, after: Option<&str>, limit: Option<usize>) -> Result<Vec<(String, u64)>> {
         let inner = &self.inner;
         let dir = dir_prefix(prefix);
         let base = match dir.trim_end_matches('/') {
@@ -508,7 +513,7 @@ impl ObjectBackend {
                         Counters::add(&inner.counters.list);
                     }
                     if let Some(key) = inner.key_of(&meta.location) {
-                        keys.push(key);
+                        keys.push((key, meta.size));
                     }
                     if limit.is_some_and(|l| keys.len() > l) {
                         break;
@@ -520,7 +525,7 @@ impl ObjectBackend {
         // Servers list in key order; some S3 look-alikes do not. The trait
         // promises order, and gc's paging rests on it.
         keys.sort_unstable();
-        keys.retain(|k| k.starts_with(&dir) && after.is_none_or(|a| k.as_str() > a));
+        keys.retain(|(k, _)| k.starts_with(&dir) && after.is_none_or(|a| k.as_str() > a));
         Ok(keys)
     }
 }

@@ -114,6 +114,11 @@ pub struct StatsReport {
     pub index_bytes: u64,
     /// The newest ref's `created` time (seconds since the epoch; 0 if none).
     pub last_put: u64,
+    /// Objects (files) in the store, of every kind: what object storage
+    /// counts, and what each request is made on.
+    pub objects: u64,
+    /// Their mean size in bytes.
+    pub mean_object_size: u64,
 }
 
 /// One row of `imgstore du`: a set of refs.
