@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use crate::error::{Error, Result};
 
 pub use local::LocalBackend;
-pub use memory::{Fault, MemoryBackend};
+pub use memory::{CutAt, Fault, Held, MemoryBackend};
 
 /// Random-access reads of one stored object (a ranged get).
 pub trait ReadAt: Send + Sync {
@@ -178,7 +178,9 @@ pub trait Backend: Send + Sync {
             }
         }
     }
-    /// Removes `key`; removing a missing key is not an error.
+    /// Removes `key`; removing a missing key is not an error. Durable when
+    /// this returns, as a put is: a removed ref must not come back after a
+    /// crash once gc may have deleted what only it needed.
     fn delete(&self, key: &str) -> Result<()>;
     /// An advisory exclusive lock named `key`, held until the guard drops.
     /// `Ok(None)` when another process holds it and `wait` is false. Locks
