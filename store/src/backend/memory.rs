@@ -611,4 +611,64 @@ mod tests {
         assert!(b.get("packs/ab/x").is_err());
         assert_eq!(b.get("packs/ab/x").unwrap().unwrap(), b"1");
     }
+
+    /// The durability model: a staged object is lost by a crash unless
+    /// committed; the write at a cut is lost or lands, and nothing after it
+    /// happens; temporaries stay; a fork shares nothing.
+    #[test]
+    fn a_crash_keeps_what_was_durable_and_nothing_else() {
+        for lands in [false, true] {
+            let b = MemoryBackend::default();
+            b.put("refs/a", b"old").unwrap();
+            let fork = b.fork();
+            let committed = b.stage("packs/1", b"one").unwrap();
+            let uncommitted = b.stage("packs/2", b"two").unwrap();
+            committed.commit().unwrap();
+            let w = b.writes();
+            b.cut_power(1, lands);
+            b.put("index/s", b"seg").unwrap();
+            assert!(b.put("refs/a", b"new").is_err(), "the write at the cut");
+            let at = b.power_cut().expect("cut");
+            assert_eq!((at.op, at.key.as_str(), at.landed), ("put", "refs/a", lands));
+            assert!(
+                b.get("packs/1").is_err() && b.list("").is_err(),
+                "a read after the cut"
+            );
+            assert!(b.delete("index/s").is_err());
+            assert!(uncommitted.commit().is_err());
+            b.crash();
+            assert_eq!(b.writes(), w + 2);
+            let expect: &[u8] = if lands { b"new" } else { b"old" };
+            assert_eq!(b.get("refs/a").unwrap().unwrap(), expect);
+            assert_eq!(b.list("").unwrap(), ["index/s", "packs/1", "refs/a"]);
+            let left: Vec<String> = b.partial_writes().unwrap().into_iter().map(|p| p.key).collect();
+            // The uncommitted stage's temporary, and the lost put's.
+            assert_eq!(left.len(), if lands { 1 } else { 2 }, "{left:?}");
+            assert!(left
+                .iter()
+                .all(|k| k.starts_with("packs/.tmp-") || k.starts_with("refs/.tmp-")));
+            assert_eq!(fork.list("").unwrap(), ["refs/a"], "a fork shares nothing");
+        }
+    }
+
+    #[test]
+    fn the_store_clock_is_skewed_and_a_held_writer_waits() {
+        let b = MemoryBackend::default();
+        b.set_clock_skew(-3 * 3600);
+        b.put("a", b"").unwrap();
+        let behind = SystemTime::now()
+            .duration_since(b.head("a").unwrap().unwrap().modified)
+            .unwrap();
+        assert!(behind >= Duration::from_secs(3 * 3600 - 1), "{behind:?}");
+        let held = b.hold("b");
+        let writer = {
+            let b = b.clone();
+            std::thread::spawn(move || b.put("b", b"x"))
+        };
+        assert!(held.wait(Duration::from_secs(10)));
+        assert!(b.head("b").unwrap().is_none(), "written while held");
+        held.release();
+        writer.join().unwrap().unwrap();
+        assert!(b.head("b").unwrap().is_some());
+    }
 }
