@@ -259,7 +259,10 @@ fn every_command_works_on_a_store_in_object_storage() {
     let st = env.json(&["stats"]);
     let files = common::list_files(&env.store());
     assert_eq!(st["objects"], files.len() as u64, "{st}");
-    let bytes: u64 = files.iter().map(|f| std::fs::metadata(env.store().join(f)).unwrap().len()).sum();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(env.store().join(f)).unwrap().len())
+        .sum();
     assert_eq!(st["mean_object_size"], bytes / files.len() as u64, "{st}");
     // prune kept the newest; gc freed the other's chunks and lost nothing.
     assert!(env.get("lab/app:v2") == v2);

@@ -565,7 +565,8 @@ fn running_totals_match_a_count_through_random_puts_tags_rms_and_gcs() {
             let mut o = v.as_object().unwrap().clone();
             // The object census comes from a listing, not the counting model.
             o.retain(|k, v| {
-                v.is_u64() && !["format_version", "index_bytes", "objects", "mean_object_size"].contains(&k.as_str())
+                v.is_u64()
+                    && !["format_version", "index_bytes", "objects", "mean_object_size"].contains(&k.as_str())
             });
             Value::Object(o)
         };

@@ -23,6 +23,8 @@ mod shared;
 mod sif;
 // Fault injection: verify, repair, index damage and rebuild.
 mod verify;
+// Test hooks at real boundaries: EIO from fsync and writes, a codec's wrong bytes.
+mod faults;
 // Delta manifests: a name's later images stored against its first.
 mod deltas;
 // Storage reports (stats, du, history, diff, report) against independent counts.

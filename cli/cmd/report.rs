@@ -115,7 +115,11 @@ pub fn stats_rows(r: &StatsReport) -> Vec<(&'static str, String, &'static str)> 
             "this host's local index and report view",
         ),
         ("last put", output::date(r.last_put), "newest ref's creation time"),
-        ("objects", r.objects.to_string(), "objects (files) of every kind in the store"),
+        (
+            "objects",
+            r.objects.to_string(),
+            "objects (files) of every kind in the store",
+        ),
         (
             "mean object size",
             s(r.mean_object_size),

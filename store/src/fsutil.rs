@@ -111,7 +111,7 @@ pub fn create_dirs(dir: &Path, perms: Option<Perms>) -> Result<()> {
 /// Fsyncs a directory so a rename or create in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| Error::io(dir, e))?;
-    match d.sync_all() {
+    match crate::hold::io_fault("fsync").and_then(|()| d.sync_all()) {
         Ok(()) => Ok(()),
         // Some network filesystems refuse fsync on directories; their
         // rename is already synchronous on the server.
@@ -148,7 +148,8 @@ pub fn stage_file(
 ) -> Result<StagedFile> {
     let mut staged = create_tmp(path, perms, 0)?.map_err(|e| Error::io(path, e))?;
     let mut w = io::BufWriter::with_capacity(64 << 10, &mut staged.file);
-    fill(&mut w)
+    crate::hold::io_fault("write")
+        .and_then(|()| fill(&mut w))
         .and_then(|()| w.flush())
         .map_err(|e| Error::io(path, e))?;
     drop(w);
@@ -188,7 +189,8 @@ pub fn stage_direct(path: &Path, data: &[u8], perms: Option<Perms>) -> Result<Op
         Err(e) if refused(&e) => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),
     };
-    match staged.file.write_all_at(&data[..whole], 0) {
+    let written = crate::hold::io_fault("write").and_then(|()| staged.file.write_all_at(&data[..whole], 0));
+    match written {
         Ok(()) => {}
         // Dropped, the temporary file goes.
         Err(e) if refused(&e) => return Ok(None),
@@ -251,7 +253,9 @@ impl StagedFile {
     /// Makes the file durable under its name: fsync, rename into place,
     /// fsync the directory.
     pub fn commit(mut self) -> Result<()> {
-        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        crate::hold::io_fault("fsync")
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| Error::io(&self.path, e))?;
         let tmp = self.tmp.as_ref().expect("committed once");
         fs::rename(tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         self.tmp = None;

@@ -9,6 +9,13 @@
 //! when unset. They let
 //! tests place a SIGKILL or a concurrent GC at an exact point instead of
 //! hoping a timer lands there.
+//!
+//! Faults at real boundaries: `IMGSTORE_TEST_EIO=fsync:<n>` or `write:<n>`
+//! fails the n-th fsync or file write of the store's files with EIO
+//! ([`io_fault`], called where `fsutil` syncs and writes);
+//! `IMGSTORE_TEST_CODEC=encode` makes every frame a put compresses decode
+//! to other bytes, `decode:<n>` flips a byte of the n-th decoded frame
+//! ([`codec_fault`], in `codec`).
 
 #[cfg(feature = "test-hooks")]
 use std::path::PathBuf;
@@ -53,4 +60,89 @@ pub fn point(step: &str) {
             }
         }
     }
+}
+
+/// `IMGSTORE_TEST_EIO=<kind>:<n>`: the `n`-th `kind` of this process
+/// (`fsync`: of a store file or directory; `write`: of a store file's
+/// bytes, one per file) fails with EIO, as a failing disk would fail it.
+/// Nothing in a build without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn io_fault(_kind: &'static str) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// `IMGSTORE_TEST_EIO=<kind>:<n>`: the `n`-th `kind` of this process fails.
+#[cfg(feature = "test-hooks")]
+pub fn io_fault(kind: &'static str) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FSYNCS: AtomicU64 = AtomicU64::new(0);
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let Some(n) = armed("IMGSTORE_TEST_EIO", kind) else {
+        return Ok(());
+    };
+    let counter = if kind == "fsync" { &FSYNCS } else { &WRITES };
+    let count = counter.fetch_add(1, Ordering::SeqCst) + 1;
+    if n == Some(count) {
+        tracing::warn!(kind, count, "test hook: EIO");
+        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+/// `IMGSTORE_TEST_CODEC=encode`: every frame a put compresses decodes to
+/// other bytes (the compressor is handed its input with a byte flipped).
+/// `IMGSTORE_TEST_CODEC=decode:<n>`: the `n`-th frame this process
+/// decompresses comes out with a byte flipped. Returns whether `bytes`
+/// were changed. Nothing in a build without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn codec_fault(_stage: &'static str, _bytes: &mut [u8]) -> bool {
+    false
+}
+
+/// See the build without `test-hooks`.
+#[cfg(feature = "test-hooks")]
+pub fn codec_fault(stage: &'static str, bytes: &mut [u8]) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DECODED: AtomicU64 = AtomicU64::new(0);
+    let Some(n) = armed("IMGSTORE_TEST_CODEC", stage) else {
+        return false;
+    };
+    let strike = match n {
+        None => true,
+        Some(n) => DECODED.fetch_add(1, Ordering::SeqCst) + 1 == n,
+    };
+    if strike && !bytes.is_empty() {
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        tracing::warn!(stage, "test hook: a byte flipped");
+        return true;
+    }
+    false
+}
+
+/// Whether `IMGSTORE_TEST_CODEC` names `stage`.
+#[cfg(feature = "test-hooks")]
+pub fn codec_armed(stage: &str) -> bool {
+    armed("IMGSTORE_TEST_CODEC", stage).is_some()
+}
+
+/// Never, in a build without the `test-hooks` feature.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn codec_armed(_stage: &str) -> bool {
+    false
+}
+
+/// `Some(count)` when `var` is `<what>` (`None`: every time) or
+/// `<what>:<count>`.
+#[cfg(feature = "test-hooks")]
+fn armed(var: &str, what: &str) -> Option<Option<u64>> {
+    let spec = std::env::var(var).ok()?;
+    let (name, n) = match spec.split_once(':') {
+        Some((name, n)) => (name.to_string(), Some(n.parse().ok()?)),
+        None => (spec, None),
+    };
+    (name == what).then_some(n)
 }

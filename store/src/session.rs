@@ -137,9 +137,16 @@ impl Session {
                         return;
                     }
                     // A failed renewal is not fatal here: check() notices the
-                    // stale lease before anything is published.
+                    // stale lease before anything is published. A renewal
+                    // counts from when it was sent: one that a pause (SIGSTOP,
+                    // a hung mount) held up landed late in the store, where gc
+                    // may already have judged the session dead, and timed from
+                    // its end it hid that pause from check() (found by
+                    // gc::gc_paused_past_its_lease_aborts under load: the
+                    // process stopped inside the renewal's put).
+                    let sent = Instant::now();
                     if to.put(&name, &bytes).is_ok() {
-                        *last = Instant::now();
+                        *last = sent;
                     }
                 });
             match spawned {

@@ -124,6 +124,8 @@ impl Env {
             .env("IMGSTORE_HOSTNAME", format!("host-{host}"))
             .env_remove("IMGSTORE_TEST_HOLD")
             .env_remove("IMGSTORE_TEST_CRASH")
+            .env_remove("IMGSTORE_TEST_EIO")
+            .env_remove("IMGSTORE_TEST_CODEC")
             .env_remove("IMGSTORE_LEASE_SECS");
         if let Some(server) = self.server {
             server.client_env(&mut c);

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use crate::error::{Error, Object, Result};
 
 pub use local::LocalBackend;
-pub use memory::{Fault, MemoryBackend};
+pub use memory::{CutAt, Fault, Held, MemoryBackend};
 pub use object::{is_url, ObjectBackend, ObjectOptions, Requests};
 
 /// Random-access reads of one stored object (a ranged get).
@@ -192,7 +192,9 @@ pub trait Backend: Send + Sync {
         }
         Ok(out)
     }
-    /// Removes `key`; removing a missing key is not an error.
+    /// Removes `key`; removing a missing key is not an error. Durable when
+    /// this returns, as a put is: a removed ref must not come back after a
+    /// crash once gc may have deleted what only it needed.
     fn delete(&self, key: &str) -> Result<()>;
     /// An advisory exclusive lock named `key`, held until the guard drops.
     /// `Ok(None)` when another process holds it and `wait` is false. Locks

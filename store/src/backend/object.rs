@@ -425,7 +425,11 @@ impl Backend for ObjectBackend {
     }
 
     fn list_page(&self, prefix: &str, after: Option<&str>) -> Result<ListPage> {
-        let mut keys: Vec<String> = self.list_from(prefix, after, Some(PAGE))?.into_iter().map(|(k, _)| k).collect();
+        let mut keys: Vec<String> = self
+            .list_from(prefix, after, Some(PAGE))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         let more = keys.len() > PAGE;
         keys.truncate(PAGE);
         Ok(ListPage { keys, more })
@@ -433,7 +437,11 @@ impl Backend for ObjectBackend {
 
     /// One listing, its pages fetched by the client as it goes.
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self.list_from(prefix, None, None)?.into_iter().map(|(k, _)| k).collect())
+        Ok(self
+            .list_from(prefix, None, None)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// Sizes come with the listing: no request an object.
@@ -486,7 +494,12 @@ async fn fetch_range(inner: &Inner, key: String, offset: u64, len: u64) -> Resul
 impl ObjectBackend {
     /// Keys under `prefix` after `after`, sorted, with their sizes; up to
     /// `limit` + 1 (so a caller knows whether more follow), or all.
-    fn list_from(&self, prefix: &str, after: Option<&str>, limit: Option<usize>) -> Result<Vec<(String, u64)>> {
+    fn list_from(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<(String, u64)>> {
         let inner = &self.inner;
         let dir = dir_prefix(prefix);
         let base = match dir.trim_end_matches('/') {

@@ -473,17 +473,17 @@ impl Store {
     }
 
     /// The pending plan and when it was written (store clock). A plan with
-    /// a damaged entry is refused ([`Plan::parse`]).
+    /// a damaged entry is refused ([`Plan::parse`]). A plan gone between
+    /// its get and its head was carried out (its packs' tombstones are
+    /// written before it is deleted): none is pending. Its time never comes
+    /// from the host's clock, which may be hours off the store's
+    /// (ops::clock).
     pub fn read_plan(&self) -> Result<Option<(Plan, SystemTime)>> {
         let Some(bytes) = self.backend.get(PLAN_KEY)? else {
             return Ok(None);
         };
         let plan = Plan::parse(&bytes)?;
-        let at = self
-            .backend
-            .head(PLAN_KEY)?
-            .map_or_else(SystemTime::now, |m| m.modified);
-        Ok(Some((plan, at)))
+        Ok(self.backend.head(PLAN_KEY)?.map(|m| (plan, m.modified)))
     }
 
     /// Packs condemned by the pending plan (puts must not reference them).

@@ -42,15 +42,27 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
     let mut done = CatchUp::default();
     let wo = rocks::synced();
     let quarantined = quarantined_packs(backend)?;
-    for key in &backend.list(INDEX_DIR)? {
-        let name = key_name(key);
+    // New segments oldest first (store clock), so that where two hold the
+    // same chunk the newer copy wins, as on a host that applied them as
+    // they came: a new host's index otherwise placed a chunk gc had just
+    // repacked in its condemned original, and the next gc rescued and
+    // repacked that pack again (ops::crash, a power cut between two gcs).
+    let mut new = Vec::new();
+    for key in backend.list(INDEX_DIR)? {
         if db
-            .get_pinned_cf(seg_cf, name.as_bytes())
+            .get_pinned_cf(seg_cf, key_name(&key).as_bytes())
             .map_err(|e| rocks::err(&db_path, e))?
             .is_some()
         {
             continue;
         }
+        if let Some(meta) = backend.head(&key)? {
+            new.push((meta.modified, key));
+        }
+    }
+    new.sort();
+    for (_, key) in &new {
+        let name = key_name(key);
         let Some(bytes) = backend.get(key)? else {
             continue;
         };

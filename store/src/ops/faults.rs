@@ -15,23 +15,34 @@ use crate::{Error, ImageRef, Input, NoProgress, Output, PutOptions, Store, TagRe
 
 /// A store in memory with 1 MiB packs and small chunks, so a few MiB of
 /// input make several packs.
-fn store() -> (tempfile::TempDir, MemoryBackend, Store) {
+pub(super) fn store() -> (tempfile::TempDir, MemoryBackend, Store) {
+    store_with(Config::new(4096, 1).unwrap())
+}
+
+/// [`store`] with a chunker seed of its own choosing, so that where chunks
+/// and packs fall is the same from run to run.
+pub(super) fn seeded_store(seed: u64) -> (tempfile::TempDir, MemoryBackend, Store) {
+    let mut config = Config::new(4096, 1).unwrap();
+    config.chunker = crate::chunker::ChunkerParams::with_avg(4096, seed);
+    store_with(config)
+}
+
+fn store_with(mut config: Config) -> (tempfile::TempDir, MemoryBackend, Store) {
     let dir = tempfile::tempdir().unwrap();
     let mem = MemoryBackend::default();
-    let mut config = Config::new(4096, 1).unwrap();
     config.pack_size = 1 << 20;
     mem.put(CONFIG_KEY, &config.to_bytes()).unwrap();
     let store = Store::open_with(Arc::new(mem.clone()), Some(dir.path().join("idx"))).unwrap();
     (dir, mem, store)
 }
 
-fn image(seed: u64, len: usize) -> Vec<u8> {
+pub(super) fn image(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     Rng::new(seed).fill(&mut v);
     v
 }
 
-fn put(store: &Store, tag: &str, data: &[u8]) -> crate::Result<crate::PutReport> {
+pub(super) fn put(store: &Store, tag: &str, data: &[u8]) -> crate::Result<crate::PutReport> {
     let input = Input::Stream(Box::new(std::io::Cursor::new(data.to_vec())));
     store.put(
         &TagRef::parse(tag).unwrap(),
@@ -41,7 +52,7 @@ fn put(store: &Store, tag: &str, data: &[u8]) -> crate::Result<crate::PutReport>
     )
 }
 
-fn get(store: &Store, tag: &str) -> Vec<u8> {
+pub(super) fn get(store: &Store, tag: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     store
@@ -54,7 +65,7 @@ fn get(store: &Store, tag: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-fn assert_sound(store: &Store) {
+pub(super) fn assert_sound(store: &Store) {
     let opts = VerifyOptions {
         read_data: true,
         ..Default::default()

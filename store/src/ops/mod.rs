@@ -1,6 +1,10 @@
 //! Operations on a store, one file each.
 
+#[cfg(test)]
+mod clock;
 pub mod copy;
+#[cfg(test)]
+mod crash;
 #[cfg(test)]
 mod faults;
 pub mod get;
