@@ -48,7 +48,13 @@ PY
 done
 echo "put $n images of $size MiB in $(( $(date +%s) - start )) s"
 report() {
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=d["requests"]; print(f"{sys.argv[2]:<10} {float(sys.argv[3]):7.2f} s  {sum(r[k] for k in ("put","get","head","list","delete")):5d} requests ({r["get"]} GET, {r["list"]} LIST)  {r["bytes_in"]/2**20:8.1f} MiB fetched")' "$@"
+    python3 - "$@" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["requests"]
+total = sum(r[k] for k in ("put", "get", "head", "list", "delete"))
+print(f"{sys.argv[2]:<10} {float(sys.argv[3]):7.2f} s  {total:5d} requests ({r['get']} GET, {r['head']} HEAD, {r['list']} LIST)  {r['bytes_in'] / 2**20:8.1f} MiB fetched")
+PY
 }
 echo "step       wall        requests                   fetched"
 for round in first warm; do

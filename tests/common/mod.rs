@@ -373,6 +373,8 @@ pub mod s3 {
         pub endpoint: String,
         /// Where s3s-fs keeps buckets as directories, objects as files.
         pub root: PathBuf,
+        /// The shared server's watcher, alive as long as the test process.
+        _watcher: Option<std::process::Child>,
     }
 
     impl Server {
@@ -445,6 +447,7 @@ pub mod s3 {
             let server = Box::leak(Box::new(Server {
                 endpoint: format!("http://127.0.0.1:{port}"),
                 root,
+                _watcher: None,
             }));
             let mut own = Own {
                 server,
@@ -498,7 +501,6 @@ pub mod s3 {
             .tempdir()
             .expect("tempdir")
             .keep();
-        std::fs::create_dir(root.join(BUCKET)).expect("bucket directory");
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -513,7 +515,8 @@ pub mod s3 {
                 while kill -0 "$6" 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done
                 kill $server 2>/dev/null; wait; rm -rf "$5" "$5.log"
             "#;
-            Command::new("sh")
+            std::fs::create_dir_all(root.join(BUCKET)).expect("bucket directory");
+            let mut watcher = Command::new("sh")
                 .args(["-c", script, "s3s-fs-watch"])
                 .arg(&bin)
                 .arg(port.to_string())
@@ -531,10 +534,15 @@ pub mod s3 {
                     return Server {
                         endpoint: format!("http://127.0.0.1:{port}"),
                         root,
+                        _watcher: Some(watcher),
                     };
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // Not up (the port was taken meanwhile): its watcher removes
+            // the files; try another port.
+            let _ = watcher.kill();
+            let _ = watcher.wait();
         }
         panic!(
             "s3s-fs ({}) did not start; see {}.log",
