@@ -82,7 +82,7 @@ pub enum Command {
     ///
     /// Keeps image ids, tags, SIF metadata, labels, deffiles and who put
     /// each image when. Run it again to resume a copy that was stopped: what
-    /// arrived is not sent twice. `--dry-run` shows what would be sent.
+    /// arrived is not sent twice. `--dry-run` lists the images it would copy.
     Copy(CopyArgs),
     /// Free the space of chunks no image refers to, safely on a live store.
     ///
@@ -131,7 +131,8 @@ pub struct CopyArgs {
     /// NAME:TAG or NAME (all its tags) to copy [default: every ref].
     #[arg(value_name = "REF")]
     pub refs: Vec<String>,
-    /// Report what would be copied and how much is new; write nothing.
+    /// List the images a copy would copy; write nothing. (How much of each
+    /// is new is known only once it is cut again with this store's chunker.)
     #[arg(long)]
     pub dry_run: bool,
 }
