@@ -180,6 +180,13 @@ pub trait Backend: Send + Sync {
             }
         }
     }
+    /// Every key under `prefix` with its last-modified time, in order,
+    /// where a listing carries times (object storage); `None` elsewhere,
+    /// where a listing is keys only and times cost a call each.
+    fn list_modified(&self, prefix: &str) -> Result<Option<Vec<(String, SystemTime)>>> {
+        let _ = prefix;
+        Ok(None)
+    }
     /// Every key under `prefix` with its size, in order. A listing of
     /// object storage carries sizes; elsewhere each object is asked.
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {

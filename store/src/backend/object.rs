@@ -428,7 +428,7 @@ impl Backend for ObjectBackend {
         let mut keys: Vec<String> = self
             .list_from(prefix, after, Some(PAGE))?
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|(k, ..)| k)
             .collect();
         let more = keys.len() > PAGE;
         keys.truncate(PAGE);
@@ -440,13 +440,28 @@ impl Backend for ObjectBackend {
         Ok(self
             .list_from(prefix, None, None)?
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|(k, ..)| k)
             .collect())
     }
 
     /// Sizes come with the listing: no request an object.
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        self.list_from(prefix, None, None)
+        Ok(self
+            .list_from(prefix, None, None)?
+            .into_iter()
+            .map(|(k, size, _)| (k, size))
+            .collect())
+    }
+
+    /// Times come with the listing too: a new host's catch-up asks no
+    /// object for its time.
+    fn list_modified(&self, prefix: &str) -> Result<Option<Vec<(String, SystemTime)>>> {
+        Ok(Some(
+            self.list_from(prefix, None, None)?
+                .into_iter()
+                .map(|(k, _, t)| (k, t))
+                .collect(),
+        ))
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -492,14 +507,14 @@ async fn fetch_range(inner: &Inner, key: String, offset: u64, len: u64) -> Resul
 }
 
 impl ObjectBackend {
-    /// Keys under `prefix` after `after`, sorted, with their sizes; up to
-    /// `limit` + 1 (so a caller knows whether more follow), or all.
+    /// Keys under `prefix` after `after`, sorted, with their sizes and times;
+    /// up to `limit` + 1 (so a caller knows whether more follow), or all.
     fn list_from(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: Option<usize>,
-    ) -> Result<Vec<(String, u64)>> {
+    ) -> Result<Vec<(String, u64, SystemTime)>> {
         let inner = &self.inner;
         let dir = dir_prefix(prefix);
         let base = match dir.trim_end_matches('/') {
@@ -526,7 +541,7 @@ impl ObjectBackend {
                         Counters::add(&inner.counters.list);
                     }
                     if let Some(key) = inner.key_of(&meta.location) {
-                        keys.push((key, meta.size));
+                        keys.push((key, meta.size, SystemTime::from(meta.last_modified)));
                     }
                     if limit.is_some_and(|l| keys.len() > l) {
                         break;
@@ -538,7 +553,7 @@ impl ObjectBackend {
         // Servers list in key order; some S3 look-alikes do not. The trait
         // promises order, and gc's paging rests on it.
         keys.sort_unstable();
-        keys.retain(|(k, _)| k.starts_with(&dir) && after.is_none_or(|a| k.as_str() > a));
+        keys.retain(|(k, ..)| k.starts_with(&dir) && after.is_none_or(|a| k.as_str() > a));
         Ok(keys)
     }
 }

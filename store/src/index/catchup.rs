@@ -47,8 +47,14 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
     // they came: a new host's index otherwise placed a chunk gc had just
     // repacked in its condemned original, and the next gc rescued and
     // repacked that pack again (ops::crash, a power cut between two gcs).
+    // Object storage lists times with the keys; elsewhere only the new
+    // segments are asked for theirs.
+    let listed: Vec<(String, Option<std::time::SystemTime>)> = match backend.list_modified(INDEX_DIR)? {
+        Some(timed) => timed.into_iter().map(|(k, t)| (k, Some(t))).collect(),
+        None => backend.list(INDEX_DIR)?.into_iter().map(|k| (k, None)).collect(),
+    };
     let mut new = Vec::new();
-    for key in backend.list(INDEX_DIR)? {
+    for (key, modified) in listed {
         if db
             .get_pinned_cf(seg_cf, key_name(&key).as_bytes())
             .map_err(|e| rocks::err(&db_path, e))?
@@ -56,9 +62,14 @@ pub fn catch_up(dir: &Path, store_id: &str, backend: &dyn Backend) -> Result<Cat
         {
             continue;
         }
-        if let Some(meta) = backend.head(&key)? {
-            new.push((meta.modified, key));
-        }
+        let modified = match modified {
+            Some(t) => t,
+            None => match backend.head(&key)? {
+                Some(meta) => meta.modified,
+                None => continue,
+            },
+        };
+        new.push((modified, key));
     }
     new.sort();
     for (_, key) in &new {
