@@ -269,3 +269,35 @@ fn every_command_works_on_a_store_in_object_storage() {
     let gone = env.cmd().args(["get", "lab/app:v1", "-o", "-"]).output().unwrap();
     assert_eq!(common::code(&gone), 3);
 }
+
+#[test]
+fn a_missing_or_cut_pack_in_object_storage_is_named_not_returned() {
+    let env = Env::on(Kind::S3);
+    let a = common::random(3 << 20, 30);
+    env.put("lab/a:v1", &env.file("a.img", &a));
+    let packs = common::list_files(&env.store().join("packs"));
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let pack = env.store().join("packs").join(&packs[0]);
+    let bytes = std::fs::read(&pack).unwrap();
+
+    // Cut to half: a short object, corrupt (exit 4), no output.
+    std::fs::write(&pack, &bytes[..bytes.len() / 2]).unwrap();
+    let out = env.path("a.out");
+    let got = env
+        .cmd()
+        .args(["get", "lab/a:v1", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(common::code(&got), 4, "{}", String::from_utf8_lossy(&got.stderr));
+    assert!(!out.exists(), "a failed get left its output");
+    assert_eq!(common::code(&env.cmd().args(["verify"]).output().unwrap()), 4);
+
+    // Gone: named missing.
+    std::fs::remove_file(&pack).unwrap();
+    let got = env.cmd().args(["get", "lab/a:v1", "-o", "-"]).output().unwrap();
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert_eq!(common::code(&got), 4, "{err}");
+    assert!(err.contains("missing"), "{err}");
+    assert!(got.stdout.len() < a.len(), "a damaged image came back whole");
+}

@@ -159,6 +159,12 @@ pub trait Backend: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Opens `key` for ranged gets; a missing key is [`Error::Missing`].
     fn open(&self, key: &str) -> Result<Box<dyn ReadAt>>;
+    /// [`Backend::open`] where a missing key may be found only at the
+    /// first read (also as [`Error::Missing`]): what pack reads use, where
+    /// asking first costs a request (object storage).
+    fn open_unchecked(&self, key: &str) -> Result<Box<dyn ReadAt>> {
+        self.open(key)
+    }
     /// Size and last-modified time of `key`. `Ok(None)` if it does not exist.
     fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
     /// One page of the keys under `prefix` (a key's directory part:
