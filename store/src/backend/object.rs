@@ -231,6 +231,19 @@ impl ObjectBackend {
     }
 }
 
+impl ObjectBackend {
+    /// One whole-object PUT of `data`, counted.
+    fn put_owned(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        let path = self.inner.path(key)?;
+        Counters::add(&self.inner.counters.put);
+        Counters::bytes(&self.inner.counters.bytes_out, data.len());
+        self.inner
+            .block_on(self.inner.store.put(&path, PutPayload::from(data)))
+            .map(drop)
+            .map_err(|e| failed(key, e))
+    }
+}
+
 impl Inner {
     fn path(&self, key: &str) -> Result<ObjectPath> {
         let key = checked(key)?;
@@ -320,37 +333,22 @@ impl ReadAt for ObjectReader {
         if buf.is_empty() {
             return Ok(());
         }
-        let end = offset + buf.len() as u64;
-        Counters::add(&self.inner.counters.get);
-        let got = self
+        let len = buf.len() as u64;
+        match self
             .inner
-            .block_on(self.inner.store.get_range(&self.path, offset..end));
-        let bytes = match got {
-            Ok(bytes) => bytes,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::Missing {
-                    key: self.key.clone(),
-                })
+            .block_on(fetch_range(&self.inner, self.key.clone(), offset, len))
+        {
+            Ok(bytes) => {
+                buf.copy_from_slice(&bytes);
+                Ok(())
             }
             // A range past the end is refused by some servers: say so as
             // a short object, which it is.
-            Err(e) => match self.size() {
-                Ok(size) if end > size => return Err(self.too_short(buf.len(), offset)),
-                _ => return Err(failed(&self.key, e)),
-            },
-        };
-        Counters::bytes(&self.inner.counters.bytes_in, bytes.len());
-        if bytes.len() < buf.len() {
-            return Err(self.too_short(buf.len() - bytes.len(), offset + bytes.len() as u64));
+            Err(Error::Backend { .. }) if self.size().is_ok_and(|size| offset + len > size) => {
+                Err(self.too_short(buf.len(), offset))
+            }
+            Err(e) => Err(e),
         }
-        if bytes.len() != buf.len() {
-            return Err(Error::corrupt(
-                Object::StoreObject(self.key.clone()),
-                format!("a ranged get returned {} bytes, not {}", bytes.len(), buf.len()),
-            ));
-        }
-        buf.copy_from_slice(&bytes);
-        Ok(())
     }
 
     fn size(&self) -> Result<u64> {
@@ -372,23 +370,17 @@ impl Backend for ObjectBackend {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-        let path = self.inner.path(key)?;
-        Counters::add(&self.inner.counters.put);
-        Counters::bytes(&self.inner.counters.bytes_out, data.len());
-        let payload = PutPayload::from(data.to_vec());
-        self.inner
-            .block_on(self.inner.store.put(&path, payload))
-            .map(drop)
-            .map_err(|e| failed(key, e))
+        self.put_owned(key, data.to_vec())
     }
 
+    /// Built in memory, then handed to the PUT without another copy.
     fn put_with(&self, key: &str, fill: &mut Fill) -> Result<()> {
         let mut data = Vec::new();
         fill(&mut data).map_err(|source| Error::Backend {
             key: key.into(),
             source: source.into(),
         })?;
-        self.put(key, &data)
+        self.put_owned(key, data)
     }
 
     /// Starts the upload now and waits for it at commit, so a put's next
