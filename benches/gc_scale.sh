@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GC at scale: N small synthetic images (each a shared 1 MiB base plus 64 KiB
-# of its own), then rm of every other one, then gc twice; prints wall time and
-# peak RSS of each gc run (GNU time). Usage:
+# of its own), then rm of every other one, then gc twice, each after a
+# `gc --dry-run`; prints wall time and peak RSS of each run (GNU time). Usage:
 #   benches/gc_scale.sh [N] [WORKDIR]      (default 1000, a temp dir)
 # Needs the release binary: cargo build --release --bin imgstore
 set -euo pipefail
@@ -20,6 +20,7 @@ done
 echo "put $N images in $(( $(date +%s) - start ))s"
 for i in $(seq 1 2 "$N"); do echo "scale/app:c$i"; done | xargs -n 200 "$BIN" rm -q
 for run in 1 2; do
+    /usr/bin/time -f "gc --dry-run $run: %e s wall, %M KiB peak RSS" "$BIN" gc --grace 0s --dry-run >/dev/null
     /usr/bin/time -f "gc run $run: %e s wall, %M KiB peak RSS" "$BIN" gc --grace 0s
 done
 du -sh "$IMGSTORE_STORE"

@@ -614,17 +614,11 @@ fn thread(name: &str) -> std::thread::Builder {
     std::thread::Builder::new().name(name.into())
 }
 
-/// The get's read and decode threads. Not rayon's global pool: that one is
-/// started on first use, where a failure to start a thread is a panic. A
-/// panic in a job reaches the fetch thread (`install` carries it there),
-/// whose join makes it an error; the handler only keeps rayon from
-/// aborting the process should one get past it.
+/// The get's read and decode threads ([`super::own_pool`]). A panic in a
+/// job reaches the fetch thread (`install` carries it there), whose join
+/// makes it an error.
 fn fetch_pool() -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .thread_name(|i| format!("imgstore-read{i}"))
-        .panic_handler(|_| tracing::error!("a job of the get panicked"))
-        .build()
-        .map_err(|e| Error::threads("the get's reads", std::io::Error::other(e)))
+    super::own_pool("the get's reads", "imgstore-read")
 }
 
 /// A panic of one of the get's threads, as an error of the get (exit 1).

@@ -14,6 +14,21 @@ pub mod put;
 pub mod reader;
 pub mod refs;
 
+/// A thread pool of one operation's own, threads named `prefix0`, `prefix1`,
+/// ... Not rayon's global pool: that one is started on first use, where a
+/// failure to start a thread is a panic, and a panic in a job on it aborts
+/// the process. Here a thread that cannot start (the process limit) is an
+/// error naming `what`; a panic in a job reaches whoever `install`ed it,
+/// and the handler only keeps rayon from aborting should one get past.
+pub(crate) fn own_pool(what: &str, prefix: &'static str) -> crate::Result<rayon::ThreadPool> {
+    let job_of = what.to_owned();
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(move |i| format!("{prefix}{i}"))
+        .panic_handler(move |_| tracing::error!("a job of {job_of} panicked"))
+        .build()
+        .map_err(|e| crate::Error::threads(what, std::io::Error::other(e)))
+}
+
 /// The message a caught panic carries, for the error that reports it.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

@@ -202,6 +202,8 @@ struct Shared {
     refreshing: Mutex<()>,
     packs: PackCache,
     frames: Mutex<FrameCache>,
+    /// Decodes the frames a large read needs in parallel.
+    pool: rayon::ThreadPool,
     counters: Counters,
 }
 
@@ -242,6 +244,7 @@ impl Store {
                 refreshing: Mutex::new(()),
                 packs: PackCache::new(),
                 frames: Mutex::new(FrameCache::new(cache_bytes)),
+                pool: super::own_pool("the reader's decodes", "imgstore-decode")?,
                 counters: Counters::default(),
             }),
         })
@@ -469,8 +472,10 @@ impl ImageReader {
             cold.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
             cold.dedup_by_key(|(_, l)| (l.pack, l.offset));
             // Failures are met again below, one chunk at a time, and named there.
-            cold.par_iter().for_each(|(id, loc)| {
-                let _ = self.shared.frame(id, loc);
+            self.shared.pool.install(|| {
+                cold.par_iter().for_each(|(id, loc)| {
+                    let _ = self.shared.frame(id, loc);
+                })
             });
         }
         let mut located = locations.into_iter();

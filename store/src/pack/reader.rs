@@ -177,7 +177,8 @@ pub fn member<'g>(group: &'g [u8], id: &ChunkId, loc: &Location, check: Check) -
 
 /// Reads and checks every chunk `entries` (a pack's footer) lists, frames
 /// in parallel, each group decoded once; returns the chunks that failed and
-/// why. For `verify --read-data`.
+/// why. For `verify --read-data`, which runs it on a pool of its own
+/// (`ThreadPool::install`).
 pub fn check_all(file: &(dyn ReadAt + Sync), pack: PackId, entries: &[PackEntry]) -> Vec<(ChunkId, String)> {
     use rayon::prelude::*;
     let frames: Vec<&[PackEntry]> = frames(entries).collect();

@@ -37,6 +37,7 @@ impl Store {
             .collect();
         order.sort();
         let total: u64 = order.iter().map(|(_, id)| packs[id].size).sum();
+        let pool = crate::ops::own_pool("verify's reads", "imgstore-verify")?;
         progress.start("verify", Some(total));
         let deadline = opts.max_duration.map(|d| Instant::now() + d);
         let mut read_ok = 0;
@@ -90,7 +91,7 @@ impl Store {
                     continue;
                 }
             };
-            let bad = pack::check_all(&InMemory(&bytes), *id, &entries);
+            let bad = pool.install(|| pack::check_all(&InMemory(&bytes), *id, &entries));
             report.chunks_read += entries.len() as u64;
             for (chunk, detail) in bad {
                 clean = false;

@@ -147,16 +147,10 @@ pub(super) fn encode_pool() -> Result<rayon::ThreadPool> {
     pool("compressor", "imgstore-enc")
 }
 
-/// A pool of the put's own, built so that a thread that cannot be started
-/// (the process limit) is an error. A panic that escapes a job is caught
-/// in the job ([`EncodedBlock::encode_caught`]); the handler only keeps
-/// rayon from aborting the process should one get past it.
+/// A pool of the put's own ([`super::own_pool`]). A panic that escapes a
+/// job is caught in the job ([`EncodedBlock::encode_caught`]).
 pub(super) fn pool(what: &str, prefix: &'static str) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .thread_name(move |i| format!("{prefix}{i}"))
-        .panic_handler(|_| tracing::error!("a job of the put panicked"))
-        .build()
-        .map_err(|e| Error::threads(format!("the put's {what}"), io::Error::other(e)))
+    super::own_pool(&format!("the put's {what}"), prefix)
 }
 
 /// A failure of the put itself, not of its input or the store (exit 1).
