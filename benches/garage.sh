@@ -61,7 +61,11 @@ host() { IMGSTORE_S3_ENDPOINT=http://127.0.0.1:$((3900 + 10 * $1)) IMGSTORE_INDE
 host 1 -q init
 head -c $((size << 20)) /dev/urandom >"$work/base.img"
 echo "3-node Garage up; $rounds rounds of puts and gets on two hosts, gc looping, node 3 stopped at round $((rounds / 3)) and back at round $((2 * rounds / 3))"
-( while [ ! -e "$work/stop" ]; do host 1 -q gc --grace 0s --wait || echo "gc failed (retried next loop)"; sleep 1; done ) &
+started=$(date +%s)
+( while [ ! -e "$work/stop" ]; do
+    if host 1 -q gc --grace 0s --wait; then echo ok >>"$work/gc-runs"; else echo failed >>"$work/gc-runs"; echo "gc failed (retried next loop)"; fi
+    sleep 1
+done ) &
 gc_loop=$!
 failures=0
 for r in $(seq 1 "$rounds"); do
@@ -83,6 +87,7 @@ for r in $(seq 1 "$rounds"); do
     [ $((r % 4)) = 0 ] && host 1 -q rm "lab/h1:r$((r - 3))"
 done
 touch "$work/stop"; wait "$gc_loop"
+echo "$((2 * rounds)) puts and $((2 * rounds)) cross-host gets in $(( $(date +%s) - started )) s; gc runs: $(grep -c ok "$work/gc-runs" || true) ok, $(grep -c failed "$work/gc-runs" || true) failed"
 echo "verify --read-data, from host 2:"
 host 2 verify --read-data || failures=$((failures + 1))
 host 2 stats | head -12

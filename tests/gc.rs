@@ -676,6 +676,35 @@ fn dry_run_reports_what_the_run_then_does() {
     assert!(env.get("lab/y:v1") == y);
 }
 
+/// A pack the listing names but that is gone when gc opens it (deleted
+/// since, or a listing that lags a delete, as Garage's did) has nothing
+/// left to condemn: gc goes on instead of failing.
+fn a_pack_gone_after_the_listing_does_not_stop_gc(kind: Kind) {
+    let env = Env::on(kind);
+    let keep = common::random(2 << 20, 20);
+    env.put("lab/keep:v1", &env.file("keep.img", &keep));
+    let before: Vec<_> = common::packs(&env.store()).into_iter().map(|p| p.0).collect();
+    env.put("lab/gone:v1", &env.file("gone.img", &common::random(2 << 20, 21)));
+    env.cmd().args(["rm", "lab/gone:v1"]).assert().success();
+    let held = common::spawn_held(&env, "gc-after-list", &["--json", "gc", "--grace", "0s"], &[]);
+    let mut removed = 0;
+    for (path, _, _) in common::packs(&env.store()) {
+        if !before.contains(&path) {
+            std::fs::remove_file(path).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed >= 1, "the removed image had no pack of its own");
+    common::release(&env, "gc-after-list");
+    let out = held.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["packs_condemned"], 0, "{report}");
+    assert!(env.get("lab/keep:v1") == keep);
+    gc(&env, &[]);
+    assert!(env.get("lab/keep:v1") == keep);
+}
+
 crate::on_both_backends!(
     rm_then_gc_frees_exactly_what_the_removed_image_held,
     mostly_garbage_packs_are_repacked,
@@ -683,4 +712,5 @@ crate::on_both_backends!(
     get_racing_gc_returns_right_bytes_or_a_retry_error,
     gc_killed_at_every_step_loses_nothing_and_the_next_run_finishes,
     thrash_put_get_rm_with_gc,
+    a_pack_gone_after_the_listing_does_not_stop_gc,
 );
