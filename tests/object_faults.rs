@@ -140,6 +140,19 @@ fn a_stalled_request_times_out_into_the_same_clear_error() {
     );
     assert!(!target.exists(), "a failed get left its output");
 
+    // Pack reads answered halfway, then nothing more.
+    proxy.set(|r| (r.method == "GET" && r.target.contains("/packs/")).then_some(Fault::StallBody));
+    let started = Instant::now();
+    let out = run(&env, 3, &["get", "lab/app:v1", "-o", target.to_str().unwrap()]);
+    let body_took = started.elapsed();
+    let body_err = one_line_error(&out);
+    assert!(proxy.faults() >= 1, "no pack read reached the proxy");
+    assert!(
+        body_took < Duration::from_secs(30),
+        "gave up only after {body_took:?}"
+    );
+    assert!(!target.exists(), "a failed get left its output");
+
     // Pack writes stalled: the put gives up and publishes nothing.
     proxy.set(|r| (r.method == "PUT" && r.target.contains("/packs/")).then_some(Fault::Stall));
     let started = Instant::now();
@@ -159,8 +172,10 @@ fn a_stalled_request_times_out_into_the_same_clear_error() {
     );
     assert!(env.get("lab/app:v1") == data);
     eprintln!(
-        "stall figures, budget 3 s: get exit 1 after {:.1}s, put exit 1 after {:.1}s; {err}",
+        "stall figures, budget 3 s: get exit 1 after {:.1}s, get of half bodies after {:.1}s, \
+         put exit 1 after {:.1}s; {err}{body_err}",
         get_took.as_secs_f64(),
+        body_took.as_secs_f64(),
         put_took.as_secs_f64()
     );
 }

@@ -25,6 +25,9 @@ pub enum Fault {
     Internal,
     /// No answer at all: the connection stays open until the client leaves.
     Stall,
+    /// s3s-fs's answer cut in the middle of its body, then nothing more
+    /// (the connection stays open until the client leaves).
+    StallBody,
 }
 
 /// One request as the rule sees it.
@@ -162,22 +165,36 @@ impl State {
                 "InternalError",
                 "We encountered an internal error. Please try again.",
             ),
-            Some(Fault::Stall) => {
-                // Read until the client gives up and closes.
-                std::io::copy(&mut reader, &mut std::io::sink())?;
-                Ok(())
+            Some(Fault::Stall) => until_closed(reader),
+            Some(Fault::StallBody) => {
+                let mut answer = Vec::new();
+                self.forward(&head, &body)?.read_to_end(&mut answer)?;
+                client.write_all(&answer[..answer.len() / 2])?;
+                until_closed(reader)
             }
             None => {
-                let mut upstream = TcpStream::connect(&self.upstream)?;
-                let mut out = head.concat().into_bytes();
-                out.extend_from_slice(b"Connection: close\r\n\r\n");
-                out.extend_from_slice(&body);
-                upstream.write_all(&out)?;
-                std::io::copy(&mut upstream, &mut client)?;
+                std::io::copy(&mut self.forward(&head, &body)?, &mut client)?;
                 client.shutdown(Shutdown::Both)
             }
         }
     }
+
+    /// Sends the request to s3s-fs on a connection of its own; the answer
+    /// ends where that connection does.
+    fn forward(&self, head: &[String], body: &[u8]) -> std::io::Result<TcpStream> {
+        let mut upstream = TcpStream::connect(&self.upstream)?;
+        let mut out = head.concat().into_bytes();
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(body);
+        upstream.write_all(&out)?;
+        Ok(upstream)
+    }
+}
+
+/// Waits, answering nothing, until the client gives up and closes.
+fn until_closed(mut reader: BufReader<TcpStream>) -> std::io::Result<()> {
+    std::io::copy(&mut reader, &mut std::io::sink())?;
+    Ok(())
 }
 
 /// An S3 error answer, as AWS words it (the body spans lines, as AWS's does).
