@@ -366,6 +366,12 @@ impl Error {
         Error::NotFound { what }
     }
 
+    /// Whether the storage server gave no answer, even after the retries
+    /// (see [`crate::backend::Unanswered`]).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, Error::Backend { source, .. } if source.is::<crate::backend::Unanswered>())
+    }
+
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

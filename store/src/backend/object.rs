@@ -287,11 +287,27 @@ impl Inner {
 }
 
 fn failed(key: &str, e: object_store::Error) -> Error {
-    match e {
-        object_store::Error::NotFound { .. } => Error::Missing { key: key.into() },
-        e => Error::Backend {
-            key: key.into(),
-            source: Box::new(e),
+    use object_store::client::{HttpError, HttpErrorKind};
+    if let object_store::Error::NotFound { .. } = e {
+        return Error::Missing { key: key.into() };
+    }
+    let unanswered = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<HttpError>())
+        .any(|h| {
+            matches!(
+                h.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            )
+        });
+    Error::Backend {
+        key: key.into(),
+        source: if unanswered {
+            Box::new(super::Unanswered(Box::new(e)))
+        } else {
+            Box::new(e)
         },
     }
 }
