@@ -67,6 +67,13 @@ fn report(err: &anyhow::Error) -> i32 {
         let doubled = format!("{part}: {part}");
         line = line.replace(&doubled, part);
     }
+    // A server's error body (S3's XML) may span lines; the error is one.
+    let line = line
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     eprintln!("imgstore: {line}");
     let store_err = err.chain().find_map(|e| e.downcast_ref::<StoreError>());
     if let Some(hint) = store_err.and_then(StoreError::hint) {

@@ -37,3 +37,5 @@ mod reader;
 mod objects;
 // `imgstore copy` between a directory and object storage.
 mod copy;
+// Object storage misbehaving: 503s, 500s and stalls from a proxy; a client clock off.
+mod object_faults;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Kind};
 
 /// Three unrelated images (no shared chunks), each put alone so each has its
 /// own pack. Returns the data and each image's new pack files.
@@ -96,8 +96,7 @@ enum Fault {
     CorruptRef,
 }
 
-#[test]
-fn each_fault_is_named_and_other_images_come_back() {
+fn each_fault_is_named_and_other_images_come_back(kind: Kind) {
     let started = Instant::now();
     let mut faults = 0;
     let mut checked = 0;
@@ -108,7 +107,7 @@ fn each_fault_is_named_and_other_images_come_back() {
         Fault::CorruptManifest,
         Fault::CorruptRef,
     ] {
-        let env = Env::new();
+        let env = Env::on(kind);
         let images = three_images(&env);
         let (victim, _, packs) = &images[1];
         let hex = image_hex(&env, victim);
@@ -157,14 +156,13 @@ fn each_fault_is_named_and_other_images_come_back() {
         }
     }
     eprintln!(
-        "fault figures: {faults} faults injected, {checked} images checked, 0 corrupt reads returned, {:.1}s",
+        "fault figures ({kind:?}): {faults} faults injected, {checked} images checked, 0 corrupt reads returned, {:.1}s",
         started.elapsed().as_secs_f64()
     );
 }
 
-#[test]
-fn corrupt_config_is_named_by_get_and_verify() {
-    let env = Env::new();
+fn corrupt_config_is_named_by_get_and_verify(kind: Kind) {
+    let env = Env::on(kind);
     let images = three_images(&env);
     std::fs::write(env.store().join("config"), b"{\"format\": \"imgstore\", \"vers").unwrap();
     get_fails_corrupt(&env, &images[0].0, &["corrupt config"]);
@@ -181,9 +179,8 @@ fn corrupt_config_is_named_by_get_and_verify() {
     assert_eq!(v["damaged_refs"].as_array().unwrap().len(), images.len());
 }
 
-#[test]
-fn repair_quarantines_and_a_re_put_restores_the_image() {
-    let env = Env::new();
+fn repair_quarantines_and_a_re_put_restores_the_image(kind: Kind) {
+    let env = Env::on(kind);
     let images = three_images(&env);
     let (victim, data, packs) = &images[1];
     flip(&packs[0], 5000);
@@ -226,6 +223,7 @@ fn repair_quarantines_and_a_re_put_restores_the_image() {
         .success());
 }
 
+/// A directory store only: object storage has no symlinks.
 #[test]
 fn symlinks_and_stray_files_are_reported_not_followed() {
     let env = Env::new();
@@ -252,9 +250,8 @@ fn symlinks_and_stray_files_are_reported_not_followed() {
     }
 }
 
-#[test]
-fn subsets_cover_every_pack_once_and_time_limit_resumes() {
-    let env = Env::new();
+fn subsets_cover_every_pack_once_and_time_limit_resumes(kind: Kind) {
+    let env = Env::on(kind);
     for i in 0..6u64 {
         let f = env.file("x.img", &common::random(200_000, 300 + i));
         env.put(&format!("lab/s:v{i}"), &f);
@@ -279,9 +276,8 @@ fn subsets_cover_every_pack_once_and_time_limit_resumes() {
     assert_eq!(common::code(&out), 2);
 }
 
-#[test]
-fn damaged_index_is_an_error_and_rebuild_restores_every_image() {
-    let env = Env::new();
+fn damaged_index_is_an_error_and_rebuild_restores_every_image(kind: Kind) {
+    let env = Env::on(kind);
     let images = three_images(&env);
     let idx = env.dir.path().join("index-a");
     let db = idx.join("db");
@@ -350,10 +346,9 @@ fn copy_dir(from: &Path, to: &Path) {
 /// and writes nothing, verify --read-data names the image, repair loses
 /// only members of that group and salvages the rest, and a re-put restores
 /// the image.
-#[test]
-fn a_flipped_byte_in_a_group_frame_is_named_and_repaired() {
+fn a_flipped_byte_in_a_group_frame_is_named_and_repaired(kind: Kind) {
     use imgstore_store::codec::Codec;
-    let env = Env::new();
+    let env = Env::on(kind);
     let keep = common::text(2 << 20, 31);
     env.put("lab/keep:v1", &env.file("keep.img", &keep));
     let data = common::text(4 << 20, 32);
@@ -405,6 +400,8 @@ fn a_flipped_byte_in_a_group_frame_is_named_and_repaired() {
     assert!(env.get("lab/keep:v1") == keep);
 }
 
+/// A directory store only: on object storage a key where a "directory"
+/// should be lists like any other.
 #[test]
 fn verify_of_a_corrupt_config_fails_when_the_refs_cannot_be_listed() {
     let env = Env::new();
@@ -422,3 +419,14 @@ fn verify_of_a_corrupt_config_fails_when_the_refs_cannot_be_listed() {
     // No document claims that no image is affected.
     assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+// Each on a directory and on S3 (s3s-fs keeps objects as files, so the
+// same damage reaches them).
+crate::on_both_backends!(
+    each_fault_is_named_and_other_images_come_back,
+    corrupt_config_is_named_by_get_and_verify,
+    repair_quarantines_and_a_re_put_restores_the_image,
+    subsets_cover_every_pack_once_and_time_limit_resumes,
+    damaged_index_is_an_error_and_rebuild_restores_every_image,
+    a_flipped_byte_in_a_group_frame_is_named_and_repaired,
+);

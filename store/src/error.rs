@@ -366,6 +366,12 @@ impl Error {
         Error::NotFound { what }
     }
 
+    /// Whether the storage server gave no answer, even after the retries
+    /// (see [`crate::backend::Unanswered`]).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, Error::Backend { source, .. } if source.is::<crate::backend::Unanswered>())
+    }
+
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -404,7 +410,7 @@ impl Error {
                 "run `imgstore verify` to list the damaged images; other images are unaffected"
             }
             Error::BadLocation { .. } => "a store is a directory, or a URL: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX",
-            Error::Backend { .. } => "check the store's URL, the credentials and the network; requests that failed were retried before this error",
+            Error::Backend { .. } => "check the store's URL, the credentials and the network; failed requests were retried, with backoff, for IMGSTORE_RETRY_SECS (default 180) before this error",
             Error::Internal { .. } => "this is a bug in imgstore: please report it with the command that failed",
             Error::BadName { .. } => "names look like `lab/app:3f2c1e`: lowercase path components of [a-z0-9._-], a tag of [A-Za-z0-9._-] up to 128 characters",
             Error::InputChanged { .. } => "wait until the image is completely written, then put it again",

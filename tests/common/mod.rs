@@ -9,6 +9,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tempfile::TempDir;
 
+pub mod proxy;
+
 /// Where a test's store lives: the same tests run on both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -378,6 +380,15 @@ pub mod s3 {
     }
 
     impl Server {
+        /// This server as reached through `endpoint` (a proxy in front of it).
+        pub fn behind(&self, endpoint: String) -> &'static Server {
+            Box::leak(Box::new(Server {
+                endpoint,
+                root: self.root.clone(),
+                _watcher: None,
+            }))
+        }
+
         /// Points an imgstore process at this server.
         pub fn client_env(&self, c: &mut Command) {
             c.env("AWS_ACCESS_KEY_ID", KEY)

@@ -26,6 +26,26 @@ pub use local::LocalBackend;
 pub use memory::{CutAt, Fault, Held, MemoryBackend};
 pub use object::{is_url, ObjectBackend, ObjectOptions, Requests};
 
+/// The source of an [`Error::Backend`] when the server gave no answer
+/// (a connection refused, reset or timed out) even after the retries: a
+/// caller about to ask the same server again at once need not. Shown as
+/// the error it wraps.
+#[derive(Debug)]
+pub struct Unanswered(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Unanswered {
+    /// The wrapped error's source: the chain reads as if it were not wrapped.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// Random-access reads of one stored object (a ranged get).
 pub trait ReadAt: Send + Sync {
     /// Fills `buf` from `offset`, or fails (a short object is an error).

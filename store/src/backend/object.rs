@@ -30,6 +30,15 @@ const PAGE: usize = 1000;
 /// is slower than the disk behind it.
 const CONCURRENT_GETS: usize = 8;
 
+/// How long requests that fail (5xx, 429, timeouts, refused connections)
+/// are retried, with exponential backoff, before the error is returned.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(180);
+
+/// The longest one request may take, from connecting to its last body
+/// byte (a 32 MiB pack needs about 0.5 MiB/s), unless the retry budget is
+/// shorter.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How to reach an object store, beside what its URL says.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectOptions {
@@ -38,7 +47,8 @@ pub struct ObjectOptions {
     pub s3_endpoint: Option<String>,
     /// Allow plain HTTP to the endpoint (loopback, or behind a proxy).
     pub allow_http: bool,
-    /// Give up on a request after retrying this long (default 3 min).
+    /// Give up on a request after retrying this long
+    /// ([`DEFAULT_RETRY_BUDGET`]); one attempt is cut off at this too.
     pub retry_timeout: Option<Duration>,
 }
 
@@ -145,12 +155,18 @@ impl ObjectBackend {
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(bad("it names no bucket".into()));
         }
-        let mut client = ClientOptions::new().with_timeout(Duration::from_secs(60));
+        let budget = opts.retry_timeout.unwrap_or(DEFAULT_RETRY_BUDGET);
+        // One attempt never outlasts the whole budget: a server that stalls
+        // (accepts, then never answers) costs one budget, then an error,
+        // not a minute an attempt. Timed-out GETs, HEADs and PUTs (whole
+        // objects: idempotent) are retried like 5xx answers.
+        let attempt = budget.clamp(Duration::from_secs(1), REQUEST_TIMEOUT);
+        let mut client = ClientOptions::new().with_timeout(attempt);
         if opts.allow_http {
             client = client.with_allow_http(true);
         }
         let retry = RetryConfig {
-            retry_timeout: opts.retry_timeout.unwrap_or(Duration::from_secs(180)),
+            retry_timeout: budget,
             ..RetryConfig::default()
         };
         let store: Box<dyn ObjectStore> = match parsed.scheme() {
@@ -271,11 +287,27 @@ impl Inner {
 }
 
 fn failed(key: &str, e: object_store::Error) -> Error {
-    match e {
-        object_store::Error::NotFound { .. } => Error::Missing { key: key.into() },
-        e => Error::Backend {
-            key: key.into(),
-            source: Box::new(e),
+    use object_store::client::{HttpError, HttpErrorKind};
+    if let object_store::Error::NotFound { .. } = e {
+        return Error::Missing { key: key.into() };
+    }
+    let unanswered = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<HttpError>())
+        .any(|h| {
+            matches!(
+                h.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            )
+        });
+    Error::Backend {
+        key: key.into(),
+        source: if unanswered {
+            Box::new(super::Unanswered(Box::new(e)))
+        } else {
+            Box::new(e)
         },
     }
 }

@@ -122,8 +122,10 @@ const SPAN_GAP: u64 = 256 << 10;
 const SPAN_MAX: u64 = 4 << 20;
 
 /// Reads the frames at `locs` as spans, in parallel; a span that fails is
-/// left out (its frames are then read one by one, which names the damage).
-fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Spans {
+/// left out (its frames are then read one by one, which names the damage),
+/// unless the server gave no answer: asked again frame by frame, it would
+/// cost another retry budget before the same error.
+fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Result<Spans> {
     let mut extents: Vec<(PackId, u64, u64)> = locs
         .map(|l| {
             (
@@ -150,11 +152,13 @@ fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Spans {
     let read = packs.store.backend.read_ranges(&ranges);
     let mut spans: HashMap<PackId, Vec<(u64, Vec<u8>)>> = HashMap::new();
     for ((pack, start, _), bytes) in runs.into_iter().zip(read) {
-        if let Ok(bytes) = bytes {
-            spans.entry(pack).or_default().push((start, bytes));
+        match bytes {
+            Ok(bytes) => spans.entry(pack).or_default().push((start, bytes)),
+            Err(e) if e.is_unanswered() => return Err(e),
+            Err(_) => {}
         }
     }
-    spans.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+    Ok(spans.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
 }
 
 /// A pack whose reads inside a span come from memory.
@@ -255,7 +259,7 @@ fn fetch(
             .iter()
             .filter_map(|job| job.as_ref().ok().map(|(_, loc)| *loc))
             .filter(|loc| !loc.in_group());
-        read_spans(packs, decode.iter().copied().chain(single))
+        read_spans(packs, decode.iter().copied().chain(single))?
     } else {
         Spans::new()
     };
