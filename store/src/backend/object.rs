@@ -20,7 +20,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use tokio::task::JoinHandle;
 
-use super::{checked, dir_prefix, Backend, Fill, ListPage, ObjectMeta, ReadAt, Staged};
+use super::{
+    checked, dir_prefix, Backend, Fill, ListPage, ObjectMeta, Pending, ReadAt, Staged, StagedBuffer,
+};
 use crate::error::{Error, Object, Result};
 
 /// How many keys one [`Backend::list_page`] returns: S3's own page size.
@@ -124,6 +126,8 @@ struct Inner {
     /// Keys live under this path in the bucket (the URL's path).
     root: ObjectPath,
     runtime: tokio::runtime::Runtime,
+    /// Turns of [`Backend::read_ahead`]'s GETs: [`CONCURRENT_GETS`].
+    gets: tokio::sync::Semaphore,
     counters: Counters,
     location: String,
 }
@@ -235,6 +239,7 @@ impl ObjectBackend {
                 store,
                 root,
                 runtime,
+                gets: tokio::sync::Semaphore::new(CONCURRENT_GETS),
                 counters: Counters::default(),
                 location: url.trim_end_matches('/').into(),
             }),
@@ -257,6 +262,26 @@ impl ObjectBackend {
             .block_on(self.inner.store.put(&path, PutPayload::from(data)))
             .map(drop)
             .map_err(|e| failed(key, e))
+    }
+}
+
+impl ObjectBackend {
+    /// Starts the PUT of `payload` under `key` on the runtime; the put goes
+    /// on while it travels, and waits for it at [`Staged::commit`].
+    fn upload(&self, key: &str, payload: PutPayload) -> Result<Box<dyn Staged>> {
+        let path = self.inner.path(key)?;
+        Counters::add(&self.inner.counters.put);
+        Counters::bytes(&self.inner.counters.bytes_out, payload.content_length());
+        let inner = Arc::clone(&self.inner);
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { inner.store.put(&path, payload).await.map(drop) });
+        Ok(Box::new(Uploading {
+            key: key.into(),
+            task: Some(task),
+            inner: Arc::clone(&self.inner),
+        }))
     }
 }
 
@@ -418,20 +443,14 @@ impl Backend for ObjectBackend {
     /// Starts the upload now and waits for it at commit, so a put's next
     /// pack is cut and compressed while this one travels.
     fn stage(&self, key: &str, data: &[u8]) -> Result<Box<dyn Staged>> {
-        let path = self.inner.path(key)?;
-        Counters::add(&self.inner.counters.put);
-        Counters::bytes(&self.inner.counters.bytes_out, data.len());
-        let payload = PutPayload::from(data.to_vec());
-        let inner = Arc::clone(&self.inner);
-        let task = self
-            .inner
-            .runtime
-            .spawn(async move { inner.store.put(&path, payload).await.map(drop) });
-        Ok(Box::new(Uploading {
-            key: key.into(),
-            task: Some(task),
-            inner: Arc::clone(&self.inner),
-        }))
+        self.upload(key, PutPayload::from(data.to_vec()))
+    }
+
+    /// The buffer goes with the upload: no second copy of each pack stays
+    /// in memory while its PUT is in flight.
+    fn stage_owned(&self, key: &str, buf: Vec<u8>, start: usize) -> Result<StagedBuffer> {
+        let payload = PutPayload::from(bytes::Bytes::from(buf).slice(start..));
+        Ok((self.upload(key, payload)?, None))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -541,13 +560,48 @@ impl Backend for ObjectBackend {
         Some(self.requests())
     }
 
-    /// Up to [`CONCURRENT_GETS`] ranged GETs in flight at once.
-    fn read_ranges(&self, ranges: &[(String, u64, u64)]) -> Vec<Result<Vec<u8>>> {
-        let inner = &self.inner;
-        let fetches = ranges
-            .iter()
-            .map(|(key, offset, len)| fetch_range(inner, key.clone(), *offset, *len));
-        inner.block_on(futures::stream::iter(fetches).buffered(CONCURRENT_GETS).collect())
+    /// The GET starts now, on the runtime; up to [`CONCURRENT_GETS`] are
+    /// in flight at once, the rest wait their turn in the order started.
+    fn read_ahead(&self, key: &str, offset: u64, len: u64) -> Box<dyn Pending> {
+        let inner = Arc::clone(&self.inner);
+        let key = key.to_string();
+        let task = self.inner.runtime.spawn(async move {
+            let _turn = inner.gets.acquire().await.map_err(|e| Error::Internal {
+                detail: format!("the ranged GETs' turns: {e}"),
+            })?;
+            fetch_range(&inner, key, offset, len).await
+        });
+        Box::new(Fetching {
+            task: Some(task),
+            inner: Arc::clone(&self.inner),
+        })
+    }
+}
+
+/// A ranged GET in flight on the runtime.
+struct Fetching {
+    task: Option<JoinHandle<Result<Vec<u8>>>>,
+    inner: Arc<Inner>,
+}
+
+impl Pending for Fetching {
+    fn wait(mut self: Box<Self>) -> Result<Vec<u8>> {
+        let task = self.task.take().expect("waited once");
+        match self.inner.block_on(task) {
+            Ok(read) => read,
+            Err(e) => Err(Error::Internal {
+                detail: format!("a ranged GET stopped: {e}"),
+            }),
+        }
+    }
+}
+
+impl Drop for Fetching {
+    /// A read nobody waits for any more (the get failed) stops.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -567,7 +621,8 @@ async fn fetch_range(inner: &Inner, key: String, offset: u64, len: u64) -> Resul
             format!("a ranged get returned {} bytes, not {len}", bytes.len()),
         ));
     }
-    Ok(bytes.to_vec())
+    // The body's own buffer where the client collected it in one (no copy).
+    Ok(Vec::from(bytes))
 }
 
 impl ObjectBackend {

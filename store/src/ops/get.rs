@@ -8,7 +8,7 @@
 //! order, this thread hashes them and a write thread writes them. Zero runs
 //! become holes in a file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::ReadAt;
+use crate::backend::{Pending, ReadAt};
 use crate::error::{Error, Object, Result};
 use crate::fsutil::sync_dir;
 use crate::hold;
@@ -38,6 +38,9 @@ use crate::Store;
 
 /// Raw bytes per read-ahead batch.
 const BATCH_BYTES: u64 = 16 << 20;
+/// Located batches waiting for the fetch thread, their span reads started
+/// (object storage); one more waits in the lookup thread to be handed on.
+const READ_AHEAD_BATCHES: usize = 1;
 
 /// Where the image goes.
 pub enum Output {
@@ -121,12 +124,14 @@ const SPAN_GAP: u64 = 256 << 10;
 /// pack is as slow as one stream from the server.
 const SPAN_MAX: u64 = 4 << 20;
 
-/// Reads the frames at `locs` as spans, in parallel; a span that fails is
-/// left out (its frames are then read one by one, which names the damage),
-/// unless the server gave no answer: asked again frame by frame, it would
-/// cost another retry budget before the same error.
-fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Result<Spans> {
-    let mut extents: Vec<(PackId, u64, u64)> = locs
+/// Where a batch's frames are read as spans: its group frames that the
+/// batch before did not decode too (`decoded_before`) and its chunks'
+/// own frames, merged into runs of one pack (pack, start, end).
+fn span_runs(jobs: &Located, decoded_before: &GroupKeys) -> Vec<(PackId, u64, u64)> {
+    let mut extents: Vec<(PackId, u64, u64)> = jobs
+        .iter()
+        .filter_map(|job| job.as_ref().ok().map(|(_, loc)| *loc))
+        .filter(|loc| !loc.in_group() || !decoded_before.contains(&(loc.pack, loc.offset)))
         .map(|l| {
             (
                 l.pack,
@@ -136,6 +141,7 @@ fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Result<Spa
         })
         .collect();
     extents.sort_unstable();
+    extents.dedup();
     let mut runs: Vec<(PackId, u64, u64)> = Vec::new();
     for (pack, start, end) in extents {
         match runs.last_mut() {
@@ -145,14 +151,60 @@ fn read_spans(packs: &Packs, locs: impl Iterator<Item = Location>) -> Result<Spa
             _ => runs.push((pack, start, end)),
         }
     }
-    let ranges: Vec<_> = runs
-        .iter()
-        .map(|(pack, start, end)| (pack::key(pack), *start, end - start))
-        .collect();
-    let read = packs.store.backend.read_ranges(&ranges);
+    runs
+}
+
+/// The group frames of a batch, by pack and offset.
+type GroupKeys = HashSet<(PackId, u64)>;
+
+/// A batch's span reads, started: where each begins, and its read.
+type Started = Vec<(PackId, u64, Box<dyn Pending>)>;
+
+/// Starts the span reads of batch after batch, where a read costs what an
+/// object store's request costs; elsewhere (a directory) none.
+struct ReadAhead {
+    on: bool,
+    /// The group frames of the batch before, which the fetch keeps
+    /// decoded: not read again.
+    decoded_before: GroupKeys,
+}
+
+impl ReadAhead {
+    fn new(store: &Store) -> Self {
+        ReadAhead {
+            on: store.backend.requests().is_some(),
+            decoded_before: GroupKeys::new(),
+        }
+    }
+
+    fn start(&mut self, store: &Store, jobs: &Located) -> Started {
+        if !self.on {
+            return Started::new();
+        }
+        let runs = span_runs(jobs, &self.decoded_before);
+        self.decoded_before = jobs
+            .iter()
+            .filter_map(|job| job.as_ref().ok().map(|(_, loc)| *loc))
+            .filter(|loc| loc.in_group())
+            .map(|loc| (loc.pack, loc.offset))
+            .collect();
+        runs.into_iter()
+            .map(|(pack, start, end)| {
+                let read = store.backend.read_ahead(&pack::key(&pack), start, end - start);
+                (pack, start, read)
+            })
+            .collect()
+    }
+}
+
+/// The spans of a batch, once read. A span that fails is left out (its
+/// frames are then read one by one, which names the damage), unless the
+/// server gave no answer: asked again frame by frame, it would cost
+/// another retry budget before the same error.
+fn wait_spans(started: Started) -> Result<Spans> {
     let mut spans: HashMap<PackId, Vec<(u64, Vec<u8>)>> = HashMap::new();
-    for ((pack, start, _), bytes) in runs.into_iter().zip(read) {
-        match bytes {
+    for (pack, start, read) in started {
+        match read.wait() {
             Ok(bytes) => spans.entry(pack).or_default().push((start, bytes)),
             Err(e) if e.is_unanswered() => return Err(e),
             Err(_) => {}
@@ -234,6 +286,7 @@ fn fetch(
     lookup: &index::Reader,
     image: &ImageId,
     jobs: Located,
+    spans: Spans,
     check: Check,
     groups: &mut Groups,
 ) -> Result<Vec<Piece>> {
@@ -254,15 +307,6 @@ fn fetch(
             None => decode.push(loc),
         }
     }
-    let spans = if packs.store.backend.requests().is_some() {
-        let single = jobs
-            .iter()
-            .filter_map(|job| job.as_ref().ok().map(|(_, loc)| *loc))
-            .filter(|loc| !loc.in_group());
-        read_spans(packs, decode.iter().copied().chain(single))?
-    } else {
-        Spans::new()
-    };
     // A group that fails to decode is left out: its members are then read
     // one by one, which names the damage or finds where gc moved them.
     let decoded: Vec<_> = decode
@@ -494,11 +538,21 @@ impl Store {
             let (packs, lookup, manifest, pool) = (&packs, &lookup, &manifest, &pool);
             // Lookups of batch N+1 run beside the reads of batch N: on the
             // fetch thread they were 0.34 s of a 4.3 s get of c09-adddep.ext3.
-            let (ltx, lrx) = sync_channel::<Result<Located>>(1);
+            // In object storage, the span reads of each batch start as soon
+            // as it is located, so the GETs of the next batches are in
+            // flight while the fetch thread decodes this one: waited for
+            // batch by batch, a batch's few GETs (2-3 of 4 MiB for 16 MiB
+            // of chunks) were all that was in flight, and the network sat
+            // idle while a batch was decoded.
+            let (ltx, lrx) = sync_channel::<Result<(Located, Started)>>(READ_AHEAD_BATCHES);
             let locator = thread("imgstore-lookup")
                 .spawn_scoped(s, move || {
+                    let mut ahead = ReadAhead::new(self);
                     for batch in Batches::new(manifest) {
-                        let located = batch.and_then(|b| locate(lookup, &id, &b));
+                        let located = batch.and_then(|b| locate(lookup, &id, &b)).map(|jobs| {
+                            let started = ahead.start(self, &jobs);
+                            (jobs, started)
+                        });
                         let failed = located.is_err();
                         if ltx.send(located).is_err() || failed {
                             return;
@@ -508,18 +562,26 @@ impl Store {
                 .map_err(|e| Error::threads("the get's lookups", e))?;
             let fetcher = thread("imgstore-fetch").spawn_scoped(s, move || {
                 let mut groups = Groups::new();
+                let mut waited = std::time::Duration::ZERO;
                 for located in lrx {
-                    let pieces = located.and_then(|jobs| {
+                    let pieces = located.and_then(|(jobs, started)| {
+                        let at = Instant::now();
+                        let spans = wait_spans(started)?;
+                        waited += at.elapsed();
                         pool.install(|| {
                             hold::point("get-fetch");
-                            fetch(packs, lookup, &id, jobs, check, &mut groups)
+                            fetch(packs, lookup, &id, jobs, spans, check, &mut groups)
                         })
                     });
                     let failed = pieces.is_err();
                     if tx.send(pieces).is_err() || failed {
-                        return;
+                        break;
                     }
                 }
+                tracing::debug!(
+                    ms = waited.as_millis() as u64,
+                    "get: fetch thread waited for span reads"
+                );
             });
             let fetcher = match fetcher {
                 Ok(f) => f,
@@ -588,9 +650,11 @@ impl Store {
             if check == Check::Frame {
                 // Name the damaged chunk: read them again, each hashed.
                 let mut groups = Groups::new();
+                let mut ahead = ReadAhead::new(self);
                 for batch in Batches::new(&manifest) {
                     let jobs = locate(&lookup, &id, &batch?)?;
-                    pool.install(|| fetch(&packs, &lookup, &id, jobs, Check::Hash, &mut groups))?;
+                    let spans = wait_spans(ahead.start(self, &jobs))?;
+                    pool.install(|| fetch(&packs, &lookup, &id, jobs, spans, Check::Hash, &mut groups))?;
                 }
             }
             return Err(Error::corrupt(
@@ -618,11 +682,17 @@ fn thread(name: &str) -> std::thread::Builder {
     std::thread::Builder::new().name(name.into())
 }
 
-/// The get's read and decode threads ([`super::own_pool`]). A panic in a
-/// job reaches the fetch thread (`install` carries it there), whose join
-/// makes it an error.
+/// The get's read and decode threads. Not rayon's global pool: that one is
+/// started on first use, where a failure to start a thread is a panic. A
+/// panic in a job reaches the fetch thread (`install` carries it there),
+/// whose join makes it an error; the handler only keeps rayon from
+/// aborting the process should one get past it.
 fn fetch_pool() -> Result<rayon::ThreadPool> {
-    super::own_pool("the get's reads", "imgstore-read")
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("imgstore-read{i}"))
+        .panic_handler(|_| tracing::error!("a job of the get panicked"))
+        .build()
+        .map_err(|e| Error::threads("the get's reads", std::io::Error::other(e)))
 }
 
 /// A panic of one of the get's threads, as an error of the get (exit 1).

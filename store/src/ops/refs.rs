@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::backend::{key_name, Backend, ReadAt};
+use crate::backend::{key_name, Backend, Blocks, ReadAt};
 use crate::error::{Error, Object, Result, Wanted};
 use crate::eventlog::{self, Event};
 use crate::id::{Digest, ImageId};
@@ -117,6 +117,7 @@ impl Store {
     /// its entries a window at a time (see [`ManifestFile`]).
     pub fn manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
         let (key, file) = self.open_manifest(id)?;
+        let file = self.in_blocks(file);
         let m = ManifestFile::open(file, Object::Manifest { key: key.to_owned() }, &mut |base| {
             self.full_manifest_file(base)
         })?;
@@ -127,6 +128,7 @@ impl Store {
     /// base is always a full manifest.
     pub(crate) fn full_manifest_file(&self, id: &ImageId) -> Result<ManifestFile> {
         let (key, file) = self.open_full_manifest(id)?;
+        let file = self.in_blocks(file);
         let m = ManifestFile::open_full(file, Object::Manifest { key: key.to_owned() })?;
         described(m, id, &key)
     }
@@ -172,6 +174,16 @@ impl Store {
             other => other,
         })?;
         Ok((key, file))
+    }
+
+    /// A manifest read whole, in blocks where each read is a request
+    /// (object storage): a delta reads its base a run at a time. Not for
+    /// a look at a header (`manifest_base`, `manifest_entry_count`).
+    fn in_blocks(&self, file: Box<dyn ReadAt>) -> Box<dyn ReadAt> {
+        match self.backend.requests() {
+            Some(_) => Box::new(Blocks::new(file)),
+            None => file,
+        }
     }
 
     /// Every ref, sorted, optionally only those of one name (and the names below it).

@@ -155,9 +155,11 @@ pub struct PackBytes {
 }
 
 impl PackBytes {
-    /// The buffer, for [`PackBuilder::reuse`].
-    pub fn into_buffer(self) -> Vec<u8> {
-        self.buf
+    /// The buffer and where in it the pack starts: for a writer that hands
+    /// the buffer on ([`crate::backend::Backend::stage_owned`]), which may
+    /// give it back for [`PackBuilder::reuse`].
+    pub fn into_parts(self) -> (Vec<u8>, usize) {
+        (self.buf, self.start)
     }
 }
 

@@ -290,11 +290,18 @@ impl Store {
         let pack_capacity = self.config.pack_size as usize + GROUP_BYTES + (1 << 20);
         let (pack_tx, pack_rx) = sync_channel(0);
         let (free_pack_tx, free_pack_rx) = sync_channel(2);
+        let buffer_capacity = pack_capacity + DIRECT_ALIGN;
         free_pack_tx
-            .send(Vec::with_capacity(pack_capacity + DIRECT_ALIGN))
+            .send(Vec::with_capacity(buffer_capacity))
             .expect("channel has room");
         let (segment_tx, segment_rx) = std::sync::mpsc::channel();
-        let pack_thread = spawn_pack_writer(self.backend.clone(), pack_rx, free_pack_tx, segment_tx)?;
+        let pack_thread = spawn_pack_writer(
+            self.backend.clone(),
+            pack_rx,
+            free_pack_tx,
+            buffer_capacity,
+            segment_tx,
+        )?;
         let (indexed_tx, indexed_rx) = std::sync::mpsc::channel();
         let index_thread = spawn_indexer(
             self.index_dir.clone(),

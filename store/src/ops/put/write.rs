@@ -47,6 +47,7 @@ pub(super) fn spawn_pack_writer(
     backend: Arc<dyn Backend>,
     packs: Receiver<PackBuilder>,
     free: SyncSender<Vec<u8>>,
+    buffer_capacity: usize,
     indexed: std::sync::mpsc::Sender<u64>,
 ) -> Result<JoinHandle<Result<u64>>> {
     let write_segment = |backend: &dyn Backend,
@@ -72,10 +73,17 @@ pub(super) fn spawn_pack_writer(
             let per_segment = test_packs_per_segment().unwrap_or(PACKS_PER_SEGMENT);
             for builder in packs {
                 let (id, bytes, entries) = builder.finish();
-                staged.push_back(backend.stage(&pack::key(&id), &bytes)?);
+                let (buf, start) = bytes.into_parts();
+                let (stage, back) = backend.stage_owned(&pack::key(&id), buf, start)?;
+                staged.push_back(stage);
                 hold::point("put-after-stage");
-                // The builder may be gone (it failed): then so is the pool.
-                let _ = free.send(bytes.into_buffer());
+                // An upload keeps its buffer until it is done (object
+                // storage): the put fills a new one meanwhile, which costs
+                // less than a copy of the pack, and holds one pack less in
+                // memory. The builder may be gone (it failed): then so is
+                // the pool.
+                let buf = back.unwrap_or_else(|| Vec::with_capacity(buffer_capacity));
+                let _ = free.send(buf);
                 if staged.len() > STAGED_PACKS {
                     staged.pop_front().expect("not empty").commit()?;
                 }
