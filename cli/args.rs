@@ -120,6 +120,32 @@ pub enum Command {
     Man,
     /// Run a self-contained demonstration: two similar images, put, get, check.
     Demo(DemoArgs),
+    /// Serve the store as an OCI registry: `oras pull`/`oras push`,
+    /// `apptainer pull oras://HOST:PORT/NAME:TAG`, skopeo.
+    ///
+    /// Every image is pullable by NAME:TAG as a one-layer SIF artifact; its
+    /// sha256 is computed the first time a client asks for it (one read of
+    /// the image) and kept in the store under oci/. A pushed SIF becomes an
+    /// ordinary image, stored like `imgstore put` stores it (only the chunks
+    /// the store lacks), deffile and labels lifted.
+    ///
+    /// No authentication and no TLS yet: anyone who can connect can pull and
+    /// push. Listen on loopback (the default), or behind a proxy that does
+    /// both. Prints `listening on http://ADDR:PORT` once ready; stops on
+    /// SIGINT or SIGTERM. See docs/SERVE.md.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (port 0: any free port; the one chosen is printed).
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Directory for pushes in progress: each blob is spooled here whole
+    /// until its sha256 is checked and its manifest arrives
+    /// [default: a new directory under $TMPDIR, removed at exit].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
