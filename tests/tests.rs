@@ -37,3 +37,5 @@ mod reader;
 mod objects;
 // `imgstore copy` between a directory and object storage.
 mod copy;
+// `imgstore serve` with real clients: curl replaying Apptainer's pull, oras push/pull, bad requests.
+mod serve;
