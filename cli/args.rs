@@ -129,9 +129,9 @@ pub enum Command {
     /// ordinary image, stored like `imgstore put` stores it (only the chunks
     /// the store lacks), deffile and labels lifted.
     ///
-    /// No authentication and no TLS yet: anyone who can connect can pull and
-    /// push. Listen on loopback (the default), or behind a proxy that does
-    /// both. Prints `listening on http://ADDR:PORT` once ready; stops on
+    /// Without --htpasswd there is no authentication: anyone who can connect
+    /// can pull and push. There is no TLS yet: listen on loopback (the
+    /// default), or behind a proxy that terminates it. Prints `listening on http://ADDR:PORT` once ready; stops on
     /// SIGINT or SIGTERM. See docs/SERVE.md.
     Serve(ServeArgs),
 }
@@ -146,6 +146,14 @@ pub struct ServeArgs {
     /// [default: a new directory under $TMPDIR, removed at exit].
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
+    /// Require HTTP Basic users from this htpasswd file (bcrypt lines, as
+    /// `htpasswd -B` writes them). Without it, no authentication.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// Per-prefix rules of who may read and push (docs/SERVE.md); without
+    /// it every htpasswd user may read and push everything.
+    #[arg(long, value_name = "FILE", requires = "htpasswd")]
+    pub access: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -34,11 +34,16 @@ struct Server {
 
 impl Server {
     fn start(env: &Env) -> Server {
+        Self::start_with(env, &[])
+    }
+
+    fn start_with(env: &Env, args: &[&str]) -> Server {
         let spool = env.path("spool");
         let mut child = env
             .process("srv")
             .args(["serve", "--listen", "127.0.0.1:0", "--spool"])
             .arg(&spool)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -464,4 +469,98 @@ fn a_corrupt_chunk_mid_blob_cuts_the_connection() {
         "every byte sent is the image's"
     );
     assert_eq!(curl(&[&srv.url("/v2/")]).status, 200);
+}
+
+/// HTTP Basic users from an htpasswd file (bcrypt) and per-prefix rules:
+/// a private prefix inside a public one stays private, pushes need a user
+/// the rules name, and the catalog lists only what the user may read.
+#[test]
+fn users_and_prefix_rules_decide_who_pulls_and_pushes() {
+    let env = Env::new();
+    let f = env.file("img", &common::random(200_000, 5));
+    env.put("lab/private/app:v1", &f);
+    env.put("lab/pub:v1", &f);
+    let htpasswd = format!(
+        "alice:{}\nbob:{}\n",
+        bcrypt::hash("alice-pw", 4).unwrap(),
+        bcrypt::hash("bob-pw", 4).unwrap()
+    );
+    let h = env.file("htpasswd", htpasswd.as_bytes());
+    let rules = "group ml alice\nread lab/private/ @ml\npush lab/ alice\nread lab/ anonymous\n";
+    let a = env.file("access", rules.as_bytes());
+    let srv = Server::start_with(
+        &env,
+        &["--htpasswd", h.to_str().unwrap(), "--access", a.to_str().unwrap()],
+    );
+
+    let private = srv.url("/v2/lab/private/app/manifests/v1");
+    let public = srv.url("/v2/lab/pub/manifests/v1");
+    assert_eq!(curl(&[&srv.url("/v2/")]).status, 200, "some names are public");
+    assert_eq!(curl(&[&public]).status, 200);
+    let r = curl(&[&private]);
+    assert_eq!((r.status, r.error_code().as_str()), (401, "UNAUTHORIZED"));
+    assert_eq!(r.header("www-authenticate"), "Basic realm=\"imgstore\"");
+    let r = curl(&["-u", "bob:bob-pw", &private]);
+    assert_eq!((r.status, r.error_code().as_str()), (403, "DENIED"));
+    assert_eq!(curl(&["-u", "alice:alice-pw", &private]).status, 200);
+    assert_eq!(curl(&["-u", "alice:wrong", &private]).status, 401);
+    assert_eq!(
+        curl(&["-u", "mallory:x", &public]).status,
+        401,
+        "bad credentials are not anonymous"
+    );
+
+    let uploads = srv.url("/v2/lab/new/blobs/uploads/");
+    assert_eq!(curl(&["-X", "POST", &uploads]).status, 401, "a push needs a user");
+    assert_eq!(curl(&["-X", "POST", "-u", "bob:bob-pw", &uploads]).status, 403);
+    assert_eq!(
+        curl(&["-X", "POST", "-u", "alice:alice-pw", &uploads]).status,
+        202
+    );
+
+    let anon = curl(&[&srv.url("/v2/_catalog")]).json();
+    assert_eq!(anon, serde_json::json!({"repositories": ["lab/pub"]}));
+    let alice = curl(&["-u", "alice:alice-pw", &srv.url("/v2/_catalog")]).json();
+    assert_eq!(
+        alice,
+        serde_json::json!({"repositories": ["lab/private/app", "lab/pub"]})
+    );
+}
+
+/// A server with users but no anonymous rule asks for a login at `/v2/`.
+#[test]
+fn without_anonymous_rules_every_request_needs_a_user() {
+    let env = Env::new();
+    let h = env.file(
+        "htpasswd",
+        format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap()).as_bytes(),
+    );
+    let srv = Server::start_with(&env, &["--htpasswd", h.to_str().unwrap()]);
+    assert_eq!(curl(&[&srv.url("/v2/")]).status, 401);
+    assert_eq!(curl(&["-u", "alice:pw", &srv.url("/v2/")]).status, 200);
+    assert_eq!(
+        curl(&["-X", "POST", "-u", "alice:pw", &srv.url("/v2/a/blobs/uploads/")]).status,
+        202
+    );
+    // A bad access file is an error at start, not a silently open server.
+    let bad = env.file("bad-access", b"push * anonymous\n");
+    let out = env
+        .cmd_host("srv2")
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--htpasswd",
+            h.to_str().unwrap(),
+            "--access",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(common::code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("anonymous"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -21,6 +21,8 @@ pub fn run(g: &Global, a: &ServeArgs) -> Result<()> {
     let opts = crate::serve::Options {
         listen: a.listen,
         spool,
+        htpasswd: a.htpasswd.clone(),
+        access: a.access.clone(),
     };
     crate::serve::run(store, opts, |addr| {
         use std::io::Write;

@@ -72,6 +72,10 @@ pub enum Code {
     Unsupported,
     NotFound,
     TooLarge,
+    /// No or wrong credentials (401, with a Basic challenge).
+    Unauthorized,
+    /// The user may not (403).
+    Denied,
     /// The store failed (I/O, damage, busy): 500 or 503.
     Internal,
     Unavailable,
@@ -94,6 +98,8 @@ impl Code {
             Code::Unsupported => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Code::NotFound => (S::NOT_FOUND, "NOT_FOUND"),
             Code::TooLarge => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+            Code::Unauthorized => (S::UNAUTHORIZED, "UNAUTHORIZED"),
+            Code::Denied => (S::FORBIDDEN, "DENIED"),
             Code::Internal => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             Code::Unavailable => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         }
@@ -126,6 +132,12 @@ impl OciError {
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         r.headers_mut().insert(CONTENT_LENGTH, len.into());
+        if self.code == Code::Unauthorized {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"imgstore\""),
+            );
+        }
         r
     }
 }

@@ -6,11 +6,13 @@
 //! request. hyper serves HTTP/1.1 on tokio; the store's calls block, so
 //! handlers run on tokio's blocking threads.
 //!
+//! - `access`: htpasswd users (bcrypt) and per-prefix read/push rules
 //! - `route`: request paths parsed into routes (names through imgstore's grammar)
 //! - `http`: bodies (a blob streamed through a bounded channel) and OCI error responses
 //! - `pull`: manifests (derived or pushed), blobs, tags, catalog
 //! - `push`: uploads into a spool, sha256 checked, manifests committed through put
 
+mod access;
 mod http;
 mod pull;
 mod push;
@@ -49,6 +51,8 @@ pub struct State {
     uploads: Mutex<HashMap<String, push::Upload>>,
     /// Images whose sha256 a thread is computing (the others wait).
     digesting: Mutex<HashMap<ImageId, Arc<Mutex<()>>>>,
+    /// Users and rules; `None`: no authentication (loopback use).
+    access: Option<access::Access>,
 }
 
 /// Settings of a server.
@@ -57,6 +61,10 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Upload spool directory (created if missing).
     pub spool: PathBuf,
+    /// htpasswd file (bcrypt): users, and authentication required.
+    pub htpasswd: Option<PathBuf>,
+    /// Access rules file (needs `htpasswd`).
+    pub access: Option<PathBuf>,
 }
 
 /// Runs the server until SIGINT or SIGTERM. `ready` gets the bound address
@@ -67,6 +75,10 @@ pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr)) -> anyho
         let d = opts.spool.join(dir);
         std::fs::create_dir_all(&d).with_context(|| format!("creating the upload spool {}", d.display()))?;
     }
+    let access = match &opts.htpasswd {
+        Some(h) => Some(access::Access::load(h, opts.access.as_deref())?),
+        None => None,
+    };
     let store = Arc::new(store);
     let reader = store.reader()?;
     let state = Arc::new(State {
@@ -75,6 +87,7 @@ pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr)) -> anyho
         spool: opts.spool,
         uploads: Mutex::new(HashMap::new()),
         digesting: Mutex::new(HashMap::new()),
+        access,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -172,6 +185,7 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> http::Result<Res
     })?;
     let query = query_of(&req);
     let head = req.method() == Method::HEAD;
+    let user = state.authorize(&req, &route)?;
     let unsupported = || {
         Err(OciError::new(
             Code::Unsupported,
@@ -186,7 +200,7 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> http::Result<Res
             r.headers_mut().insert(CONTENT_LENGTH, 2.into());
             Ok(r)
         }
-        (Method::GET, Route::Catalog) => blocking(state, move |s| s.catalog(&query)).await,
+        (Method::GET, Route::Catalog) => blocking(state, move |s| s.catalog(&query, user.as_deref())).await,
         (Method::GET, Route::Tags { name }) => blocking(state, move |s| s.tags(&name, &query)).await,
         (Method::GET | Method::HEAD, Route::Manifest { name, reference }) => {
             blocking(state, move |s| s.manifest(&name, &reference, head)).await
@@ -213,5 +227,52 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> http::Result<Res
         (Method::GET, Route::Upload { name, id }) => state.upload_status(&name, &id),
         (Method::DELETE, Route::Upload { name, id }) => state.cancel_upload(&name, &id),
         _ => unsupported(),
+    }
+}
+
+impl State {
+    /// The request's user, if it may do what its route asks; a refusal as
+    /// 401 (with a Basic challenge) or 403. Without an htpasswd file every
+    /// request is allowed, anonymous.
+    fn authorize(&self, req: &Request<Incoming>, route: &Route) -> http::Result<Option<String>> {
+        use access::{Action, Refused};
+        let Some(access) = &self.access else {
+            return Ok(None);
+        };
+        let refused = |r: Refused| match r {
+            Refused::Unauthenticated => OciError::new(Code::Unauthorized, "authentication required"),
+            Refused::Denied => OciError::new(Code::Denied, "this user may not do that here"),
+        };
+        let auth = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("invalid"));
+        // bcrypt is slow on purpose: off the async workers' hot path.
+        let user = tokio::task::block_in_place(|| access.authenticate(auth)).map_err(refused)?;
+        let (action, name) = match route {
+            Route::Base => {
+                // A client learns here that it should log in: anonymous
+                // passes only where some name may be read anonymously.
+                return match (&user, access.anonymous_reads()) {
+                    (None, false) => Err(refused(Refused::Unauthenticated)),
+                    _ => Ok(user),
+                };
+            }
+            // Filtered per name by the handler.
+            Route::Catalog => return Ok(user),
+            Route::Tags { name } | Route::Blob { name, .. } => (Action::Read, name),
+            Route::Manifest { name, .. } if req.method() == Method::PUT => (Action::Push, name),
+            Route::Manifest { name, .. } => (Action::Read, name),
+            Route::Uploads { name } | Route::Upload { name, .. } => (Action::Push, name),
+        };
+        access.check(user.as_deref(), action, name).map_err(refused)?;
+        Ok(user)
+    }
+
+    /// Whether `user` may read `name` (for the catalog).
+    fn may_read(&self, user: Option<&str>, name: &str) -> bool {
+        self.access
+            .as_ref()
+            .is_none_or(|a| a.check(user, access::Action::Read, name).is_ok())
     }
 }

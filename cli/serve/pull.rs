@@ -335,8 +335,15 @@ impl State {
     }
 
     /// `GET /v2/_catalog`.
-    pub fn catalog(&self, query: &Query) -> Result<Resp> {
-        let mut names: Vec<String> = self.store.refs(None)?.into_iter().map(|(t, _)| t.name).collect();
+    /// Lists only the names `user` may read.
+    pub fn catalog(&self, query: &Query, user: Option<&str>) -> Result<Resp> {
+        let mut names: Vec<String> = self
+            .store
+            .refs(None)?
+            .into_iter()
+            .map(|(t, _)| t.name)
+            .filter(|n| self.may_read(user, n))
+            .collect();
         names.sort();
         names.dedup();
         json_response(&serde_json::json!({"repositories": page(names, query)}))
