@@ -130,8 +130,8 @@ pub enum Command {
     /// the store lacks), deffile and labels lifted.
     ///
     /// Without --htpasswd there is no authentication: anyone who can connect
-    /// can pull and push. There is no TLS yet: listen on loopback (the
-    /// default), or behind a proxy that terminates it. Prints `listening on http://ADDR:PORT` once ready; stops on
+    /// can pull and push. HTTPS with --tls-cert/--tls-key; plain HTTP on
+    /// loopback (the default address), elsewhere only with --plain-http. Prints `listening on http://ADDR:PORT` once ready; stops on
     /// SIGINT or SIGTERM. See docs/SERVE.md.
     Serve(ServeArgs),
 }
@@ -154,6 +154,16 @@ pub struct ServeArgs {
     /// it every htpasswd user may read and push everything.
     #[arg(long, value_name = "FILE", requires = "htpasswd")]
     pub access: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a proxy that
+    /// terminates TLS). Loopback addresses serve plain HTTP without it.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,7 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         Server { child, addr, spool }
@@ -563,4 +564,65 @@ fn without_anonymous_rules_every_request_needs_a_user() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// HTTPS with rustls from PEM files: a client that trusts the certificate
+/// pulls; plain HTTP to that port gets nothing. Plain HTTP off loopback is
+/// refused unless asked for.
+#[test]
+fn tls_from_pem_files_and_plain_http_only_on_loopback() {
+    let env = Env::new();
+    let f = env.file("img", &common::random(300_000, 6));
+    env.put("lab/app:v1", &f);
+    let (cert, key) = (env.path("cert.pem"), env.path("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (.ci/run installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let srv = Server::start_with(
+        &env,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://{}/v2/lab/app/manifests/v1", srv.addr);
+    let r = curl(&["--cacert", cert.to_str().unwrap(), &url]);
+    assert_eq!((r.exit, r.status), (0, 200));
+    let digest = r.json()["layers"][0]["digest"].as_str().unwrap().to_string();
+    let blob = curl(&[
+        "--cacert",
+        cert.to_str().unwrap(),
+        &format!("https://{}/v2/lab/app/blobs/{digest}", srv.addr),
+    ]);
+    assert_eq!(sha256(&blob.body), sha256(&std::fs::read(&f).unwrap()));
+    let plain = curl(&[&format!("http://{}/v2/", srv.addr)]);
+    assert_ne!(plain.status, 200);
+    let untrusted = curl(&[&url]);
+    assert_ne!(untrusted.exit, 0, "an unknown certificate is not trusted");
+
+    let out = env
+        .cmd_host("srv2")
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(common::code(&out), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--plain-http"));
 }

@@ -5,6 +5,19 @@ use anyhow::{Context, Result};
 use crate::args::{Global, ServeArgs};
 
 pub fn run(g: &Global, a: &ServeArgs) -> Result<()> {
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        _ => None,
+    };
+    // Plain HTTP off loopback only when asked for (behind a TLS proxy):
+    // Basic passwords and private images would cross the network in clear.
+    if tls.is_none() && !a.plain_http && !a.listen.ip().is_loopback() {
+        return Err(super::UsageError(format!(
+            "{} is not a loopback address: give --tls-cert and --tls-key, or --plain-http behind a TLS proxy",
+            a.listen
+        ))
+        .into());
+    }
     let store = super::open(g)?;
     // The default spool is this process's own, removed when it exits.
     let temp;
@@ -23,11 +36,13 @@ pub fn run(g: &Global, a: &ServeArgs) -> Result<()> {
         spool,
         htpasswd: a.htpasswd.clone(),
         access: a.access.clone(),
+        tls,
     };
-    crate::serve::run(store, opts, |addr| {
+    crate::serve::run(store, opts, |addr, tls| {
         use std::io::Write;
         let mut out = std::io::stdout();
-        let _ = writeln!(out, "listening on http://{addr}");
+        let scheme = if tls { "https" } else { "http" };
+        let _ = writeln!(out, "listening on {scheme}://{addr}");
         let _ = out.flush();
     })
 }

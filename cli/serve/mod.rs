@@ -65,11 +65,56 @@ pub struct Options {
     pub htpasswd: Option<PathBuf>,
     /// Access rules file (needs `htpasswd`).
     pub access: Option<PathBuf>,
+    /// TLS certificate chain and private key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// A TLS acceptor from PEM files: the certificate chain and its key.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading the certificate chain {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and the key do not make a TLS identity")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves one connection (plain or TLS) until it ends.
+async fn serve_connection<I>(state: Arc<State>, io: I, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!("connection from {peer}: {e}");
+    }
 }
 
 /// Runs the server until SIGINT or SIGTERM. `ready` gets the bound address
-/// (the port, when `listen` asked for port 0).
-pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
+/// (the port, when `listen` asked for port 0) and whether it speaks TLS.
+pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr, bool)) -> anyhow::Result<()> {
     use anyhow::Context;
     for dir in ["uploads", "blobs"] {
         let d = opts.spool.join(dir);
@@ -77,6 +122,10 @@ pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr)) -> anyho
     }
     let access = match &opts.htpasswd {
         Some(h) => Some(access::Access::load(h, opts.access.as_deref())?),
+        None => None,
+    };
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
         None => None,
     };
     let store = Arc::new(store);
@@ -98,7 +147,7 @@ pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr)) -> anyho
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("listening on {}", opts.listen))?;
-        ready(listener.local_addr()?);
+        ready(listener.local_addr()?, tls.is_some());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             let (stream, peer) = tokio::select! {
@@ -116,18 +165,17 @@ pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr)) -> anyho
             };
             let _ = stream.set_nodelay(true);
             let state = state.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(MAX_HEAD)
-                    .serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = conn.await {
-                    tracing::debug!("connection from {peer}: {e}");
+                match tls {
+                    None => serve_connection(state, stream, peer).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => serve_connection(state, tls_stream, peer).await,
+                            Ok(Err(e)) => tracing::debug!("TLS handshake with {peer}: {e}"),
+                            Err(_) => tracing::debug!("TLS handshake with {peer}: timed out"),
+                        }
+                    }
                 }
             });
         }
