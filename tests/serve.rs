@@ -626,3 +626,110 @@ fn tls_from_pem_files_and_plain_http_only_on_loopback() {
     assert_eq!(common::code(&out), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--plain-http"));
 }
+
+/// The server's peak resident memory (VmHWM), in bytes.
+fn peak_rss(srv: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// 8 concurrent pulls and 2 concurrent pushes while gc runs again and
+/// again: every pull byte-identical, every push an image, the store clean,
+/// and the server's peak RSS bounded. Clients stalled in their request
+/// heads do not keep others from being served.
+#[test]
+fn concurrent_pulls_and_pushes_while_gc_runs() {
+    let env = Env::new();
+    let bytes = common::image(32 << 20, 7);
+    let f = env.file("big.sif", &bytes);
+    env.put("lab/big:v1", &f);
+    env.put("lab/old:v1", &env.file("old", &common::image(4 << 20, 8)));
+    env.cmd().args(["rm", "lab/old:v1"]).assert().success();
+    let srv = Server::start(&env);
+    // Slowloris: connections that send half a request head and stall.
+    let stalled: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&srv.addr).unwrap();
+            s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            s
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    assert_eq!(curl(&[&srv.url("/v2/")]).status, 200);
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "served late: {:?}",
+        started.elapsed()
+    );
+
+    let m = curl(&[&srv.url("/v2/lab/big/manifests/v1")]).json();
+    let blob = srv.url(&format!(
+        "/v2/lab/big/blobs/{}",
+        m["layers"][0]["digest"].as_str().unwrap()
+    ));
+    let want = sha256(&bytes);
+    for (i, seed) in [(1, 11u64), (2, 12)] {
+        let (push, _) = sif_image(12 << 20, seed);
+        env.file(&format!("push{i}.sif"), &push);
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let gc = scope.spawn(|| {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = env
+                    .cmd_host("gc")
+                    .args(["gc", "--grace", "0s", "--wait"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "gc: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                runs += 1;
+            }
+            runs
+        });
+        let pulls: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let r = curl(&[&blob]);
+                    assert_eq!((r.exit, r.status), (0, 200));
+                    assert_eq!(sha256(&r.body), want);
+                })
+            })
+            .collect();
+        let pushes: Vec<_> = (1..=2)
+            .map(|i| {
+                let srv = &srv;
+                let env = &env;
+                scope.spawn(move || {
+                    let dir = env.path(&format!("push{i}"));
+                    std::fs::create_dir(&dir).unwrap();
+                    std::fs::copy(env.path(&format!("push{i}.sif")), dir.join("app.sif")).unwrap();
+                    oras(srv, &["push", &format!("lab/push{i}:v1"), "app.sif"], &dir);
+                })
+            })
+            .collect();
+        for t in pulls.into_iter().chain(pushes) {
+            t.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = gc.join().unwrap();
+        assert!(runs >= 1);
+    });
+    for i in 1..=2 {
+        let pushed = std::fs::read(env.path(&format!("push{i}.sif"))).unwrap();
+        assert!(env.get(&format!("lab/push{i}:v1")) == pushed, "push {i}");
+    }
+    let rss = peak_rss(&srv);
+    eprintln!(
+        "serve peak RSS after 8 pulls of 32 MiB and 2 pushes of 12 MiB under gc: {} MiB",
+        rss >> 20
+    );
+    assert!(rss < 512 << 20, "peak RSS {} MiB", rss >> 20);
+    drop(stalled);
+    env.cmd().args(["verify", "--read-data"]).assert().success();
+}

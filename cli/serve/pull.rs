@@ -31,6 +31,20 @@ pub const EMPTY_CONFIG: &[u8] = b"{}";
 /// little (two pieces queued and one being read).
 const PIECE: usize = 4 << 20;
 const PIECES_QUEUED: usize = 2;
+/// How long a client may take to accept the next piece of a blob before the
+/// transfer is given up (a stalled reader holds an image reader until then).
+const SEND_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Sends a piece from a blocking producer; false once the client is gone
+/// or has stalled past [`SEND_IDLE`] (the body then ends short, which cuts
+/// the connection).
+fn send(tx: &tokio::sync::mpsc::Sender<io::Result<Bytes>>, piece: io::Result<Bytes>) -> bool {
+    let handle = tokio::runtime::Handle::current();
+    matches!(
+        handle.block_on(tokio::time::timeout(SEND_IDLE, tx.send(piece))),
+        Ok(Ok(()))
+    )
+}
 
 /// sha256 of [`EMPTY_CONFIG`].
 pub fn empty_config_digest() -> Digest {
@@ -310,8 +324,8 @@ impl State {
                     }
                 };
                 let failed = piece.is_err();
-                if tx.blocking_send(piece).is_err() {
-                    tracing::debug!("client went away at offset {off} of image {id}");
+                if !send(&tx, piece) {
+                    tracing::debug!("client went away or stalled at offset {off} of image {id}");
                     return;
                 }
                 if failed {
@@ -358,7 +372,7 @@ fn stream_file(path: std::path::PathBuf, start: u64, end: u64) -> super::http::B
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                let _ = tx.blocking_send(Err(e));
+                send(&tx, Err(e));
                 return;
             }
         };
@@ -367,7 +381,7 @@ fn stream_file(path: std::path::PathBuf, start: u64, end: u64) -> super::http::B
             let mut buf = vec![0u8; PIECE.min((end - off) as usize)];
             let piece = file.read_exact_at(&mut buf, off).map(|()| Bytes::from(buf));
             let failed = piece.is_err();
-            if tx.blocking_send(piece).is_err() || failed {
+            if !send(&tx, piece) || failed {
                 return;
             }
             off += PIECE as u64;
