@@ -374,6 +374,17 @@ fn bad_requests_are_refused_and_store_nothing() {
     assert!(srv.spooled().is_empty(), "{:?}", srv.spooled());
     let r = curl(&["-I", &srv.url(&format!("/v2/lab/app/blobs/{wrong}"))]);
     assert_eq!(r.status, 404);
+    // A verified upload waits for its manifest under its own name only.
+    let right = format!("sha256:{}", sha256(&std::fs::read(&data).unwrap()));
+    assert_eq!(upload(&srv, "lab/app", &data, &right).status, 201);
+    let staged = |name: &str| curl(&[&srv.url(&format!("/v2/{name}/blobs/{right}"))]);
+    assert_eq!(staged("lab/app").status, 200);
+    assert!(staged("lab/app").body == std::fs::read(&data).unwrap());
+    assert_eq!(
+        staged("lab/other").status,
+        404,
+        "a staged blob is not seen under another name"
+    );
 
     // Manifests: not JSON, not a manifest, a layer never pushed.
     let put_manifest = |body: &str| {

@@ -247,7 +247,7 @@ impl State {
         if let Some(bytes) = self.store.oci_blob(digest)? {
             return Ok(Some(Blob::Bytes(bytes.into())));
         }
-        let staged = self.staged(digest);
+        let staged = self.staged(name, digest);
         if let Ok(m) = std::fs::metadata(&staged) {
             return Ok(Some(Blob::Staged(m.len())));
         }
@@ -279,7 +279,7 @@ impl State {
         } else {
             match source {
                 Blob::Bytes(b) => full(b.slice(start as usize..end as usize)),
-                Blob::Staged(_) => stream_file(self.staged(digest), start, end),
+                Blob::Staged(_) => stream_file(self.staged(name, digest), start, end),
                 Blob::Image(rec) => self.stream_image(&rec.image, start, end)?,
             }
         };

@@ -112,9 +112,14 @@ fn query_digest(query: &Query) -> Option<Result<Digest>> {
 }
 
 impl State {
-    /// Where a verified blob waits for its manifest.
-    pub fn staged(&self, digest: &Digest) -> PathBuf {
-        self.spool.join("blobs").join(digest.to_hex())
+    /// Where a verified blob pushed to `name` waits for its manifest. Per
+    /// name, so a blob staged under one name is not readable (or even seen)
+    /// under another, whose readers the rules may differ for.
+    pub fn staged(&self, name: &str, digest: &Digest) -> PathBuf {
+        let name = format!("{:x}", Sha256::digest(name.as_bytes()));
+        self.spool
+            .join("blobs")
+            .join(format!("{}-{}", &name[..32], digest.to_hex()))
     }
 
     fn take_upload(&self, name: &str, id: &str) -> Result<Upload> {
@@ -235,7 +240,7 @@ impl State {
                 format!("the uploaded bytes have sha256:{got}, not sha256:{want}; nothing was stored"),
             ));
         }
-        std::fs::rename(&up.path, self.staged(&want)).map_err(|e| internal("staging an upload", e))?;
+        std::fs::rename(&up.path, self.staged(name, &want)).map_err(|e| internal("staging an upload", e))?;
         Ok(created(format!("/v2/{name}/blobs/sha256:{want}"), &want))
     }
 
@@ -342,7 +347,7 @@ impl State {
         // The config: the empty one, one kept before, or a staged upload
         // (small, kept byte for byte).
         if config != empty_config_digest() && self.store.oci_has_blob(&config)?.is_none() {
-            let staged = self.staged(&config);
+            let staged = self.staged(&tag.name, &config);
             let size = std::fs::metadata(&staged).map_err(|_| unknown(&config))?.len();
             if size > MAX_SMALL_BLOB || size != m.config.size {
                 return Err(invalid(format!(
@@ -357,7 +362,7 @@ impl State {
 
         // The layer: a staged upload becomes an image through the put
         // path; a blob the store already has as an image is tagged.
-        let staged = self.staged(&layer_digest);
+        let staged = self.staged(&tag.name, &layer_digest);
         let image = if let Ok(meta) = std::fs::metadata(&staged) {
             if meta.len() != layer.size {
                 return Err(invalid(format!(
