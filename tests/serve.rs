@@ -744,3 +744,44 @@ fn concurrent_pulls_and_pushes_while_gc_runs() {
     drop(stalled);
     env.cmd().args(["verify", "--read-data"]).assert().success();
 }
+
+/// skopeo (containers/image, another real client): `inspect --raw` gets the
+/// served manifest byte for byte, a copy to a directory gets the image, and
+/// a copy back in under another name pushes it (manifest digest kept).
+#[test]
+fn skopeo_inspects_copies_out_and_copies_in() {
+    let env = Env::new();
+    let (bytes, _) = sif_image(3 << 20, 9);
+    let f = env.file("app.sif", &bytes);
+    env.put("lab/app:v1", &f);
+    let srv = Server::start(&env);
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo")
+            .args(args)
+            .output()
+            .expect("run skopeo (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let src = format!("docker://{}/lab/app:v1", srv.addr);
+    let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &src]);
+    assert!(raw == curl(&[&srv.url("/v2/lab/app/manifests/v1")]).body);
+    let dir = env.path("copy");
+    let dir_ref = format!("dir:{}", dir.display());
+    skopeo(&["copy", "--src-tls-verify=false", &src, &dir_ref]);
+    let layer = serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    assert!(std::fs::read(dir.join(&layer)).unwrap() == bytes);
+    let dest = format!("docker://{}/lab/copied:v1", srv.addr);
+    skopeo(&["copy", "--dest-tls-verify=false", &dir_ref, &dest]);
+    assert!(env.get("lab/copied:v1") == bytes);
+    let back = skopeo(&["inspect", "--raw", "--tls-verify=false", &dest]);
+    assert_eq!(sha256(&back), sha256(&raw));
+}
