@@ -10,7 +10,12 @@ use std::process::{Child, Command, Stdio};
 use imgstore_store::sif;
 use sha2::{Digest, Sha256};
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Kind};
+
+crate::on_both_backends!(
+    a_curl_replay_of_apptainers_pull_gets_the_image_whole,
+    the_oras_client_pushes_and_pulls_a_sif,
+);
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
@@ -159,9 +164,8 @@ fn sif_image(size: usize, seed: u64) -> (Vec<u8>, &'static [u8]) {
 /// the version check, the manifest with its Accept header, the config, then
 /// the one layer in one GET without Range, which must be a 200 with the
 /// exact Content-Length and the image's sha256.
-#[test]
-fn a_curl_replay_of_apptainers_pull_gets_the_image_whole() {
-    let env = Env::new();
+fn a_curl_replay_of_apptainers_pull_gets_the_image_whole(kind: Kind) {
+    let env = Env::on(kind);
     let (bytes, _) = sif_image(6 << 20, 1);
     let f = env.file("app.sif", &bytes);
     env.put("lab/app:3f2c1e", &f);
@@ -263,9 +267,8 @@ fn oras(srv: &Server, args: &[&str], cwd: &Path) -> std::process::Output {
 /// chunks) and pulls it back byte for byte; the push is an ordinary image
 /// (deffile lifted, verify clean), and an image put with `imgstore put`
 /// pulls too.
-#[test]
-fn the_oras_client_pushes_and_pulls_a_sif() {
-    let env = Env::new();
+fn the_oras_client_pushes_and_pulls_a_sif(kind: Kind) {
+    let env = Env::on(kind);
     let srv = Server::start(&env);
     let (bytes, deffile) = sif_image(5 << 20, 2);
     env.file("app.sif", &bytes);
