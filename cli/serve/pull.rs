@@ -115,7 +115,14 @@ impl State {
             .or_insert_with(|| Arc::new(Mutex::new(())))
             .clone();
         let _one = lock.lock().expect("digest lock");
-        let rec = match self.store.oci_image_digest(id)? {
+        let rec = self.compute_digest(id);
+        self.digesting.lock().expect("digest locks").remove(id);
+        rec
+    }
+
+    /// The record of image `id`, computed unless another thread just did.
+    fn compute_digest(&self, id: &ImageId) -> Result<ImageDigest> {
+        Ok(match self.store.oci_image_digest(id)? {
             Some(rec) => rec,
             None => {
                 let started = std::time::Instant::now();
@@ -137,9 +144,7 @@ impl State {
                 );
                 self.store.oci_record_image_digest(id, &sha, img.size())?
             }
-        };
-        self.digesting.lock().expect("digest locks").remove(id);
-        Ok(rec)
+        })
     }
 
     /// The tags of exactly `name` and the images they name.
