@@ -120,6 +120,50 @@ pub enum Command {
     Man,
     /// Run a self-contained demonstration: two similar images, put, get, check.
     Demo(DemoArgs),
+    /// Serve the store as an OCI registry: `oras pull`/`oras push`,
+    /// `apptainer pull oras://HOST:PORT/NAME:TAG`, skopeo.
+    ///
+    /// Every image is pullable by NAME:TAG as a one-layer SIF artifact; its
+    /// sha256 is computed the first time a client asks for it (one read of
+    /// the image) and kept in the store under oci/. A pushed SIF becomes an
+    /// ordinary image, stored like `imgstore put` stores it (only the chunks
+    /// the store lacks), deffile and labels lifted.
+    ///
+    /// Without --htpasswd there is no authentication: anyone who can connect
+    /// can pull and push. HTTPS with --tls-cert/--tls-key; plain HTTP on
+    /// loopback (the default address), elsewhere only with --plain-http. Prints `listening on http://ADDR:PORT` once ready; stops on
+    /// SIGINT or SIGTERM. See docs/SERVE.md.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (port 0: any free port; the one chosen is printed).
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Directory for pushes in progress: each blob is spooled here whole
+    /// until its sha256 is checked and its manifest arrives
+    /// [default: a new directory under $TMPDIR, removed at exit].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Require HTTP Basic users from this htpasswd file (bcrypt lines, as
+    /// `htpasswd -B` writes them). Without it, no authentication.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// Per-prefix rules of who may read and push (docs/SERVE.md); without
+    /// it every htpasswd user may read and push everything.
+    #[arg(long, value_name = "FILE", requires = "htpasswd")]
+    pub access: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a proxy that
+    /// terminates TLS). Loopback addresses serve plain HTTP without it.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod cmd;
 mod exit;
 mod output;
 mod progress;
+mod serve;
 
 use std::io::ErrorKind as IoKind;
 use std::process::ExitCode;

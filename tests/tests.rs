@@ -39,3 +39,5 @@ mod objects;
 mod copy;
 // Object storage misbehaving: 503s, 500s and stalls from a proxy; a client clock off.
 mod object_faults;
+// `imgstore serve` with real clients: curl replaying Apptainer's pull, oras push/pull, bad requests.
+mod serve;

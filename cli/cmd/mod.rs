@@ -10,6 +10,7 @@ mod html;
 mod put;
 mod query;
 mod report;
+mod serve;
 mod verify;
 
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Completions(a) => admin::completions(a),
         Command::Man => admin::man(),
         Command::Demo(a) => demo::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
     }
 }
 

@@ -20,6 +20,7 @@ mod id;
 pub mod index;
 pub mod manifest;
 mod mark;
+pub mod oci;
 pub mod ops;
 pub mod pack;
 mod progress;

@@ -74,8 +74,9 @@ fn classify(key: &str, w: &mut Walk) -> Option<&'static str> {
             None
         }
         ["log" | "sessions", ..] => Some("that is not a .json record"),
-        // gc/ and quarantine/ belong to their commands.
-        ["gc" | QUARANTINE_DIR, _, ..] => None,
+        // gc/ and quarantine/ belong to their commands, oci/ to `serve`
+        // (records named by content: never wrong, at most unused).
+        ["gc" | QUARANTINE_DIR | crate::oci::OCI_DIR, _, ..] => None,
         _ => Some("that the store layout has no place for"),
     }
 }
