@@ -43,9 +43,14 @@ impl Server {
     }
 
     fn start_with(env: &Env, args: &[&str]) -> Server {
+        Self::start_with_env(env, args, &[])
+    }
+
+    fn start_with_env(env: &Env, args: &[&str], envs: &[(&str, &str)]) -> Server {
         let spool = env.path("spool");
         let mut child = env
             .process("srv")
+            .envs(envs.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--spool"])
             .arg(&spool)
             .args(args)
@@ -787,4 +792,35 @@ fn skopeo_inspects_copies_out_and_copies_in() {
     assert!(env.get("lab/copied:v1") == bytes);
     let back = skopeo(&["inspect", "--raw", "--tls-verify=false", &dest]);
     assert_eq!(sha256(&back), sha256(&raw));
+}
+
+/// The server's lease is renewed (a new one, then the old one ended), so a
+/// gc that condemned packs while it runs deletes them without a restart,
+/// and what the server still serves comes back whole.
+#[test]
+fn a_running_server_lets_gc_free_space() {
+    let env = Env::new();
+    let keep = common::random(3 << 20, 30);
+    env.put("lab/keep:v1", &env.file("keep.img", &keep));
+    env.put("lab/gone:v1", &env.file("gone.img", &common::random(3 << 20, 31)));
+    let srv = Server::start_with_env(&env, &[], &[("IMGSTORE_LEASE_SECS", "2")]);
+    let m = curl(&[&srv.url("/v2/lab/keep/manifests/v1")]).json();
+    let blob = format!(
+        "/v2/lab/keep/blobs/{}",
+        m["layers"][0]["digest"].as_str().unwrap()
+    );
+    assert_eq!(sha256(&curl(&[&srv.url(&blob)]).body), sha256(&keep));
+    env.cmd().args(["rm", "lab/gone:v1"]).assert().success();
+    let gc = || common::json_of(env.cmd(), &["gc", "--grace", "0s"]);
+    let first = gc();
+    assert!(first["packs_condemned"].as_u64().unwrap() >= 1, "{first}");
+    // Two renewals later every lease the plan listed has ended.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let second = gc();
+    assert!(
+        second["packs_deleted"].as_u64().unwrap() >= 1,
+        "gc still held back: {second}"
+    );
+    assert_eq!(sha256(&curl(&[&srv.url(&blob)]).body), sha256(&keep));
+    env.cmd().args(["verify"]).assert().success();
 }

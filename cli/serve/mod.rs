@@ -112,6 +112,21 @@ where
     }
 }
 
+/// Renews the shared reader's lease for as long as the server runs: gc
+/// waits for the leases it saw to end, so one lease kept for the server's
+/// life would hold every gc back.
+async fn renew_lease(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(StoreReader::renew_every()).await;
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || s.reader.renew_lease()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("renewing the server's lease: {e}"),
+            Err(e) => tracing::warn!("renewing the server's lease: {e}"),
+        }
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM. `ready` gets the bound address
 /// (the port, when `listen` asked for port 0) and whether it speaks TLS.
 pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr, bool)) -> anyhow::Result<()> {
@@ -148,6 +163,7 @@ pub fn run(store: Store, opts: Options, ready: impl FnOnce(SocketAddr, bool)) ->
             .await
             .with_context(|| format!("listening on {}", opts.listen))?;
         ready(listener.local_addr()?, tls.is_some());
+        tokio::spawn(renew_lease(state.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             let (stream, peer) = tokio::select! {

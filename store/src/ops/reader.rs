@@ -192,9 +192,10 @@ struct Counters {
 
 struct Shared {
     store: Arc<Store>,
-    /// Held for the reader's life; `None` only when the store was too full
-    /// to write one (as `get` does, the bytes are still checked).
-    _session: Option<Session>,
+    /// The reader's lease, replaced by [`StoreReader::renew_lease`]; `None`
+    /// only when the store was too full to write one (as `get` does, the
+    /// bytes are still checked).
+    session: Mutex<Option<Session>>,
     index: RwLock<Arc<index::Reader>>,
     /// Bumped by each refresh, so threads that found the same pack gone
     /// catch up once between them.
@@ -238,7 +239,7 @@ impl Store {
         Ok(StoreReader {
             shared: Arc::new(Shared {
                 store: self.clone(),
-                _session: session,
+                session: Mutex::new(session),
                 index: RwLock::new(Arc::new(lookup)),
                 generation: AtomicU64::new(0),
                 refreshing: Mutex::new(()),
@@ -304,6 +305,36 @@ impl StoreReader {
     pub fn refresh(&self) -> Result<()> {
         let seen = self.shared.generation.load(Ordering::Acquire);
         self.shared.refresh(seen)
+    }
+
+    /// Takes a new lease, catches up, then ends the old lease. gc waits
+    /// for the sessions it listed with its plan to end before it deletes,
+    /// so a reader that lives for days (`serve`, `mount`) and kept its
+    /// first lease would hold every gc back; renewed every few minutes, it
+    /// holds one back that long. Reads in flight go on: one that finds a
+    /// pack gc deleted refreshes and retries, as any read does.
+    pub fn renew_lease(&self) -> Result<()> {
+        let new = match Session::start(self.shared.store.backend.clone(), "read") {
+            Ok(s) => Some(s),
+            Err(Error::NoSpace { path }) => {
+                tracing::warn!("store is full ({}): reading without a lease", path.display());
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        // The new lease first, then the index, as when the reader opened.
+        self.refresh()?;
+        let old = std::mem::replace(&mut *self.shared.session.lock().expect("reader lease"), new);
+        match old {
+            Some(old) => old.end(),
+            None => Ok(()),
+        }
+    }
+
+    /// How often a long-lived reader should [`renew_lease`](Self::renew_lease):
+    /// half a lease (`IMGSTORE_LEASE_SECS`), at least a second.
+    pub fn renew_every() -> std::time::Duration {
+        (crate::session::lease() / 2).max(std::time::Duration::from_secs(1))
     }
 
     /// What this reader has done so far.
