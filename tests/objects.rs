@@ -199,7 +199,18 @@ fn the_server_killed_and_restarted_mid_put_get_and_gc_loses_nothing() {
 
 #[test]
 fn every_command_works_on_a_store_in_object_storage() {
-    let env = Env::on(Kind::S3);
+    every_command_works(Kind::S3);
+}
+
+#[test]
+fn every_command_works_on_a_store_in_azure_blob_storage() {
+    if common::azure::server().is_some() {
+        every_command_works(Kind::Azure);
+    }
+}
+
+fn every_command_works(kind: Kind) {
+    let env = Env::on(kind);
     let v1 = common::image(4 << 20, 20);
     let v2 = common::edit(&v1, 3, 21);
     let f1 = env.file("v1.img", &v1);
@@ -255,15 +266,18 @@ fn every_command_works_on_a_store_in_object_storage() {
         );
     }
     assert!(std::fs::read_to_string(html).unwrap().contains("<html"));
-    // stats counts every object: here, every file s3s-fs keeps for the prefix.
-    let st = env.json(&["stats"]);
-    let files = common::list_files(&env.store());
-    assert_eq!(st["objects"], files.len() as u64, "{st}");
-    let bytes: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(env.store().join(f)).unwrap().len())
-        .sum();
-    assert_eq!(st["mean_object_size"], bytes / files.len() as u64, "{st}");
+    // stats counts every object: here, every file s3s-fs keeps for the
+    // prefix (Azurite keeps no file per object to count).
+    if kind == Kind::S3 {
+        let st = env.json(&["stats"]);
+        let files = common::list_files(&env.store());
+        assert_eq!(st["objects"], files.len() as u64, "{st}");
+        let bytes: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(env.store().join(f)).unwrap().len())
+            .sum();
+        assert_eq!(st["mean_object_size"], bytes / files.len() as u64, "{st}");
+    }
     // prune kept the newest; gc freed the other's chunks and lost nothing.
     assert!(env.get("lab/app:v2") == v2);
     let gone = env.cmd().args(["get", "lab/app:v1", "-o", "-"]).output().unwrap();

@@ -18,6 +18,9 @@ pub enum Kind {
     Local,
     /// A bucket prefix on an S3 server (s3s-fs on loopback).
     S3,
+    /// A container prefix on an Azure Blob emulator (Azurite on loopback).
+    /// Its objects are no files: tests that read `Env::store()` skip it.
+    Azure,
 }
 
 /// Registers each named `fn(Kind)` as two tests, `NAME::local` and
@@ -38,13 +41,32 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// Registers each named `fn(Kind)` as a test `azure::NAME` on Azurite
+/// (once per file: it makes one `mod azure`). It skips, saying why, when
+/// Azurite is not installed.
+#[macro_export]
+macro_rules! on_azure {
+    ($($name:ident),* $(,)?) => {
+        mod azure {$(
+            #[test]
+            fn $name() {
+                if $crate::common::azure::server().is_some() {
+                    super::$name($crate::common::Kind::Azure)
+                }
+            }
+        )*}
+    };
+}
+
 /// A fresh store, with its own local index directory, in a temp dir.
 pub struct Env {
     pub dir: TempDir,
-    /// The S3 URL of the store, for a store in object storage.
+    /// The URL of the store, for a store in object storage.
     url: Option<String>,
-    /// The server it is on: the shared one, or a test's own.
+    /// The S3 server it is on: the shared one, or a test's own.
     server: Option<&'static s3::Server>,
+    /// The Azurite it is on.
+    azure: Option<&'static azure::Server>,
 }
 
 impl Env {
@@ -80,8 +102,25 @@ impl Env {
                 dir: tempfile::tempdir().expect("tempdir"),
                 url: None,
                 server: None,
+                azure: None,
             },
             Kind::S3 => Self::uninit_at(s3::server()),
+            Kind::Azure => {
+                let server = azure::server().expect("Azurite is installed (on_azure! checks)");
+                let dir = tempfile::tempdir().expect("tempdir");
+                let name = dir.path().file_name().unwrap().to_str().unwrap();
+                let url = Some(format!(
+                    "az://{}/{}",
+                    azure::CONTAINER,
+                    name.trim_start_matches('.')
+                ));
+                Env {
+                    dir,
+                    url,
+                    server: None,
+                    azure: Some(server),
+                }
+            }
         }
     }
 
@@ -94,6 +133,7 @@ impl Env {
             dir,
             url,
             server: Some(server),
+            azure: None,
         }
     }
 
@@ -101,6 +141,10 @@ impl Env {
     /// itself, or the S3 server's files for its prefix (s3s-fs keeps each
     /// object as a plain file, so tests can read and damage them alike).
     pub fn store(&self) -> PathBuf {
+        assert!(
+            self.azure.is_none(),
+            "Azurite keeps objects in its own database, not as files: this test cannot run on it"
+        );
         match &self.url {
             None => self.dir.path().join("store"),
             Some(url) => self.server.unwrap().root.join(url.trim_start_matches("s3://")),
@@ -130,6 +174,9 @@ impl Env {
             .env_remove("IMGSTORE_TEST_CODEC")
             .env_remove("IMGSTORE_LEASE_SECS");
         if let Some(server) = self.server {
+            server.client_env(&mut c);
+        }
+        if let Some(server) = self.azure {
             server.client_env(&mut c);
         }
         c
@@ -558,6 +605,156 @@ pub mod s3 {
         panic!(
             "s3s-fs ({}) did not start; see {}.log",
             bin.display(),
+            root.display()
+        );
+    }
+}
+
+/// The Azure Blob emulator the tests share: one Azurite per test run, on a
+/// free loopback port, stopped (and its files removed) when the test
+/// process ends.
+pub mod azure {
+    use std::net::{TcpListener, TcpStream};
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// The container every Azure test store is a prefix of.
+    pub const CONTAINER: &str = "imgstore-tests";
+
+    /// Creates a container with the emulator's well-known account and key
+    /// (object_store creates none, and Azurite refuses anonymous writes).
+    /// Shared Key signing per Azure's "Authorize with Shared Key".
+    const CREATE_CONTAINER: &str = r#"
+        const crypto = require('crypto'), http = require('http');
+        const [port, container] = process.argv.slice(1);
+        const account = 'devstoreaccount1';
+        const key = Buffer.from('Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==', 'base64');
+        const date = new Date().toUTCString(), version = '2021-08-06';
+        const toSign = ['PUT', '', '', '', '', '', '', '', '', '', '', '',
+            `x-ms-date:${date}`, `x-ms-version:${version}`,
+            `/${account}/${account}/${container}\nrestype:container`].join('\n');
+        const sig = crypto.createHmac('sha256', key).update(toSign, 'utf8').digest('base64');
+        const req = http.request({host: '127.0.0.1', port, method: 'PUT',
+            path: `/${account}/${container}?restype=container`,
+            headers: {'x-ms-date': date, 'x-ms-version': version, 'Content-Length': 0,
+                      Authorization: `SharedKey ${account}:${sig}`}},
+            res => { res.resume(); if (res.statusCode === 201 || res.statusCode === 409) process.exit(0);
+                     console.error(`HTTP ${res.statusCode}`); process.exit(1); });
+        req.on('error', e => { console.error(e.message); process.exit(1); });
+        req.end();
+    "#;
+
+    pub struct Server {
+        pub endpoint: String,
+        /// The watcher that ends Azurite with the test process.
+        _watcher: std::process::Child,
+    }
+
+    impl Server {
+        /// Points an imgstore process at this emulator, the way a user
+        /// would: object_store reads both variables itself.
+        pub fn client_env(&self, c: &mut Command) {
+            c.env("AZURE_STORAGE_USE_EMULATOR", "true")
+                .env("AZURITE_BLOB_STORAGE_URL", &self.endpoint)
+                .env("IMGSTORE_RETRY_SECS", "20");
+        }
+    }
+
+    /// `azurite-blob`: `$IMGSTORE_AZURITE`, where `.ci/run` installs it, or
+    /// on the PATH; and `node`, which runs it.
+    fn binaries() -> Option<(PathBuf, PathBuf)> {
+        let on_path = |name: &str| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(name))
+                    .find(|p| p.exists())
+            })
+        };
+        let cached = PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/azurite/node_modules/.bin/azurite-blob");
+        let azurite = match std::env::var_os("IMGSTORE_AZURITE") {
+            Some(p) => Some(PathBuf::from(p)).filter(|p| p.exists()),
+            None => cached
+                .exists()
+                .then_some(cached)
+                .or_else(|| on_path("azurite-blob")),
+        }?;
+        Some((azurite, on_path("node")?))
+    }
+
+    /// The emulator, started on first use; `None` (with the reason on
+    /// stderr) when Azurite or node is not installed. In CI (`CI` set)
+    /// a missing Azurite fails instead: `.ci/run` installs it.
+    pub fn server() -> Option<&'static Server> {
+        static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+        let server = SERVER.get_or_init(|| binaries().map(|(azurite, node)| start(&azurite, &node)));
+        if server.is_none() {
+            let why = "Azurite (azurite-blob) or node is not installed: run .ci/run, or \
+                       `npm install --prefix ~/.cache/azurite azurite@3.35.0`";
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("skipped: {why}");
+        }
+        server.as_ref()
+    }
+
+    fn start(azurite: &std::path::Path, node: &std::path::Path) -> Server {
+        let root = tempfile::Builder::new()
+            .prefix("imgstore-azurite-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            // As for s3s-fs: a watcher ends the emulator, and removes its
+            // files, when this test process ends, however it ends.
+            let script = r#"
+                "$1" --blobHost 127.0.0.1 --blobPort "$2" --location "$3" --skipApiVersionCheck --disableTelemetry --silent >"$3.log" 2>&1 &
+                server=$!
+                while kill -0 "$4" 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done
+                kill $server 2>/dev/null; wait; rm -rf "$3" "$3.log"
+            "#;
+            let mut watcher = Command::new("sh")
+                .args(["-c", script, "azurite-watch"])
+                .arg(azurite)
+                .arg(port.to_string())
+                .arg(&root)
+                .arg(std::process::id().to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start azurite");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let made = Command::new(node)
+                        .args(["-e", CREATE_CONTAINER, &port.to_string(), CONTAINER])
+                        .output()
+                        .expect("run node");
+                    assert!(
+                        made.status.success(),
+                        "creating container {CONTAINER} on Azurite: {}",
+                        String::from_utf8_lossy(&made.stderr)
+                    );
+                    return Server {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        _watcher: watcher,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = watcher.kill();
+            let _ = watcher.wait();
+        }
+        panic!(
+            "azurite ({}) did not start; see {}.log",
+            azurite.display(),
             root.display()
         );
     }
