@@ -63,6 +63,18 @@ fn bad_urls_and_plain_http_get_one_line_errors() {
         assert_eq!(common::code(&out), code, "{url}: {err}");
         assert!(err.lines().next().unwrap().contains(needle), "{url}: {err}");
     }
+    // A bucket that does not exist is named as such, not as a missing object.
+    let out = env
+        .cmd()
+        .args(["--store", "s3://no-such-bucket/store", "init"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::code(&out), 2, "{err}");
+    assert!(
+        err.lines().next().unwrap().contains("no bucket or container"),
+        "{err}"
+    );
     // Plain HTTP only when asked for.
     let out = env
         .cmd()
@@ -207,6 +219,28 @@ fn every_command_works_on_a_store_in_azure_blob_storage() {
     if common::azure::server().is_some() {
         every_command_works(Kind::Azure);
     }
+}
+
+/// A container that does not exist is named as such, not as a missing
+/// store object. (s3s-fs makes a missing bucket's directory on a PUT, so
+/// this runs on Azurite, which answers 404 ContainerNotFound.)
+#[test]
+fn a_missing_container_is_said_so() {
+    if common::azure::server().is_none() {
+        return;
+    }
+    let env = Env::uninit_on(Kind::Azure);
+    let out = env
+        .cmd()
+        .args(["--store", "az://no-such-container/store", "init"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::code(&out), 2, "{err}");
+    assert!(
+        err.lines().next().unwrap().contains("no bucket or container"),
+        "{err}"
+    );
 }
 
 fn every_command_works(kind: Kind) {

@@ -261,7 +261,7 @@ impl ObjectBackend {
         self.inner
             .block_on(self.inner.store.put(&path, PutPayload::from(data)))
             .map(drop)
-            .map_err(|e| failed(key, e))
+            .map_err(|e| failed_write(&self.inner, key, e))
     }
 }
 
@@ -311,6 +311,18 @@ impl Inner {
     }
 }
 
+/// A write's failure. "Not found" on a write means the bucket (container)
+/// is not there: said as such, not as a missing store object.
+fn failed_write(inner: &Inner, key: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::BadLocation {
+            location: inner.location.clone(),
+            detail: format!("writing {key} found no bucket or container there: create it first"),
+        },
+        e => failed(key, e),
+    }
+}
+
 fn failed(key: &str, e: object_store::Error) -> Error {
     use object_store::client::{HttpError, HttpErrorKind};
     if let object_store::Error::NotFound { .. } = e {
@@ -348,7 +360,7 @@ impl Staged for Uploading {
     fn commit(mut self: Box<Self>) -> Result<()> {
         let task = self.task.take().expect("committed once");
         match self.inner.block_on(task) {
-            Ok(done) => done.map_err(|e| failed(&self.key, e)),
+            Ok(done) => done.map_err(|e| failed_write(&self.inner, &self.key, e)),
             Err(e) => Err(Error::Internal {
                 detail: format!("upload of {} stopped: {e}", self.key),
             }),
