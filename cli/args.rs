@@ -120,6 +120,28 @@ pub enum Command {
     Man,
     /// Run a self-contained demonstration: two similar images, put, get, check.
     Demo(DemoArgs),
+    /// Show every image as a read-only file, read only where it is used (FUSE).
+    ///
+    /// MOUNTPOINT/<name>/<tag>.sif (or .img) for each ref, and
+    /// MOUNTPOINT/by-id/<image id>; mtimes are put times. New puts and removed
+    /// tags show within a second or two. Each chunk is checked against its id
+    /// before its bytes are returned: a damaged one fails that read (EIO).
+    /// Runs in the foreground; Ctrl-C or SIGTERM unmounts.
+    Mount(MountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An empty directory to mount on.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Only these names (and the names below them) [default: every name].
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Let other users read the mount (as a user, needs `user_allow_other`
+    /// in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Debug, Args)]

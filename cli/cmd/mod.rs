@@ -76,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Completions(a) => admin::completions(a),
         Command::Man => admin::man(),
         Command::Demo(a) => demo::run(g, a),
+        Command::Mount(a) => crate::mount::run(g, a),
     }
 }
 
@@ -109,6 +110,6 @@ fn backend_at(g: &Global, location: &str) -> Result<Arc<dyn Backend>> {
 }
 
 /// Opens the store the global options name.
-fn open(g: &Global) -> Result<Store> {
+pub(crate) fn open(g: &Global) -> Result<Store> {
     Ok(Store::open_with(backend(g)?, g.index_dir.clone())?)
 }
