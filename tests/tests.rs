@@ -39,3 +39,5 @@ mod objects;
 mod copy;
 // Object storage misbehaving: 503s, 500s and stalls from a proxy; a client clock off.
 mod object_faults;
+// `imgstore mount` through real FUSE: bytes, threads, damage, kill -9, gc.
+mod mount;

@@ -109,7 +109,9 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
 /// A clear error for a mount point that is not a directory, or is a dead
 /// FUSE mount left by a killed process.
 fn check_mountpoint(p: &Path) -> Result<()> {
-    match std::fs::metadata(p) {
+    // The kernel may answer a stat of a dead mount from its cache; listing
+    // it reaches the dead connection.
+    match std::fs::metadata(p).and_then(|m| std::fs::read_dir(p).map(|_| m)) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(UsageError(format!("{} is not a directory", p.display())).into()),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(UsageError(format!(
