@@ -447,3 +447,104 @@ fn gc_in_a_loop_during_reads_loses_nothing() {
     m.stop();
     env.cmd().args(["verify", "--read-data"]).assert().success();
 }
+
+/// Runs `cmd` and returns its output; panics with its stderr if it fails.
+fn run(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (CI installs it: see .ci/run)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A small tree of files: some text, some random, one empty, one nested.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let list = vec![
+        (PathBuf::from("etc/os-release"), b"NAME=test\n".to_vec()),
+        (PathBuf::from("opt/app/model.bin"), common::random(700_000, 8)),
+        (PathBuf::from("opt/app/notes.txt"), common::text(90_000, 9)),
+        (PathBuf::from("empty"), Vec::new()),
+    ];
+    for (p, data) in &list {
+        let p = dir.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    list
+}
+
+#[test]
+fn squashfuse_reads_the_squashfs_of_a_sif_through_the_mount() {
+    if !fuse() {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    let want = files(&tree);
+    let squash = env.path("root.sqfs");
+    run(std::process::Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&squash)
+        .args(["-noappend", "-quiet", "-comp", "gzip"]));
+    let squash_bytes = std::fs::read(&squash).unwrap();
+    let sif_bytes = sif::build_for_tests(&[
+        (sif::DATA_DEFFILE, "", b"Bootstrap: docker\nFrom: debian\n"),
+        (sif::DATA_PARTITION, "", &squash_bytes),
+    ]);
+    let offset = sif_bytes
+        .windows(64)
+        .position(|w| w == &squash_bytes[..64])
+        .expect("the partition is in the SIF");
+    let report = env.put("lab/app:v1", &env.file("app.sif", &sif_bytes));
+    assert_eq!(report["sif"], true);
+    // Only the store holds the SIF from here on.
+    std::fs::remove_file(env.path("app.sif")).unwrap();
+    std::fs::remove_file(&squash).unwrap();
+
+    let m = Mounted::start(&env, "m", &[]);
+    let inner = env.path("inner");
+    std::fs::create_dir(&inner).unwrap();
+    run(std::process::Command::new("squashfuse")
+        .arg("-o")
+        .arg(format!("offset={offset}"))
+        .arg(m.path("lab/app/v1.sif"))
+        .arg(&inner));
+    let result = std::panic::catch_unwind(|| {
+        for (p, data) in &want {
+            let got = std::fs::read(inner.join(p)).unwrap();
+            assert!(got == *data, "{} differs inside the SIF", p.display());
+        }
+    });
+    lazy_unmount(&inner);
+    result.unwrap();
+    m.stop();
+}
+
+#[test]
+fn e2fsck_finds_an_ext3_image_clean_through_the_mount() {
+    if !fuse() {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    files(&tree);
+    let img = env.path("fs.img");
+    run(std::process::Command::new("mkfs.ext3")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("16M"));
+    env.put("lab/fs:v1", &img);
+    std::fs::remove_file(&img).unwrap();
+    let m = Mounted::start(&env, "m", &[]);
+    let out = run(std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(m.path("lab/fs/v1.img")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("files"), "{text}");
+    m.stop();
+}
