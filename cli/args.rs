@@ -142,6 +142,14 @@ pub struct MountArgs {
     /// in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
+    /// Return once mounted, leaving the mount served by a background
+    /// process (its own session; messages still go to this stderr).
+    #[arg(long)]
+    pub daemon: bool,
+    /// Write the serving process's id here once mounted; removed when it
+    /// ends (for systemd's PIDFile=).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

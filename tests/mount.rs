@@ -548,3 +548,69 @@ fn e2fsck_finds_an_ext3_image_clean_through_the_mount() {
     assert!(text.contains("files"), "{text}");
     m.stop();
 }
+
+#[test]
+fn daemon_mode_returns_once_mounted_and_sigterm_to_its_pid_unmounts() {
+    if !fuse() {
+        return;
+    }
+    let env = Env::new();
+    let data = common::image(2 << 20, 6);
+    env.put("lab/app:v1", &env.file("a.img", &data));
+    let dir = env.path("m");
+    std::fs::create_dir(&dir).unwrap();
+    let pid_file = env.path("mount.pid");
+    // The serving process keeps the stderr it was given: a file, not a pipe
+    // this test would wait on.
+    let log = env.path("daemon.log");
+    let status = env
+        .process("a")
+        .args(["mount", "--daemon", "--pid-file"])
+        .arg(&pid_file)
+        .arg(&dir)
+        .stderr(File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let result = std::panic::catch_unwind(|| {
+        assert!(mounted(&dir));
+        assert!(std::fs::read(dir.join("lab/app/v1.img")).unwrap() == data);
+        // SAFETY: signals the daemon this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let started = Instant::now();
+        while pid_file.exists() || mounted(&dir) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still mounted 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    if result.is_err() {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        lazy_unmount(&dir);
+    }
+    result.unwrap();
+    // A store that is not there: the error, and the child's exit code.
+    let status = env
+        .process("a")
+        .env("IMGSTORE_STORE", env.path("nothing"))
+        .args(["mount", "--daemon"])
+        .arg(&dir)
+        .stderr(File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("ended (exit status: 3) before it mounted"),
+        "{text}"
+    );
+    assert!(!mounted(&dir));
+}

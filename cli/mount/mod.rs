@@ -26,6 +26,9 @@ enum Event {
 }
 
 pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
+    if a.daemon {
+        return daemon(g, a);
+    }
     // Before any thread starts (an object store's runtime, the reader's
     // pool): every thread inherits the mask, so only `wait_for_signal`
     // takes these signals.
@@ -61,6 +64,10 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
         )
     })?;
     let mut unmounter = session.unmount_callable();
+    let _pid_file = match &a.pid_file {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel();
     let ended = tx.clone();
     let serving = std::thread::Builder::new()
@@ -103,6 +110,90 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
                 _ => Ok(()),
             }
         }
+    }
+}
+
+/// Starts this command again without `--daemon` in its own session, and
+/// returns once it has mounted (and written its pid file), or fails with
+/// its exit code if it ended first.
+fn daemon(g: &Global, a: &MountArgs) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    check_mountpoint(&a.mountpoint)?;
+    let dir = std::fs::canonicalize(&a.mountpoint)
+        .map_err(|e| UsageError(format!("mount point {}: {e}", a.mountpoint.display())))?;
+    let exe = std::env::current_exe().context("finding this program to start it again")?;
+    let args = std::env::args_os().skip(1).filter(|x| x != "--daemon");
+    let mut cmd = std::process::Command::new(exe);
+    // Its "mounted" line would tell to press Ctrl-C: this process says what happened.
+    cmd.arg("--quiet")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount process")?;
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(crate::cmd::Failed {
+                code: status.code().unwrap_or(crate::exit::OTHER),
+                message: format!("the mount process ended ({status}) before it mounted"),
+            }
+            .into());
+        }
+        let ready = is_mounted(&dir) && a.pid_file.as_ref().is_none_or(|p| p.exists());
+        if ready {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!(
+                "the mount process (pid {}) has not mounted {} after 60 s",
+                child.id(),
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !g.quiet {
+        eprintln!("mounted on {} by process {}", dir.display(), child.id());
+    }
+    Ok(())
+}
+
+/// Whether `dir` (canonical) is a mount point, per /proc/self/mounts.
+fn is_mounted(dir: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    // /proc/self/mounts escapes spaces and the like as octal.
+    let want = dir
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// This process's id in a file, removed when dropped.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(p: &Path) -> Result<PidFile> {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing the pid file {}", p.display()))?;
+        Ok(PidFile(p.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
