@@ -614,3 +614,47 @@ fn daemon_mode_returns_once_mounted_and_sigterm_to_its_pid_unmounts() {
     );
     assert!(!mounted(&dir));
 }
+
+#[test]
+fn a_long_running_mount_does_not_hold_gc_back() {
+    if !fuse() {
+        return;
+    }
+    let env = Env::new();
+    let x = common::random(3 << 20, 12);
+    let y = common::image(3 << 20, 13);
+    env.put("lab/x:v1", &env.file("x.img", &x));
+    env.put("lab/y:v1", &env.file("y.img", &y));
+    let mut cmd = env.process("a");
+    cmd.env("IMGSTORE_MOUNT_SESSION_SECS", "1");
+    let dir = env.path("m");
+    std::fs::create_dir(&dir).unwrap();
+    let log = env.path("m.log");
+    let child = cmd
+        .arg("mount")
+        .arg(&dir)
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let m = Mounted { child, dir, log };
+    m.wait_for(|| m.path("by-id").is_dir(), "the mount to answer");
+    assert!(std::fs::read(m.path("lab/x/v1.img")).unwrap() == x);
+    env.cmd().args(["rm", "lab/x:v1"]).assert().success();
+    let first = common::json_of(env.cmd(), &["gc", "--grace", "0s"]);
+    assert_eq!(first["packs_condemned"], 1, "{first}");
+    // The mount's session at condemnation ends once a new one replaces it.
+    let started = Instant::now();
+    loop {
+        let gc = common::json_of(env.cmd(), &["gc", "--grace", "0s"]);
+        if gc["packs_deleted"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "gc still held back: {gc}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(std::fs::read(m.path("lab/y/v1.img")).unwrap() == y);
+    m.stop();
+}

@@ -19,6 +19,13 @@ use super::tree::{Inodes, Node, Tree, ROOT};
 /// long the kernel may cache names and attributes: a new put or a removed
 /// tag shows within about this long.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// How long one [`StoreReader`] (and its session lease) serves new opens.
+/// gc deletes nothing it condemned while a session that was live then is
+/// still live, so a mount that kept one session would hold gc back for as
+/// long as it runs; files opened before a change keep the old reader (and
+/// its session) until they are closed. `IMGSTORE_MOUNT_SESSION_SECS`
+/// overrides it (tests use short ones).
+const SESSION: Duration = Duration::from_secs(600);
 /// Largest read the kernel is asked to send (it splits larger ones).
 const MAX_READ: usize = 1 << 20;
 
@@ -40,7 +47,8 @@ struct Handle {
 /// The read-only view of a store.
 pub struct ImageFs {
     store: Arc<Store>,
-    reader: StoreReader,
+    /// Replaced every [`SESSION`] by a thread of its own.
+    reader: Arc<Mutex<StoreReader>>,
     /// Names shown (and the names below them); all if empty.
     names: Vec<String>,
     listing: Mutex<Listing>,
@@ -56,7 +64,27 @@ impl ImageFs {
     /// A view of `store` showing `names` (every name if empty). Takes the
     /// first listing, so a store that cannot be listed fails here.
     pub fn new(store: Arc<Store>, names: Vec<String>) -> anyhow::Result<ImageFs> {
-        let reader = store.reader()?;
+        let reader = Arc::new(Mutex::new(store.reader()?));
+        let every = std::env::var("IMGSTORE_MOUNT_SESSION_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(SESSION, Duration::from_secs);
+        // Weak: once the filesystem is gone its lease file goes too, not
+        // when this thread next wakes.
+        let (shared, from) = (Arc::downgrade(&reader), store.clone());
+        std::thread::Builder::new()
+            .name("imgstore-session".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                // The new lease starts before the old one ends.
+                match from.reader() {
+                    Ok(r) => *shared.lock().expect("reader") = r,
+                    Err(e) => tracing::warn!("starting a new read session failed, keeping the old: {e}"),
+                }
+            })?;
         let fs = ImageFs {
             store,
             reader,
@@ -169,7 +197,8 @@ impl ImageFs {
             return Ok(r);
         }
         images.retain(|_, w| w.strong_count() > 0);
-        let r = Arc::new(self.reader.open_id(image)?);
+        let reader = self.reader.lock().expect("reader").clone();
+        let r = Arc::new(reader.open_id(image)?);
         images.insert(*image, Arc::downgrade(&r));
         Ok(r)
     }
