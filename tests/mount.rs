@@ -658,3 +658,51 @@ fn a_long_running_mount_does_not_hold_gc_back() {
     assert!(std::fs::read(m.path("lab/y/v1.img")).unwrap() == y);
     m.stop();
 }
+
+#[test]
+fn sigterm_while_reads_are_in_flight_unmounts_and_readers_get_right_bytes_or_errors() {
+    if !fuse() {
+        return;
+    }
+    let env = Env::new();
+    let data = common::image(8 << 20, 14);
+    env.put("lab/app:v1", &env.file("a.img", &data));
+    let m = Mounted::start(&env, "m", &[]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (good, failed) = (
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    );
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (data, path, stop, good, failed) = (&data, m.path("lab/app/v1.img"), &stop, &good, &failed);
+            s.spawn(move || {
+                let f = File::open(path).unwrap();
+                let mut rng = SmallRng::seed_from_u64(t);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    drop_cache(&f);
+                    let offset = rng.random_range(0..data.len() as u64);
+                    match read_range(&f, offset, 256 << 10) {
+                        Ok(got) => {
+                            let want =
+                                &data[offset as usize..(offset as usize + (256 << 10)).min(data.len())];
+                            assert!(got == want, "thread {t}: read at {offset} differs");
+                            good.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        // Files are open: the mount detaches, exits, and the readers fail.
+        m.stop();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let (good, failed) = (good.into_inner(), failed.into_inner());
+    assert!(good > 5, "{good} reads before the unmount");
+    assert_eq!(failed, 2, "both readers end with an error once the mount is gone");
+}

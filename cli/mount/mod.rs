@@ -102,7 +102,7 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
                 );
                 detach(&a.mountpoint);
             }
-            match rx.recv_timeout(Duration::from_secs(5)) {
+            match rx.recv_timeout(Duration::from_secs(2)) {
                 Ok(Event::Ended(r)) => {
                     let _ = serving.join();
                     r.context("serving the mount")
@@ -184,8 +184,13 @@ fn is_mounted(dir: &Path) -> bool {
 struct PidFile(std::path::PathBuf);
 
 impl PidFile {
+    /// Written beside and renamed into place: whoever sees the file sees
+    /// the whole number.
     fn write(p: &Path) -> Result<PidFile> {
-        std::fs::write(p, format!("{}\n", std::process::id()))
+        let mut tmp = p.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, p))
             .with_context(|| format!("writing the pid file {}", p.display()))?;
         Ok(PidFile(p.to_path_buf()))
     }
