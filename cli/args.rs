@@ -134,6 +134,14 @@ pub enum Command {
     /// loopback (the default address), elsewhere only with --plain-http. Prints `listening on http://ADDR:PORT` once ready; stops on
     /// SIGINT or SIGTERM. See docs/SERVE.md.
     Serve(ServeArgs),
+    /// Show every image as a read-only file, read only where it is used (FUSE).
+    ///
+    /// MOUNTPOINT/<name>/<tag>.sif (or .img) for each ref, and
+    /// MOUNTPOINT/by-id/<image id>; mtimes are put times. New puts and removed
+    /// tags show within a second or two. Each chunk is checked against its id
+    /// before its bytes are returned: a damaged one fails that read (EIO).
+    /// Runs in the foreground; Ctrl-C or SIGTERM unmounts.
+    Mount(MountArgs),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +172,28 @@ pub struct ServeArgs {
     /// terminates TLS). Loopback addresses serve plain HTTP without it.
     #[arg(long, conflicts_with = "tls_cert")]
     pub plain_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An empty directory to mount on.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Only these names (and the names below them) [default: every name].
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Let other users read the mount (as a user, needs `user_allow_other`
+    /// in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Return once mounted, leaving the mount served by a background
+    /// process (its own session; messages still go to this stderr).
+    #[arg(long)]
+    pub daemon: bool,
+    /// Write the serving process's id here once mounted; removed when it
+    /// ends (for systemd's PIDFile=).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 mod args;
 mod cmd;
 mod exit;
+mod mount;
 mod output;
 mod progress;
 mod serve;

@@ -41,3 +41,5 @@ mod copy;
 mod object_faults;
 // `imgstore serve` with real clients: curl replaying Apptainer's pull, oras push/pull, bad requests.
 mod serve;
+// `imgstore mount` through real FUSE: bytes, threads, damage, kill -9, gc.
+mod mount;

@@ -78,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Man => admin::man(),
         Command::Demo(a) => demo::run(g, a),
         Command::Serve(a) => serve::run(g, a),
+        Command::Mount(a) => crate::mount::run(g, a),
     }
 }
 
@@ -111,6 +112,6 @@ fn backend_at(g: &Global, location: &str) -> Result<Arc<dyn Backend>> {
 }
 
 /// Opens the store the global options name.
-fn open(g: &Global) -> Result<Store> {
+pub(crate) fn open(g: &Global) -> Result<Store> {
     Ok(Store::open_with(backend(g)?, g.index_dir.clone())?)
 }
