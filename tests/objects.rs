@@ -63,18 +63,6 @@ fn bad_urls_and_plain_http_get_one_line_errors() {
         assert_eq!(common::code(&out), code, "{url}: {err}");
         assert!(err.lines().next().unwrap().contains(needle), "{url}: {err}");
     }
-    // A bucket that does not exist is named as such, not as a missing object.
-    let out = env
-        .cmd()
-        .args(["--store", "s3://no-such-bucket/store", "init"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(common::code(&out), 2, "{err}");
-    assert!(
-        err.lines().next().unwrap().contains("no bucket or container"),
-        "{err}"
-    );
     // Plain HTTP only when asked for.
     let out = env
         .cmd()
