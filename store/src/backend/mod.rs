@@ -11,6 +11,7 @@
 //! [`LocalBackend`] keeps a store in a directory (local disk or NFS);
 //! [`MemoryBackend`] keeps one in memory, with injectable faults, for tests.
 
+mod aws_profile;
 mod local;
 mod memory;
 mod object;
