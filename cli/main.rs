@@ -16,9 +16,14 @@ use clap::Parser;
 use imgstore_store::Error as StoreError;
 
 fn main() -> ExitCode {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    keep_large_buffers_out_of_the_heap();
     let cli = args::Cli::parse();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if matches!(
+        cli.command,
+        args::Command::Copy(_) | args::Command::Serve(_) | args::Command::Mount(_)
+    ) {
+        keep_large_buffers_out_of_the_heap();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMGSTORE_LOG")
@@ -41,7 +46,9 @@ fn main() -> ExitCode {
 /// from per-thread arenas that keep what is freed, and a process that runs
 /// many puts or gets grows: `benches/copy_to_s3.sh` (a `copy` of the 10
 /// corpus images into S3 in one process) peaked at 780 MiB RSS, 459 MiB
-/// with the threshold fixed.
+/// with the threshold fixed. Only for commands that run many reads or
+/// writes in one process: for a single put the fixed threshold cost ~1 s of
+/// system time (page faults) on a new 3.1 GiB image (`benches/ab.sh`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_large_buffers_out_of_the_heap() {
     // SAFETY: only sets a malloc tunable, before any other thread starts.
