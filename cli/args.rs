@@ -63,8 +63,8 @@ pub enum Command {
     Put(PutArgs),
     /// Write an image back, byte for byte.
     Get(GetArgs),
-    /// List names, tags and images.
-    Ls(LsArgs),
+    /// List names, tags and images (--pins: the pinned images).
+    Ls(ListArgs),
     /// Show an image's size, chunks, labels and history facts.
     Inspect(RefArg),
     /// Print an image's definition file, without reading the image.
@@ -73,10 +73,26 @@ pub enum Command {
     Tag(TagArgs),
     /// Remove tags. The data stays until garbage collection frees it.
     Rm(RmArgs),
+    /// Keep an image whatever happens to its tags: `rm`, `prune` and `gc`
+    /// leave a pinned image whole, and `get` by id (or `get --lock`) returns
+    /// it. Pins are part of the store: every host sees them.
+    Pin(PinArgs),
+    /// Remove an image's pin. Its data stays while a tag names it; else the
+    /// next gc runs free it.
+    Unpin(RefArg),
     /// Show who put, tagged and removed what, and when.
     Log(LsArgs),
     /// Remove tags by a retention policy (space returns with `gc`).
     Prune(PruneArgs),
+    /// Tie an experiment folder to an image: writes imgstore.lock (the
+    /// image's id, sha256, size, format, labels, where the store is),
+    /// the definition file, and run.sh (fetches the image by id, checks it,
+    /// runs it with apptainer). Pins the image unless --no-pin.
+    ///
+    /// DIR must be new or empty; --force writes into a folder an earlier
+    /// export wrote, replacing only files it wrote and nobody changed.
+    /// The lock format: docs/LOCKFILE.md.
+    Export(ExportArgs),
     /// Copy images from another store into this one (directory or object
     /// storage, either way), sending only the chunks this store lacks.
     ///
@@ -261,8 +277,13 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// NAME:TAG, or an image id (blake3:<hex>; a unique prefix of 6+ digits is enough).
-    #[arg(value_name = "REF")]
-    pub reference: String,
+    #[arg(value_name = "REF", required_unless_present = "lock", conflicts_with = "lock")]
+    pub reference: Option<String>,
+    /// Get exactly the image a lock file (from `imgstore export`) names, by
+    /// id, whatever its tags are now, from --store or else the store the
+    /// lock names. Its size and sha256 are checked against the lock.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
     /// Output file (written beside it and renamed into place when complete), or - for stdout.
     #[arg(long, short = 'o', value_name = "FILE|-")]
     pub output: PathBuf,
@@ -272,6 +293,50 @@ pub struct GetArgs {
 pub struct LsArgs {
     /// Only this name (and names below it).
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// NAME:TAG or image id.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// The experiment folder (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Write into a non-empty folder (never over a file export did not write).
+    #[arg(long)]
+    pub force: bool,
+    /// Do not pin the image (then prune and gc may free it once untagged).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The pin's reason [default: "exported to DIR"].
+    #[arg(long, value_name = "TEXT", conflicts_with = "no_pin")]
+    pub reason: Option<String>,
+    /// A registry that also serves the image (oras://HOST/NAME:TAG, e.g.
+    /// from `imgstore serve`): run.sh pulls from it when the store is out of reach.
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this name (and names below it).
+    pub name: Option<String>,
+    /// List pinned images instead: id, size, when and by whom, the tags
+    /// naming each now, and the reason.
+    #[arg(long, conflicts_with = "name")]
+    pub pins: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// NAME:TAG or image id.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Why the image is kept (shown by `ls --pins`, `prune` and reports),
+    /// e.g. "figure 3 of the 2026 paper".
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]

@@ -118,6 +118,7 @@ mod tests {
             (Error::not_found(Wanted::Name(s("a"))), NOT_FOUND),
             (Error::not_found(Wanted::InputFile("/x".into())), NOT_FOUND),
             (Error::not_found(Wanted::Deffile(s("a:b"))), NOT_FOUND),
+            (Error::not_found(Wanted::Pin(s("blake3:ab"))), NOT_FOUND),
             (Error::NoStore { path: "p".into() }, NOT_FOUND),
             (Error::NotEmpty { path: "p".into() }, USAGE),
             (Error::AlreadyStore { path: "p".into() }, USAGE),

@@ -152,7 +152,7 @@ fn a_store_made_without_deltas_keeps_writing_full_manifests() {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     assert_eq!(
         v["features"],
-        serde_json::json!(["manifest-deltas", "chunk-groups", "delta-keys"])
+        serde_json::json!(["manifest-deltas", "chunk-groups", "delta-keys", "pins"])
     );
     v["features"] = serde_json::json!([]);
     std::fs::write(&config, serde_json::to_vec_pretty(&v).unwrap()).unwrap();

@@ -540,7 +540,7 @@ fn running_totals_match_a_count_through_random_puts_tags_rms_and_gcs() {
         let fresh = Store::open(&env.store(), Some(env.path(&format!("index-new{step}")))).unwrap();
         let fresh = fresh.snapshot(&NoProgress).unwrap();
         let figures = |s: &imgstore_store::stats::Snapshot| {
-            let mut v = serde_json::to_value(s.stats()).unwrap();
+            let mut v = serde_json::to_value(s.stats().unwrap()).unwrap();
             v.as_object_mut().unwrap().remove("index_bytes");
             let by_tag = s.du(&all, &GroupBy::Tag).unwrap();
             (

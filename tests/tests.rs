@@ -43,3 +43,7 @@ mod object_faults;
 mod serve;
 // `imgstore mount` through real FUSE: bytes, threads, damage, kill -9, gc.
 mod mount;
+// Pins: kept through rm, prune and gc; unpin frees exactly their bytes.
+mod pins;
+// Lock files: export, get --lock after tags, prune, gc, copy and index rebuild; run.sh.
+mod lock;

@@ -92,9 +92,10 @@ pub fn gc(g: &Global, a: &GcArgs) -> Result<()> {
     }
     let verb = if r.dry_run { "would " } else { "" };
     crate::out!(
-        "marked {} images ({} refs); {verb}delete {} packs, freeing {}; {} rescued",
+        "marked {} images ({} refs, {} pins); {verb}delete {} packs, freeing {}; {} rescued",
         r.images,
         r.refs,
+        r.pins,
         r.packs_deleted,
         output::size(r.bytes_freed),
         r.packs_rescued

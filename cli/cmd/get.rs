@@ -3,15 +3,24 @@
 use std::path::Path;
 
 use anyhow::Result;
-use imgstore_store::{ImageRef, Output};
+use imgstore_store::{ImageRef, Output, Store};
 
 use crate::args::{GetArgs, Global};
 use crate::output;
 use crate::progress::Bar;
 
 pub fn run(g: &Global, a: &GetArgs) -> Result<()> {
-    let image = ImageRef::parse(&a.reference)?;
+    if let Some(lock) = &a.lock {
+        return super::export::get_locked(g, a, lock);
+    }
+    let reference = a.reference.as_deref().expect("clap requires REF or --lock");
+    let image = ImageRef::parse(reference)?;
     let store = super::open(g)?;
+    get_image(g, &store, a, &image)
+}
+
+/// Writes `image` of `store` where `a` says.
+pub fn get_image(g: &Global, store: &Store, a: &GetArgs, image: &ImageRef) -> Result<()> {
     let to_stdout = a.output == Path::new("-");
     let out = if to_stdout {
         Output::Stream(Box::new(std::io::BufWriter::with_capacity(
@@ -21,7 +30,7 @@ pub fn run(g: &Global, a: &GetArgs) -> Result<()> {
     } else {
         Output::File(a.output.clone())
     };
-    let report = store.get(&image, out, &Bar::new(g.quiet || g.json))?;
+    let report = store.get(image, out, &Bar::new(g.quiet || g.json))?;
     // With -o - stdout carries the image, so the summary goes to stderr.
     if g.json && !to_stdout {
         return output::json(&report);

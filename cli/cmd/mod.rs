@@ -4,9 +4,11 @@
 mod admin;
 mod copy;
 mod demo;
+mod export;
 mod gc;
 mod get;
 mod html;
+mod pin;
 mod put;
 mod query;
 mod report;
@@ -61,9 +63,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => query::inspect(g, a),
         Command::Deffile(a) => query::deffile(g, a),
         Command::Tag(a) => query::tag(g, a),
+        Command::Pin(a) => pin::pin(g, a),
+        Command::Unpin(a) => pin::unpin(g, a),
         Command::Rm(a) => query::rm(g, a),
         Command::Log(a) => query::log(g, a),
         Command::Prune(a) => gc::prune(g, a),
+        Command::Export(a) => export::export(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Gc(a) => gc::gc(g, a),
         Command::Verify(a) => verify::verify(g, a),
@@ -114,4 +119,9 @@ fn backend_at(g: &Global, location: &str) -> Result<Arc<dyn Backend>> {
 /// Opens the store the global options name.
 pub(crate) fn open(g: &Global) -> Result<Store> {
     Ok(Store::open_with(backend(g)?, g.index_dir.clone())?)
+}
+
+/// Opens the store at `location`, reached with the global options.
+fn open_at(g: &Global, location: &str) -> Result<Store> {
+    Ok(Store::open_with(backend_at(g, location)?, g.index_dir.clone())?)
 }

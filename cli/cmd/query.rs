@@ -8,7 +8,7 @@ use imgstore_store::refs::Added;
 use imgstore_store::{ImageId, ImageRef, TagRef};
 use serde::Serialize;
 
-use crate::args::{Global, LsArgs, RefArg, RmArgs, TagArgs};
+use crate::args::{Global, ListArgs, LsArgs, RefArg, RmArgs, TagArgs};
 use crate::output;
 
 #[derive(Serialize)]
@@ -30,8 +30,11 @@ struct LsReport {
     refs: Vec<LsRow>,
 }
 
-pub fn ls(g: &Global, a: &LsArgs) -> Result<()> {
+pub fn ls(g: &Global, a: &ListArgs) -> Result<()> {
     let store = super::open(g)?;
+    if a.pins {
+        return super::pin::list(g, &store);
+    }
     let rows: Vec<LsRow> = store
         .refs(a.name.as_deref())?
         .into_iter()

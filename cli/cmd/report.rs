@@ -23,7 +23,7 @@ fn snapshot<'s>(store: &'s Store, g: &Global) -> Result<Snapshot<'s>> {
 
 pub fn stats(g: &Global) -> Result<()> {
     let store = super::open(g)?;
-    let r = with_census(&store, snapshot(&store, g)?.stats())?;
+    let r = with_census(&store, snapshot(&store, g)?.stats()?)?;
     if g.json {
         return output::json(&r);
     }
@@ -50,7 +50,7 @@ pub fn stats_rows(r: &StatsReport) -> Vec<(&'static str, String, &'static str)> 
         (
             "logical",
             s(r.logical_bytes),
-            "sum of the sizes of all refs' images",
+            "sum of the sizes of all refs' images (and untagged pinned ones)",
         ),
         (
             "unique",
@@ -75,7 +75,17 @@ pub fn stats_rows(r: &StatsReport) -> Vec<(&'static str, String, &'static str)> 
             "logical / stored on disk",
         ),
         ("refs", r.refs.to_string(), "name:tag"),
-        ("images", r.images.to_string(), "distinct images"),
+        (
+            "images",
+            r.images.to_string(),
+            "distinct images (tagged or pinned)",
+        ),
+        ("pins", r.pins.to_string(), "pinned images (`imgstore ls --pins`)"),
+        (
+            "held only by pins",
+            s(r.pinned_only_stored_bytes),
+            "stored bytes only pinned images use",
+        ),
         ("names", r.names.to_string(), "distinct names"),
         ("chunks", r.chunks.to_string(), "distinct chunks live images use"),
         ("packs", r.packs.to_string(), "pack files"),
@@ -195,6 +205,10 @@ fn du_table(r: &DuReport) -> comfy_table::Table {
     if r.rows.len() > 1 {
         t.add_row(row(&r.total));
     }
+    // EXCLUSIVE of this row: bytes held only by pins.
+    if let Some(p) = &r.pinned {
+        t.add_row(row(p));
+    }
     t
 }
 
@@ -280,7 +294,7 @@ struct ReportDone {
 pub fn report(g: &Global, a: &ReportArgs) -> Result<()> {
     let store = super::open(g)?;
     let snap = snapshot(&store, g)?;
-    let stats = with_census(&store, snap.stats())?;
+    let stats = with_census(&store, snap.stats()?)?;
     let du = snap.du_all()?;
     if let Some(path) = &a.prometheus {
         write_atomic(path, prometheus(&store.location(), &stats, &du).as_bytes())?;

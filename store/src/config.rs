@@ -40,8 +40,13 @@ pub const CHUNK_GROUPS: &str = "chunk-groups";
 /// store: it would not find an image stored only as a delta.
 pub const DELTA_KEYS: &str = "delta-keys";
 
+/// Pins (`pins/`) are roots of gc's mark. Stores made by `init` have it;
+/// the first pin in an older store adds it. A build that predates it
+/// refuses such a store: its gc would delete pinned images.
+pub const PINS: &str = "pins";
+
 /// Format features this build understands; a store listing any other is refused.
-const KNOWN_FEATURES: &[&str] = &[MANIFEST_DELTAS, CHUNK_GROUPS, DELTA_KEYS];
+const KNOWN_FEATURES: &[&str] = &[MANIFEST_DELTAS, CHUNK_GROUPS, DELTA_KEYS, PINS];
 
 /// The contents of `STORE/config` (JSON, so an admin can read it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +86,12 @@ impl Config {
         let config = Config {
             format: "imgstore".into(),
             version: FORMAT_VERSION,
-            features: vec![MANIFEST_DELTAS.into(), CHUNK_GROUPS.into(), DELTA_KEYS.into()],
+            features: vec![
+                MANIFEST_DELTAS.into(),
+                CHUNK_GROUPS.into(),
+                DELTA_KEYS.into(),
+                PINS.into(),
+            ],
             store_id: hex::encode(&rnd[..16]),
             chunker: ChunkerParams::with_avg(avg_chunk, seed),
             hash: "blake3".into(),

@@ -300,6 +300,8 @@ pub enum Wanted {
     InputFile(PathBuf),
     /// An image's definition file.
     Deffile(String),
+    /// A pin, by image id.
+    Pin(String),
 }
 
 impl std::fmt::Display for Wanted {
@@ -311,6 +313,7 @@ impl std::fmt::Display for Wanted {
             Wanted::Name(n) => write!(f, "name {n}"),
             Wanted::InputFile(p) => write!(f, "input file {}", p.display()),
             Wanted::Deffile(image) => write!(f, "definition file of {image}"),
+            Wanted::Pin(image) => write!(f, "pin of image {image}"),
         }
     }
 }
@@ -425,6 +428,7 @@ impl Error {
             } => {
                 "list what the store holds with `imgstore ls`"
             }
+            Error::NotFound { what: Wanted::Pin(_) } => "list the pins with `imgstore ls --pins`",
             _ => return None,
         };
         Some(hint.to_string())

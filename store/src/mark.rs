@@ -76,6 +76,8 @@ pub struct Mark {
     pub live: LiveSet,
     /// Refs read.
     pub refs: usize,
+    /// Pins read.
+    pub pins: usize,
     /// Distinct images they name.
     pub images: usize,
     /// Chunk entries read from manifests.
@@ -83,12 +85,20 @@ pub struct Mark {
 }
 
 impl Store {
-    /// Marks every chunk a ref needs. Fails closed: any unreadable ref or
-    /// manifest aborts the mark, because a GC that skipped one image would
+    /// Marks every chunk a ref or a pin needs. Fails closed: any unreadable
+    /// ref, pin or manifest aborts the mark, because a GC that skipped one image would
     /// delete that image's chunks.
+    ///
+    /// The roots are the refs, then the pins, listed in that order (see
+    /// [`crate::pins`] for why the order matters).
     pub fn mark(&self) -> Result<Mark> {
         let refs = self.refs(None)?;
-        let images: BTreeSet<ImageId> = refs.iter().map(|(_, r)| r.image).collect();
+        let pins = self.pins()?;
+        let images: BTreeSet<ImageId> = refs
+            .iter()
+            .map(|(_, r)| r.image)
+            .chain(pins.iter().map(|p| p.image))
+            .collect();
         // Size the filter from the manifests' headers: their entry counts
         // bound the number of distinct live chunks from above.
         let mut upper = 0u64;
@@ -109,6 +119,7 @@ impl Store {
         Ok(Mark {
             live,
             refs: refs.len(),
+            pins: pins.len(),
             images: images.len(),
             entries,
         })

@@ -207,7 +207,7 @@ impl Store {
                 }
             },
         };
-        let (mut refs, mut images) = (0, 0);
+        let (mut refs, mut pins, mut images) = (0, 0, 0);
         let condemn = if matches!(pending, Pending::Waiting(_)) {
             None
         } else {
@@ -215,7 +215,7 @@ impl Store {
                 Some(m) => m,
                 None => self.mark()?,
             };
-            (refs, images) = (m.refs, m.images);
+            (refs, pins, images) = (m.refs, m.pins, m.images);
             Some(self.condemn_plan(&m, &lookup, progress)?)
         };
         Ok(GcPlan {
@@ -223,6 +223,7 @@ impl Store {
             condemn,
             temporaries: self.stale_temporaries(now)?,
             refs,
+            pins,
             images,
         })
     }
@@ -271,6 +272,7 @@ impl Store {
                 None => self.mark()?,
             };
             report.refs = m.refs;
+            report.pins = m.pins;
             report.images = m.images;
             let condemn = self.condemn_plan(&m, &lookup, progress)?;
             let run = Run {

@@ -162,6 +162,8 @@ pub struct GcPlan {
     pub temporaries: Vec<StaleTemporary>,
     /// Refs read by the mark.
     pub refs: usize,
+    /// Pins read by the mark.
+    pub pins: usize,
     /// Distinct images marked.
     pub images: usize,
 }
@@ -173,6 +175,7 @@ impl GcPlan {
         let mut r = GcReport {
             dry_run: true,
             refs: self.refs,
+            pins: self.pins,
             images: self.images,
             ..GcReport::default()
         };
@@ -225,8 +228,10 @@ pub struct GcReport {
     pub temporaries_removed: u64,
     /// Their bytes.
     pub temporary_bytes_freed: u64,
-    /// Refs and images marked.
+    /// Refs read by the mark.
     pub refs: usize,
+    /// Pins read by the mark.
+    pub pins: usize,
     /// Distinct images marked.
     pub images: usize,
     /// Wall time in seconds.

@@ -1,7 +1,7 @@
 //! `prune`: retention per name, like restic's `forget` or borg's `prune`.
 //! It removes refs only; `gc` frees their space.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -75,6 +75,9 @@ impl Store {
         for (t, r) in refs {
             by_name.entry(t.name.clone()).or_default().push((t, r));
         }
+        // A pinned image's tags stay: the pin keeps its data anyway, and a
+        // tag is how people find it.
+        let pins: HashMap<ImageId, String> = self.pins()?.into_iter().map(|p| (p.image, p.reason)).collect();
         let now = now_unix();
         let mut out = Vec::new();
         for (_, mut group) in by_name {
@@ -91,6 +94,9 @@ impl Store {
                 }
                 if let Some(p) = patterns.iter().find(|p| p.matches(&t.tag)) {
                     reasons.push(format!("tag matches {:?}", p.as_str()));
+                }
+                if let Some(why) = pins.get(&r.image) {
+                    reasons.push(format!("image pinned ({why})"));
                 }
                 out.push(PruneDecision {
                     keep: !reasons.is_empty(),

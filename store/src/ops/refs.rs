@@ -226,7 +226,7 @@ impl Store {
     /// An image named only by id may have lost its ref, and GC may have
     /// condemned or deleted its chunks: tag it only if every chunk is in a
     /// pack that is not condemned.
-    fn check_restorable(&self, m: &Manifest) -> Result<()> {
+    pub(crate) fn check_restorable(&self, m: &Manifest) -> Result<()> {
         crate::index::catch_up(&self.index_dir, &self.config.store_id, self.backend.as_ref())?;
         let lookup = crate::index::Reader::open(&self.index_dir)?;
         let condemned = self.condemned_packs()?;

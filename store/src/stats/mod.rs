@@ -25,10 +25,11 @@ use crate::error::{Error, Result, Wanted};
 use crate::eventlog::Event;
 use crate::id::{ChunkId, DigestMap, ImageId};
 use crate::pack;
+use crate::pins::PinRecord;
 use crate::progress::Progress;
 use crate::refs::{RefRecord, TagRef};
 use crate::Store;
-use view::{PackInfo, SetTotals, StoreTotals, View};
+use view::{PackInfo, SetTotals, StoreTotals, Tally, View};
 
 /// Pack bytes that are not a chunk's frame: per chunk copy, a footer entry.
 /// A copy's stored bytes include its frame header (a group's is shared
@@ -44,7 +45,8 @@ const OLD_CACHE_FILE: &str = "report-cache.bin";
 pub struct Snapshot<'s> {
     store: &'s Store,
     refs: Vec<(TagRef, RefRecord)>,
-    /// Image -> number of refs naming it.
+    pins: Vec<PinRecord>,
+    /// Image -> number of refs naming it, plus one if it is pinned.
     image_refs: HashMap<ImageId, u32>,
     /// Name -> number of refs.
     name_refs: HashMap<String, usize>,
@@ -61,7 +63,8 @@ pub struct Snapshot<'s> {
 /// `imgstore stats`: the whole store in a few figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatsReport {
-    /// Sum of the sizes of all refs' images (a tag counts each time).
+    /// Sum of the sizes of all refs' images (a tag counts each time), and
+    /// of pinned images no ref names.
     pub logical_bytes: u64,
     /// Raw bytes of the distinct chunks live images use (after dedup;
     /// zero runs cost nothing).
@@ -78,8 +81,13 @@ pub struct StatsReport {
     pub total_ratio: f64,
     /// Refs (name:tag).
     pub refs: u64,
-    /// Distinct images they name.
+    /// Distinct live images: named by a ref or pinned.
     pub images: u64,
+    /// Pinned images.
+    pub pins: u64,
+    /// Stored bytes only pinned images use: what unpinning every image
+    /// (and a gc) would free.
+    pub pinned_only_stored_bytes: u64,
     /// Distinct names.
     pub names: u64,
     /// Distinct chunks live images use.
@@ -158,6 +166,10 @@ pub struct DuReport {
     pub rows: Vec<DuRow>,
     /// All selected refs as one set (not the sum of the rows).
     pub total: DuRow,
+    /// Pinned images as one set, when there are pins: its exclusive bytes
+    /// are those held only by pins (what unpinning them all would free).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<DuRow>,
 }
 
 /// One commit of `imgstore history`.
@@ -282,10 +294,14 @@ impl Store {
     pub fn snapshot(&self, progress: &dyn Progress) -> Result<Snapshot<'_>> {
         let _ = fs::remove_file(self.index_dir.join(OLD_CACHE_FILE));
         let refs = self.refs(None)?;
+        let pins = self.pins()?;
         let condemned = self.condemned_packs()?;
+        // The view counts a pin as one more name holding its image's chunks.
+        let holders: Vec<(TagRef, RefRecord)> =
+            refs.iter().cloned().chain(pins.iter().map(pin_holder)).collect();
         let refresh = |fresh: bool| -> Result<(View, Vec<PackInfo>)> {
             let mut view = View::open(&self.index_dir, fresh)?;
-            let packs = view.refresh(self, &refs, &condemned, progress)?;
+            let packs = view.refresh(self, &holders, &condemned, progress)?;
             Ok((view, packs))
         };
         let ((view, packs), rebuilt) = match refresh(false) {
@@ -301,8 +317,12 @@ impl Store {
             *image_refs.entry(r.image).or_default() += 1;
             *name_refs.entry(t.name.clone()).or_default() += 1;
         }
+        for p in &pins {
+            *image_refs.entry(p.image).or_default() += 1;
+        }
         Ok(Snapshot {
             store: self,
+            pins,
             packs,
             totals: view.store_totals()?,
             view,
@@ -314,6 +334,32 @@ impl Store {
             rebuilt,
         })
     }
+}
+
+/// The name under which the report view counts pins: `@` is not allowed in
+/// a name, so it is never a ref's.
+const PIN_HOLDER: &str = "@pinned";
+
+/// A pin as the report view sees it: a ref of the name [`PIN_HOLDER`].
+fn pin_holder(p: &PinRecord) -> (TagRef, RefRecord) {
+    let t = TagRef {
+        name: PIN_HOLDER.into(),
+        tag: p.image.0.to_hex(),
+    };
+    let r = RefRecord {
+        format: "imgstore-ref".into(),
+        version: 1,
+        image: p.image,
+        size: p.size,
+        created: p.created,
+        user: p.user.clone(),
+        host: p.host.clone(),
+        message: None,
+        labels: Default::default(),
+        deffile: None,
+        added: Default::default(),
+    };
+    (t, r)
 }
 
 /// Sum of file sizes below `dir` (secondaries of running commands included).
@@ -331,6 +377,15 @@ fn dir_bytes(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+fn minus(mut a: Tally, b: &Tally) -> Tally {
+    a.plus(&Tally {
+        chunks: -b.chunks,
+        bytes: -b.bytes,
+        stored: -b.stored,
+    });
+    a
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -379,9 +434,24 @@ impl Snapshot<'_> {
         self.rebuilt
     }
 
+    /// The pins read, by image id.
+    pub fn pins(&self) -> &[PinRecord] {
+        &self.pins
+    }
+
+    /// Chunks pinned images use (`all`), and those only they use
+    /// (`exclusive`: what unpinning them all and a gc would free).
+    fn pinned_totals(&self) -> Result<SetTotals> {
+        if self.pins.is_empty() {
+            return Ok(SetTotals::default());
+        }
+        self.view.name_totals(PIN_HOLDER)
+    }
+
     /// `imgstore stats`.
-    pub fn stats(&self) -> StatsReport {
+    pub fn stats(&self) -> Result<StatsReport> {
         let t = &self.totals;
+        let tagged: BTreeSet<ImageId> = self.refs.iter().map(|(_, r)| r.image).collect();
         let mut r = StatsReport {
             refs: self.refs.len() as u64,
             images: self.image_refs.len() as u64,
@@ -398,7 +468,15 @@ impl Snapshot<'_> {
             pack_overhead: PACK_OVERHEAD,
             index_bytes: self.index_bytes,
             last_put: self.refs.iter().map(|(_, r)| r.created).max().unwrap_or(0),
-            logical_bytes: self.refs.iter().map(|(_, rec)| rec.size).sum(),
+            logical_bytes: self.refs.iter().map(|(_, rec)| rec.size).sum::<u64>()
+                + self
+                    .pins
+                    .iter()
+                    .filter(|p| !tagged.contains(&p.image))
+                    .map(|p| p.size)
+                    .sum::<u64>(),
+            pins: self.pins.len() as u64,
+            pinned_only_stored_bytes: n(self.pinned_totals()?.exclusive.stored),
             ..StatsReport::default()
         };
         for p in &self.packs {
@@ -417,7 +495,7 @@ impl Snapshot<'_> {
         r.compression_ratio = ratio(r.unique_bytes, r.live_stored_bytes);
         r.total_ratio = ratio(r.logical_bytes, r.stored_bytes);
         r.pack_fill = ratio(r.stored_bytes, r.packs * self.pack_size);
-        r
+        Ok(r)
     }
 
     /// Distinct images of `members` (indices into [`Snapshot::refs`]), each
@@ -441,9 +519,12 @@ impl Snapshot<'_> {
         let logical = members.iter().map(|&i| self.refs[i].1.size).sum();
         let names: BTreeSet<&str> = members.iter().map(|&i| self.refs[i].0.name.as_str()).collect();
         let totals = if members.len() == self.refs.len() {
+            // Every ref: the live chunks but those only pinned images use;
+            // exclusive: but those any pinned image uses.
+            let pinned = self.pinned_totals()?;
             SetTotals {
-                all: self.totals.live,
-                exclusive: self.totals.live,
+                all: minus(self.totals.live, &pinned.exclusive),
+                exclusive: minus(self.totals.live, &pinned.all),
             }
         } else if let [name] = names.into_iter().collect::<Vec<_>>()[..] {
             if self.name_refs.get(name) == Some(&members.len()) {
@@ -542,7 +623,22 @@ impl Snapshot<'_> {
                 .map(|(g, m)| self.set_row(g, &m))
                 .collect::<Result<_>>()?,
             total: self.set_row("total".into(), selected)?,
+            pinned: self.pinned_row()?,
         })
+    }
+
+    /// The pinned images as one `du` row; `None` without pins.
+    fn pinned_row(&self) -> Result<Option<DuRow>> {
+        if self.pins.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(DuRow::from_totals(
+            "pinned".into(),
+            0,
+            self.pins.len() as u64,
+            self.pins.iter().map(|p| p.size).sum(),
+            &self.pinned_totals()?,
+        )))
     }
 
     /// `imgstore history NAME`: the name's refs, oldest first.

@@ -39,6 +39,7 @@ use crate::id::{ChunkId, Digest, ImageId, PackId};
 use crate::index;
 use crate::manifest::{self, Entry, Manifest};
 use crate::pack;
+use crate::pins;
 use crate::progress::Progress;
 use crate::refs::{self, RefRecord, TagRef};
 use crate::segment;
@@ -190,6 +191,8 @@ pub struct DamagedPack {
 pub struct VerifyReport {
     /// Refs checked.
     pub refs: u64,
+    /// Pins read.
+    pub pins: u64,
     /// Distinct images (manifests) checked.
     pub images: u64,
     /// Packs whose footer was checked.
@@ -281,6 +284,20 @@ impl Store {
                         damage: vec![damage_line(&e)],
                     });
                 }
+            }
+        }
+
+        // Pins -> images: a pinned image is checked like a tagged one.
+        for key in &walk.pins {
+            report.pins += 1;
+            let id = pins::pin_key_image(key).expect("walk keeps only pin keys");
+            match self.pin_of(&id) {
+                Ok(Some(p)) => images
+                    .entry(p.image)
+                    .or_default()
+                    .push(format!("(pinned: {})", p.reason)),
+                Ok(None) => {}
+                Err(e) => problems.push(Problem::of(key, &e)),
             }
         }
 

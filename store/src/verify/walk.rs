@@ -7,12 +7,14 @@ use crate::error::Result;
 use crate::index::QUARANTINE_DIR;
 use crate::manifest::{self, MANIFESTS_DIR};
 use crate::pack::PACKS_DIR;
+use crate::pins::{self, PINS_DIR};
 use crate::refs::{self, TagRef, REFS_DIR};
 use crate::segment::INDEX_DIR;
 use crate::Store;
 
 pub(super) struct Walk {
     pub(super) refs: Vec<String>,
+    pub(super) pins: Vec<String>,
     pub(super) manifests: Vec<String>,
     pub(super) segments: Vec<String>,
     pub(super) packs: Vec<String>,
@@ -42,6 +44,11 @@ fn classify(key: &str, w: &mut Walk) -> Option<&'static str> {
             }
         }
         [REFS_DIR, ..] => Some("that is not a ref"),
+        [PINS_DIR, ..] if pins::pin_key_image(key).is_some() => {
+            w.pins.push(key.into());
+            None
+        }
+        [PINS_DIR, ..] => Some("that is not a pin named by an image id"),
         // Sharded content: <dir>/<xx>/<64 hex starting with xx>.
         [dir @ (MANIFESTS_DIR | INDEX_DIR | PACKS_DIR), shard, name] => {
             let shard_ok = shard.len() == 2
@@ -81,6 +88,9 @@ fn classify(key: &str, w: &mut Walk) -> Option<&'static str> {
     }
 }
 
+/// Directories listed first, in this order.
+const ORDERED: [&str; 5] = [REFS_DIR, PINS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR];
+
 /// A stray file's problem.
 fn stray(key: String, why: &str) -> Problem {
     Problem {
@@ -99,6 +109,7 @@ impl Store {
     pub(super) fn walk(&self, problems: &mut Vec<Problem>) -> Result<Walk> {
         let mut w = Walk {
             refs: Vec::new(),
+            pins: Vec::new(),
             manifests: Vec::new(),
             segments: Vec::new(),
             packs: Vec::new(),
@@ -111,10 +122,10 @@ impl Store {
                 detail,
             });
         }
-        // Listed in commit-safe order: refs before manifests before segments
-        // before packs, so a put finishing during the walk is seen whole
-        // or not at all.
-        for dir in [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR] {
+        // Listed in commit-safe order: refs and pins before manifests before
+        // segments before packs, so a put finishing during the walk is seen
+        // whole or not at all.
+        for dir in ORDERED {
             for key in self.backend.list(dir)? {
                 if let Some(why) = classify(&key, &mut w) {
                     problems.push(stray(key, why));
@@ -123,7 +134,7 @@ impl Store {
         }
         for key in self.backend.list("")? {
             let top = key.split('/').next().unwrap_or_default();
-            if [REFS_DIR, MANIFESTS_DIR, INDEX_DIR, PACKS_DIR].contains(&top) {
+            if ORDERED.contains(&top) {
                 continue;
             }
             if let Some(why) = classify(&key, &mut w) {
@@ -131,6 +142,7 @@ impl Store {
             }
         }
         w.refs.sort();
+        w.pins.sort();
         Ok(w)
     }
 }
