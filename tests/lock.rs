@@ -20,6 +20,17 @@ fn sif_image(seed: u64) -> Vec<u8> {
     ])
 }
 
+/// `export lab/app:v1` into the env's folder `exp`, which it returns.
+fn export(env: &Env) -> PathBuf {
+    let exp = env.path("exp");
+    env.cmd()
+        .args(["export", "lab/app:v1"])
+        .arg(&exp)
+        .assert()
+        .success();
+    exp
+}
+
 fn get_locked(env: &Env, lock: &Path, out: &Path) -> std::process::Output {
     env.cmd()
         .arg("get")
@@ -79,12 +90,7 @@ fn without_store_a_lock_reads_from_the_store_it_names() {
     let env = Env::new();
     let bytes = common::random(1 << 20, 3);
     env.put("lab/app:v1", &env.file("a.img", &bytes));
-    let exp = env.path("exp");
-    env.cmd()
-        .args(["export", "lab/app:v1"])
-        .arg(&exp)
-        .assert()
-        .success();
+    let exp = export(&env);
     let out = env.path("out.img");
     let o = env
         .cmd()
@@ -105,12 +111,7 @@ fn a_lock_gets_its_image_from_a_copy_of_the_store() {
     let src = Env::new();
     let bytes = sif_image(4);
     src.put("lab/app:v1", &src.file("a.sif", &bytes));
-    let exp = src.path("exp");
-    src.cmd()
-        .args(["export", "lab/app:v1"])
-        .arg(&exp)
-        .assert()
-        .success();
+    let exp = export(&src);
     let dst = Env::on(Kind::S3);
     dst.cmd()
         .args(["copy", "--from", src.store().to_str().unwrap()])
@@ -139,12 +140,7 @@ fn bad_lock_files_are_one_line_errors_with_their_exit_codes() {
         .as_str()
         .unwrap()
         .to_string();
-    let exp = env.path("exp");
-    env.cmd()
-        .args(["export", "lab/app:v1"])
-        .arg(&exp)
-        .assert()
-        .success();
+    let exp = export(&env);
     let lock = exp.join("imgstore.lock");
     let text = std::fs::read_to_string(&lock).unwrap();
     let other = Env::new();
