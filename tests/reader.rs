@@ -120,25 +120,6 @@ fn random_reads_return_the_images_bytes() {
 }
 
 #[test]
-fn a_prefetch_decodes_ahead_so_the_reads_decode_nothing() {
-    let env = Env::new();
-    let (x, _) = two_commits(&env);
-    let store = open_store(&env);
-    let reader = store.reader().unwrap();
-    let r = reader.open(&tag("lab/app:v1")).unwrap();
-    let tried = r.prefetch(0, 4 << 20).unwrap();
-    assert!(tried > 1, "{tried} frames");
-    let decoded = reader.stats().frames_decoded;
-    assert_eq!(decoded, tried as u64);
-    assert_eq!(r.prefetch(0, 4 << 20).unwrap(), 0, "all cached already");
-    let mut buf = vec![0u8; 4 << 20];
-    assert_eq!(r.read_at(0, &mut buf).unwrap(), 4 << 20);
-    assert!(buf == x[..4 << 20]);
-    assert_eq!(reader.stats().frames_decoded, decoded, "the read decoded again");
-    assert_eq!(r.prefetch(x.len() as u64, 10).unwrap(), 0);
-}
-
-#[test]
 fn four_threads_read_through_one_handle() {
     fn shared<T: Send + Sync>(_: &T) {}
     let env = Env::new();
@@ -204,8 +185,6 @@ fn a_flipped_byte_fails_the_reads_of_its_chunk_only() {
     let r = reader
         .open(&ImageRef::Tag(TagRef::parse("lab/rand:v1").unwrap()))
         .unwrap();
-    // A read-ahead over the damage decodes the rest and caches nothing bad.
-    assert!(r.prefetch(0, data.len() as u64).unwrap() > 40);
     let end = start + len;
     let mut rng = SmallRng::seed_from_u64(9);
     let mut buf = vec![0u8; 70_000];

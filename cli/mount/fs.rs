@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -30,54 +30,11 @@ struct Listing {
     sif: HashMap<ImageId, bool>,
 }
 
-/// How far ahead of a sequential reader its frames are decoded.
-const AHEAD: u64 = 8 << 20;
-/// Read-aheads running at once, over all files: each holds up to [`AHEAD`]
-/// of decoded frames beyond the frame cache's budget while it runs.
-const AHEADS: usize = 2;
-
 /// One open file: the image it was when opened, whatever its tag does later.
 struct Handle {
     reader: Arc<ImageReader>,
     ino: u64,
     mtime: u64,
-    seq: Mutex<Seq>,
-}
-
-/// Where a file's reads have been going.
-#[derive(Default)]
-struct Seq {
-    /// Where the last read ended.
-    next: u64,
-    /// Reads in a row that began where the one before ended.
-    streak: u32,
-    /// Where the read-ahead has been asked to reach (0: none).
-    ahead: u64,
-}
-
-impl Seq {
-    /// Notes a read of `len` at `offset`; returns the range to read ahead,
-    /// if the reads are sequential and the read-ahead is less than half
-    /// [`AHEAD`] in front of them. A read elsewhere ends the read-ahead.
-    fn note(&mut self, offset: u64, len: u64, size: u64) -> Option<(u64, u64)> {
-        if offset == self.next {
-            self.streak += 1;
-        } else {
-            // This read starts a run of its own.
-            *self = Seq {
-                streak: 1,
-                ..Seq::default()
-            };
-        }
-        self.next = offset + len;
-        if self.streak < 2 || self.ahead >= self.next + AHEAD / 2 || self.next >= size {
-            return None;
-        }
-        let from = self.ahead.max(self.next);
-        let to = (self.next + AHEAD).min(size);
-        self.ahead = to;
-        (from < to).then_some((from, to - from))
-    }
 }
 
 /// The read-only view of a store.
@@ -91,9 +48,7 @@ pub struct ImageFs {
     /// Names shown (and the names below them); all if empty.
     names: Vec<String>,
     listing: Mutex<Listing>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    /// Read-aheads running now (at most [`AHEADS`]).
-    aheads: Arc<AtomicUsize>,
+    handles: Mutex<HashMap<u64, Handle>>,
     /// Images open, shared by the handles on them.
     images: Mutex<HashMap<ImageId, Weak<ImageReader>>>,
     next_handle: AtomicU64,
@@ -131,7 +86,6 @@ impl ImageFs {
                 sif: HashMap::new(),
             }),
             handles: Mutex::new(HashMap::new()),
-            aheads: Arc::new(AtomicUsize::new(0)),
             images: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             // SAFETY: plain getters with no preconditions.
@@ -226,30 +180,6 @@ impl ImageFs {
         }
     }
 
-    /// Decodes `[from, from + len)` of `reader`'s image in the background,
-    /// unless [`AHEADS`] read-aheads are running already; says whether it
-    /// started.
-    fn read_ahead(&self, reader: &Arc<ImageReader>, from: u64, len: u64) -> bool {
-        if self.aheads.fetch_add(1, Ordering::AcqRel) >= AHEADS {
-            self.aheads.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        let (reader, aheads) = (reader.clone(), self.aheads.clone());
-        let spawned = std::thread::Builder::new()
-            .name("imgstore-ahead".into())
-            .spawn(move || {
-                // A failure is the later read's to report, with its range.
-                if let Err(e) = reader.prefetch(from, len) {
-                    tracing::debug!("read-ahead of image {} at {from}: {e}", reader.id());
-                }
-                aheads.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            self.aheads.fetch_sub(1, Ordering::AcqRel);
-        }
-        spawned.is_ok()
-    }
-
     /// The reader of `image`, shared with other handles on it.
     fn image(&self, image: &ImageId) -> imgstore_store::Result<Arc<ImageReader>> {
         let mut images = self.images.lock().expect("images");
@@ -321,12 +251,11 @@ impl Filesystem for ImageFs {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().expect("handles").insert(
             fh,
-            Arc::new(Handle {
+            Handle {
                 reader,
                 ino: ino.0,
                 mtime,
-                seq: Mutex::new(Seq::default()),
-            }),
+            },
         );
         // An inode is one image (a moved tag is a new inode), so the kernel
         // may keep its pages across opens.
@@ -344,20 +273,10 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let handle = match self.handles.lock().expect("handles").get(&fh.0) {
-            Some(h) => h.clone(),
+        let reader = match self.handles.lock().expect("handles").get(&fh.0) {
+            Some(h) => h.reader.clone(),
             None => return reply.error(Errno::EBADF),
         };
-        let reader = &handle.reader;
-        {
-            let mut seq = handle.seq.lock().expect("read sequence");
-            if let Some((from, len)) = seq.note(offset, u64::from(size), reader.size()) {
-                if !self.read_ahead(reader, from, len) {
-                    // Asked again at the next read.
-                    seq.ahead = from;
-                }
-            }
-        }
         let mut buf = vec![0u8; (size as usize).min(MAX_READ)];
         match reader.read_at(offset, &mut buf) {
             Ok(n) => reply.data(&buf[..n]),
@@ -438,37 +357,5 @@ impl Filesystem for ImageFs {
             }
         }
         reply.ok();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_ahead_starts_on_the_second_sequential_read_and_ends_on_a_jump() {
-        let size = 100 << 20;
-        let mut s = Seq::default();
-        assert_eq!(s.note(0, 1 << 20, size), None);
-        assert_eq!(s.note(1 << 20, 1 << 20, size), Some((2 << 20, AHEAD)));
-        // Not again while it is more than half AHEAD in front.
-        assert_eq!(s.note(2 << 20, 1 << 20, size), None);
-        for at in 3..6 {
-            assert_eq!(s.note(at << 20, 1 << 20, size), None);
-        }
-        // Then from where it reached.
-        let (from, len) = s.note(6 << 20, 1 << 20, size).unwrap();
-        assert_eq!((from, from + len), ((2 << 20) + AHEAD, (7 << 20) + AHEAD));
-        // A jump ends it; the second read in a row starts it again.
-        assert_eq!(s.note(50 << 20, 4096, size), None);
-        assert_eq!(s.note(7 << 20, 4096, size), None);
-        assert_eq!(
-            s.note((7 << 20) + 4096, 4096, size),
-            Some(((7 << 20) + 8192, AHEAD))
-        );
-        // Never past the end.
-        let mut e = Seq::default();
-        e.note(size - 3 * 4096, 4096, size);
-        assert_eq!(e.note(size - 2 * 4096, 4096, size), Some((size - 4096, 4096)));
     }
 }

@@ -12,10 +12,10 @@
 //! offset of every [`WINDOW`]th entry and reads the entries of a window from
 //! the manifest when a read needs them (the last [`WINDOWS_KEPT`] stay).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rayon::prelude::*;
 
@@ -203,9 +203,6 @@ struct Shared {
     refreshing: Mutex<()>,
     packs: PackCache,
     frames: Mutex<FrameCache>,
-    /// Frames being decoded now, and the signal that one was.
-    decoding: Mutex<HashSet<FrameKey>>,
-    decoded: Condvar,
     /// Decodes the frames a large read needs in parallel.
     pool: rayon::ThreadPool,
     counters: Counters,
@@ -248,8 +245,6 @@ impl Store {
                 refreshing: Mutex::new(()),
                 packs: PackCache::new(),
                 frames: Mutex::new(FrameCache::new(cache_bytes)),
-                decoding: Mutex::new(HashSet::new()),
-                decoded: Condvar::new(),
                 pool: super::own_pool("the reader's decodes", "imgstore-decode")?,
                 counters: Counters::default(),
             }),
@@ -388,30 +383,10 @@ impl Shared {
     /// The decoded frame at `loc` (for chunk `id`), from the cache or the pack.
     fn frame(&self, id: &ChunkId, loc: &Location) -> Result<Arc<Frame>> {
         let key = (loc.pack, loc.offset);
-        // One decode per frame at a time: a read that needs a frame the
-        // read-ahead (or another reader) is decoding waits for it rather
-        // than decoding it too.
-        let mut decoding = self.decoding.lock().expect("frames decoding");
-        loop {
-            if let Some(f) = self.frames.lock().expect("frame cache").get(&key) {
-                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(f);
-            }
-            if decoding.insert(key) {
-                break;
-            }
-            decoding = self.decoded.wait(decoding).expect("frames decoding");
+        if let Some(f) = self.frames.lock().expect("frame cache").get(&key) {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(f);
         }
-        drop(decoding);
-        let result = self.decode(id, loc);
-        self.decoding.lock().expect("frames decoding").remove(&key);
-        self.decoded.notify_all();
-        result
-    }
-
-    /// Reads and decodes the frame at `loc` into the cache.
-    fn decode(&self, id: &ChunkId, loc: &Location) -> Result<Arc<Frame>> {
-        let key = (loc.pack, loc.offset);
         let file = self.packs.get(self.store.backend.as_ref(), &loc.pack)?;
         let frame = if loc.in_group() {
             Frame {
@@ -517,7 +492,22 @@ impl ImageReader {
         // The frames this read needs that are not cached are decoded in
         // parallel first (a large read spans many).
         if ids.len() > 1 {
-            self.decode_cold(&ids, &locations);
+            let mut cold: Vec<(ChunkId, Location)> = {
+                let mut cache = self.shared.frames.lock().expect("frame cache");
+                ids.iter()
+                    .zip(&locations)
+                    .filter_map(|(id, loc)| loc.map(|l| (*id, l)))
+                    .filter(|(_, l)| cache.get(&(l.pack, l.offset)).is_none())
+                    .collect()
+            };
+            cold.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
+            cold.dedup_by_key(|(_, l)| (l.pack, l.offset));
+            // Failures are met again below, one chunk at a time, and named there.
+            self.shared.pool.install(|| {
+                cold.par_iter().for_each(|(id, loc)| {
+                    let _ = self.shared.frame(id, loc);
+                })
+            });
         }
         let mut located = locations.into_iter();
         for p in placed {
@@ -535,55 +525,6 @@ impl ImageReader {
             }
         }
         Ok((end - offset) as usize)
-    }
-
-    /// Decodes into the shared frame cache the frames of `[offset, offset +
-    /// len)` that are not there yet, in parallel, and returns how many
-    /// that was: a sequential reader's read-ahead. Nothing is checked or
-    /// returned here; a later [`read_at`](Self::read_at) checks each chunk
-    /// as always (a damaged frame fails there, and a frame the cache has
-    /// dropped again is decoded again there).
-    pub fn prefetch(&self, offset: u64, len: u64) -> Result<usize> {
-        if offset >= self.size || len == 0 {
-            return Ok(0);
-        }
-        let end = self.size.min(offset.saturating_add(len));
-        let ids: Vec<ChunkId> = self
-            .entries(offset, end)?
-            .iter()
-            .filter_map(|p| match p.entry {
-                Entry::Chunk { id, .. } => Some(id),
-                Entry::Zero { .. } => None,
-            })
-            .collect();
-        // The current view only: a read after a refresh finds what moved.
-        let (_, view) = self.shared.index();
-        let locations = view.lookup(&ids)?;
-        drop(view);
-        Ok(self.decode_cold(&ids, &locations))
-    }
-
-    /// Decodes the frames of `ids` (at `locations`) that are not cached,
-    /// in parallel on the reader's pool; returns how many it tried.
-    /// Failures are left for the reads that need those chunks, which meet
-    /// them again one chunk at a time and name them.
-    fn decode_cold(&self, ids: &[ChunkId], locations: &[Option<Location>]) -> usize {
-        let mut cold: Vec<(ChunkId, Location)> = {
-            let mut cache = self.shared.frames.lock().expect("frame cache");
-            ids.iter()
-                .zip(locations)
-                .filter_map(|(id, loc)| loc.map(|l| (*id, l)))
-                .filter(|(_, l)| cache.get(&(l.pack, l.offset)).is_none())
-                .collect()
-        };
-        cold.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
-        cold.dedup_by_key(|(_, l)| (l.pack, l.offset));
-        self.shared.pool.install(|| {
-            cold.par_iter().for_each(|(id, loc)| {
-                let _ = self.shared.frame(id, loc);
-            })
-        });
-        cold.len()
     }
 
     /// Locations of `ids`; when the view lacks any (an image put since it
