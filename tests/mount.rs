@@ -220,6 +220,20 @@ fn every_image_is_byte_identical_through_the_mount_and_new_puts_show() {
         .status()
         .unwrap();
     assert!(cmp.success());
+    // Extended attributes: none listed, and reading one is "not supported"
+    // (answered by the kernel after the mount's first ENOSYS).
+    let c = std::ffi::CString::new(m.path("lab/app/v1.img").into_os_string().into_encoded_bytes()).unwrap();
+    let name = c"user.x";
+    for _ in 0..2 {
+        // SAFETY: valid C strings; a null buffer of size 0 asks for the size.
+        let r = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EOPNOTSUPP))
+        );
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::listxattr(c.as_ptr(), std::ptr::null_mut(), 0) }, 0);
     // Writes are refused.
     let w = std::fs::OpenOptions::new()
         .write(true)
