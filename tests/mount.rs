@@ -220,6 +220,20 @@ fn every_image_is_byte_identical_through_the_mount_and_new_puts_show() {
         .status()
         .unwrap();
     assert!(cmp.success());
+    // Extended attributes: none listed, and reading one is "not supported"
+    // (answered by the kernel after the mount's first ENOSYS).
+    let c = std::ffi::CString::new(m.path("lab/app/v1.img").into_os_string().into_encoded_bytes()).unwrap();
+    let name = c"user.x";
+    for _ in 0..2 {
+        // SAFETY: valid C strings; a null buffer of size 0 asks for the size.
+        let r = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EOPNOTSUPP))
+        );
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::listxattr(c.as_ptr(), std::ptr::null_mut(), 0) }, 0);
     // Writes are refused.
     let w = std::fs::OpenOptions::new()
         .write(true)
@@ -711,4 +725,145 @@ fn sigterm_while_reads_are_in_flight_unmounts_and_readers_get_right_bytes_or_err
     let (good, failed) = (good.into_inner(), failed.into_inner());
     assert!(good > 5, "{good} reads before the unmount");
     assert_eq!(failed, 2, "both readers end with an error once the mount is gone");
+}
+
+/// The user the unprivileged mount test runs as (made if missing).
+const MOUNT_USER: &str = "imgmount-u";
+
+/// A command run as [`MOUNT_USER`] (setpriv execs it: its pid is the
+/// command's), with only the environment given.
+fn as_user(dir: &Path, program: &Path) -> std::process::Command {
+    let gid =
+        String::from_utf8(run(std::process::Command::new("id").args(["-g", MOUNT_USER])).stdout).unwrap();
+    // By its path: the child's PATH may be one without it.
+    let setpriv = run(std::process::Command::new("sh").args(["-c", "command -v setpriv"])).stdout;
+    let mut c = std::process::Command::new(String::from_utf8(setpriv).unwrap().trim());
+    c.arg(format!("--reuid={MOUNT_USER}"))
+        .arg(format!("--regid={}", gid.trim()))
+        .arg("--clear-groups")
+        .arg(program)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir)
+        .env("IMGSTORE_STORE", dir.join("store"))
+        .env("IMGSTORE_INDEX_DIR", dir.join("index"));
+    c
+}
+
+#[test]
+fn a_user_mounts_through_fusermount3_and_sigterm_unmounts() {
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let have = |tool: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let world_rw = std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006);
+    if !fuse() || !is_root || !["setpriv", "useradd", "fusermount3"].iter().all(|t| have(t)) || !world_rw {
+        eprintln!(
+            "SKIPPED user mount test: needs root (to add a user), setpriv, useradd, \
+             fusermount3 and /dev/fuse mode 0666 (.ci/run provides them)"
+        );
+        return;
+    }
+    run(std::process::Command::new("sh").arg("-c").arg(format!(
+        "id -u {MOUNT_USER} >/dev/null 2>&1 || useradd -M -N {MOUNT_USER}"
+    )));
+    // A world-traversable work dir (the test's own is under root's home)
+    // with the binary and an image the user can read; the store is the user's.
+    let dir = tempfile::Builder::new()
+        .prefix("imgmount")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(dir.path(), 0o777);
+    let bin = dir.path().join("imgstore");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("imgstore"), &bin).unwrap();
+    mode(&bin, 0o755);
+    let data = common::image(3 << 20, 21);
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, &data).unwrap();
+    mode(&img, 0o644);
+    run(as_user(dir.path(), &bin).args(["init", "-q"]));
+    run(as_user(dir.path(), &bin)
+        .args(["put", "-q", "lab/app:v1"])
+        .arg(&img));
+    let mnt = dir.path().join("m");
+    run(as_user(dir.path(), Path::new("mkdir")).arg(&mnt));
+
+    // Without fusermount3 on its PATH: one line that says what to install.
+    let out = as_user(dir.path(), &bin)
+        .env("PATH", "/nonexistent")
+        .arg("mount")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("apt install fuse3"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let log = dir.path().join("mount.log");
+    let child = as_user(dir.path(), &bin)
+        .arg("mount")
+        .arg(&mnt)
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let m = Mounted {
+        child,
+        dir: mnt.clone(),
+        log,
+    };
+    m.wait_for(|| mounted(&mnt), "the user's mount");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .unwrap();
+    let uid =
+        String::from_utf8(run(std::process::Command::new("id").args(["-u", MOUNT_USER])).stdout).unwrap();
+    assert!(line.contains(&format!("user_id={}", uid.trim())), "{line}");
+    // The tree lists and the image reads byte-identically, for the user.
+    let ls = run(as_user(dir.path(), Path::new("ls")).arg("-lR").arg(&mnt));
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.contains("v1.img") && ls.contains(&data.len().to_string()),
+        "{ls}"
+    );
+    run(as_user(dir.path(), Path::new("cmp"))
+        .arg(&img)
+        .arg(mnt.join("lab/app/v1.img")));
+    // Without --allow-other the mount is its owner's alone, even for root.
+    let e = std::fs::metadata(mnt.join("lab")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    // --allow-other needs user_allow_other in /etc/fuse.conf: said in one line.
+    let allowed = std::fs::read_to_string("/etc/fuse.conf")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.trim() == "user_allow_other");
+    if !allowed {
+        let other = dir.path().join("o");
+        run(as_user(dir.path(), Path::new("mkdir")).arg(&other));
+        let out = as_user(dir.path(), &bin)
+            .args(["mount", "--allow-other"])
+            .arg(&other)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(common::code(&out), 2, "{err}");
+        assert!(
+            err.contains("user_allow_other") && err.contains("/etc/fuse.conf"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!mounted(&other));
+    }
+    m.stop();
 }

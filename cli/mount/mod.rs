@@ -5,10 +5,11 @@
 //! unmounts.
 
 mod fs;
+mod fusermount;
 mod tree;
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
         imgstore_store::refs::check_name(n)?;
     }
     check_mountpoint(&a.mountpoint)?;
+    check_dev_fuse()?;
     let store = Arc::new(crate::cmd::open(g)?);
     let location = store.location();
     let fs = fs::ImageFs::new(store, a.names.clone())?;
@@ -56,14 +58,36 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
         SessionACL::Owner
     };
     config.n_threads = Some(4);
-    let mut session = fuser::Session::new(fs, &a.mountpoint, &config).with_context(|| {
-        format!(
-            "cannot mount on {} (as a user this needs fusermount3 from the fuse3 package, \
-             and /dev/fuse in a container)",
-            a.mountpoint.display()
-        )
-    })?;
-    let mut unmounter = session.unmount_callable();
+    // SAFETY: a plain getter with no preconditions.
+    let (session, mut unmounter) = if unsafe { libc::geteuid() } == 0 {
+        let mut session = fuser::Session::new(fs, &a.mountpoint, &config).with_context(|| {
+            format!(
+                "cannot mount on {} (in a container this needs /dev/fuse and CAP_SYS_ADMIN)",
+                a.mountpoint.display()
+            )
+        })?;
+        let unmounter = Unmounter::Kernel(session.unmount_callable());
+        (session, unmounter)
+    } else {
+        let tool = fusermount::tool()?;
+        let dir = std::fs::canonicalize(&a.mountpoint)
+            .map_err(|e| UsageError(format!("mount point {}: {e}", a.mountpoint.display())))?;
+        let mut options: Vec<String> = ["ro", "nodev", "nosuid", "subtype=imgstore", "default_permissions"]
+            .map(String::from)
+            .into();
+        options.push(format!(
+            "fsname={}",
+            fusermount::escape(&format!("imgstore:{location}"))
+        ));
+        if a.allow_other {
+            options.push("allow_other".into());
+        }
+        let fd = fusermount::mount(&tool, &dir, &options)?;
+        let acl = config.acl;
+        let session = fuser::Session::from_fd(fs, fd, acl, config)
+            .with_context(|| format!("starting the FUSE session on {}", dir.display()))?;
+        (session, Unmounter::Helper { tool, dir })
+    };
     let _pid_file = match &a.pid_file {
         Some(p) => Some(PidFile::write(p)?),
         None => None,
@@ -93,15 +117,7 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<()> {
         }
         Event::Signal(sig) => {
             tracing::info!("signal {sig}: unmounting {}", a.mountpoint.display());
-            if let Err(e) = unmounter.unmount() {
-                // Files are open on it: detach it now (no new opens) and end;
-                // readers still on it get errors once this process exits.
-                tracing::warn!(
-                    "unmounting {}: {e}; detaching it while files are open",
-                    a.mountpoint.display()
-                );
-                detach(&a.mountpoint);
-            }
+            unmounter.unmount(&a.mountpoint);
             match rx.recv_timeout(Duration::from_secs(2)) {
                 Ok(Event::Ended(r)) => {
                     let _ = serving.join();
@@ -202,6 +218,41 @@ impl Drop for PidFile {
     }
 }
 
+/// How to unmount what this process mounted.
+enum Unmounter {
+    /// Mounted by `mount(2)` (as root).
+    Kernel(fuser::SessionUnmounter),
+    /// Mounted by a setuid helper (as a user), which unmounts it too.
+    Helper { tool: PathBuf, dir: PathBuf },
+}
+
+impl Unmounter {
+    /// Unmounts; with files open on it, detaches it (no new opens) instead:
+    /// readers still on it get errors once this process exits.
+    fn unmount(&mut self, shown: &Path) {
+        match self {
+            Unmounter::Kernel(u) => {
+                if let Err(e) = u.unmount() {
+                    tracing::warn!(
+                        "unmounting {}: {e}; detaching it while files are open",
+                        shown.display()
+                    );
+                    detach(shown);
+                }
+            }
+            Unmounter::Helper { tool, dir } => {
+                if !fusermount::unmount(tool, dir) {
+                    tracing::warn!(
+                        "could not unmount {}: unmount it with `{} -u -z {0}`",
+                        dir.display(),
+                        tool.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A clear error for a mount point that is not a directory, or is a dead
 /// FUSE mount left by a killed process.
 fn check_mountpoint(p: &Path) -> Result<()> {
@@ -218,6 +269,20 @@ fn check_mountpoint(p: &Path) -> Result<()> {
         .into()),
         Err(e) => Err(UsageError(format!("mount point {}: {e}", p.display())).into()),
     }
+}
+
+/// A clear error where FUSE is missing, before the store is opened.
+fn check_dev_fuse() -> Result<()> {
+    if Path::new("/dev/fuse").exists() {
+        return Ok(());
+    }
+    Err(crate::cmd::Failed {
+        code: crate::exit::OTHER,
+        message: "/dev/fuse is absent: load the fuse module (`modprobe fuse`), or give the \
+                  container the device (`docker run --device /dev/fuse --cap-add SYS_ADMIN`)"
+            .into(),
+    }
+    .into())
 }
 
 /// Lazily unmounts `p`: directly as root, else through fusermount3 or fusermount.
