@@ -112,11 +112,27 @@ fn a_lock_gets_its_image_from_a_copy_of_the_store() {
     let bytes = sif_image(4);
     src.put("lab/app:v1", &src.file("a.sif", &bytes));
     let exp = export(&src);
-    let dst = Env::on(Kind::S3);
-    dst.cmd()
-        .args(["copy", "--from", src.store().to_str().unwrap()])
+    // A second image, pinned with no tag naming it: not copied, and said so.
+    src.put("lab/old:v1", &src.file("old.img", &common::random(64 << 10, 12)));
+    src.cmd()
+        .args(["pin", "lab/old:v1", "--reason", "old"])
         .assert()
         .success();
+    src.cmd().args(["rm", "lab/old:v1"]).assert().success();
+    let dst = Env::on(Kind::S3);
+    let r = common::json_of(dst.cmd(), &["copy", "--from", src.store().to_str().unwrap()]);
+    let status: Vec<&str> = r["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    let mut sorted = status.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["not copied", "pinned"], "{r}");
+    // The export's pin came along.
+    let pins = dst.json(&["ls", "--pins"]);
+    assert_eq!(pins["pins"].as_array().unwrap().len(), 1, "{pins}");
     let out = dst.path("out.sif");
     let o = get_locked(&dst, &exp.join("imgstore.lock"), &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -74,5 +74,13 @@ pub fn run(g: &Global, a: &CopyArgs) -> Result<()> {
         output::size(bytes),
         report.seconds
     );
+    for p in &report.pins {
+        crate::out!(
+            "pin of {} ({}): {}",
+            output::short_id(&p.image),
+            p.reason,
+            p.status
+        );
+    }
     Ok(())
 }

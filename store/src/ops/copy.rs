@@ -45,11 +45,27 @@ pub struct CopiedRef {
     pub stored_bytes: Option<u64>,
 }
 
+/// A pin of the source and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopiedPin {
+    /// The pinned image.
+    pub image: ImageId,
+    /// The pin's reason.
+    pub reason: String,
+    /// `pinned` (now pinned here too), `present` (was pinned here), with
+    /// `--dry-run` `would pin`, or `not copied`: no ref the copy took names
+    /// the image, so it is not in this store (copy it under a tag first).
+    pub status: &'static str,
+}
+
 /// What a copy did, or with `--dry-run` would do.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyReport {
     /// Every ref asked for, in order.
     pub refs: Vec<CopiedRef>,
+    /// The source's pins of the images asked for (every pin when every
+    /// ref was): pinned here once their image is.
+    pub pins: Vec<CopiedPin>,
     /// Whether nothing was written.
     pub dry_run: bool,
     /// Wall time in seconds.
@@ -102,13 +118,43 @@ impl Store {
             }
             refs.push(done);
         }
+        let pins = self.copy_pins(src, &refs, names.is_empty(), dry_run)?;
         Ok(CopyReport {
             refs,
+            pins,
             dry_run,
             seconds: started.elapsed().as_secs_f64(),
             source_requests: src.requests_since(src_before),
             requests: self.requests_since(before),
         })
+    }
+
+    /// Pins here what `src` pins among the images `refs` copied (all of
+    /// `src`'s pins when `all`): a pin is part of the store.
+    fn copy_pins(&self, src: &Store, refs: &[CopiedRef], all: bool, dry_run: bool) -> Result<Vec<CopiedPin>> {
+        let mut out = Vec::new();
+        for pin in src.pins()? {
+            let copied = refs.iter().any(|r| r.image == pin.image);
+            if !copied && !all {
+                continue;
+            }
+            let status = if !copied {
+                "not copied"
+            } else if self.pin_of(&pin.image)?.is_some() {
+                "present"
+            } else if dry_run {
+                "would pin"
+            } else {
+                self.pin(&ImageRef::Id(pin.image.0.to_hex()), &pin.reason)?;
+                "pinned"
+            };
+            out.push(CopiedPin {
+                image: pin.image,
+                reason: pin.reason,
+                status,
+            });
+        }
+        Ok(out)
     }
 
     /// Streams the image of `record` out of `src` and into this store under
