@@ -66,7 +66,7 @@ pub enum Command {
     /// List names, tags and images (--pins: the pinned images).
     Ls(ListArgs),
     /// Show an image's size, chunks, labels and history facts.
-    Inspect(RefArg),
+    Inspect(InspectArgs),
     /// Print an image's definition file, without reading the image.
     Deffile(RefArg),
     /// Give an image another NAME:TAG (moves the tag if it exists).
@@ -293,6 +293,19 @@ pub struct GetArgs {
 pub struct LsArgs {
     /// Only this name (and names below it).
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// NAME:TAG or image id.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Read the squashfs inside the image (a SIF's partition) block by
+    /// block instead: compressor, block counts, and how many gzip blocks
+    /// zlib -9 gives back byte for byte (reads and recompresses the whole
+    /// file system: minutes for GBs).
+    #[arg(long)]
+    pub squashfs: bool,
 }
 
 #[derive(Debug, Args)]

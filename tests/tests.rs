@@ -45,5 +45,7 @@ mod serve;
 mod mount;
 // Pins: kept through rm, prune and gc; unpin frees exactly their bytes.
 mod pins;
+// The squashfs reader on mksquashfs's output: blocks found, gzip blocks reproduced.
+mod squashfs;
 // Lock files: export, get --lock after tags, prune, gc, copy and index rebuild; run.sh.
 mod lock;

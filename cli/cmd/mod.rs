@@ -13,6 +13,7 @@ mod put;
 mod query;
 mod report;
 mod serve;
+mod squash;
 mod verify;
 
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use imgstore_store::refs::Added;
 use imgstore_store::{ImageId, ImageRef, TagRef};
 use serde::Serialize;
 
-use crate::args::{Global, ListArgs, LsArgs, RefArg, RmArgs, TagArgs};
+use crate::args::{Global, InspectArgs, ListArgs, LsArgs, RefArg, RmArgs, TagArgs};
 use crate::output;
 
 #[derive(Serialize)]
@@ -103,7 +103,10 @@ struct InspectReport {
     sif_descriptors: Option<Vec<imgstore_store::sif::SifDescriptor>>,
 }
 
-pub fn inspect(g: &Global, a: &RefArg) -> Result<()> {
+pub fn inspect(g: &Global, a: &InspectArgs) -> Result<()> {
+    if a.squashfs {
+        return super::squash::inspect(g, a);
+    }
     let image = ImageRef::parse(&a.reference)?;
     let store = super::open(g)?;
     let resolved = store.resolve(&image)?;

@@ -31,6 +31,7 @@ mod repair;
 mod segment;
 mod session;
 pub mod sif;
+pub mod squashfs;
 pub mod stats;
 pub mod testdata;
 pub mod verify;

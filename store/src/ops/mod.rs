@@ -20,7 +20,7 @@ pub mod refs;
 /// the process. Here a thread that cannot start (the process limit) is an
 /// error naming `what`; a panic in a job reaches whoever `install`ed it,
 /// and the handler only keeps rayon from aborting should one get past.
-pub(crate) fn own_pool(what: &str, prefix: &'static str) -> crate::Result<rayon::ThreadPool> {
+pub fn own_pool(what: &str, prefix: &'static str) -> crate::Result<rayon::ThreadPool> {
     let job_of = what.to_owned();
     rayon::ThreadPoolBuilder::new()
         .thread_name(move |i| format!("{prefix}{i}"))
