@@ -446,6 +446,87 @@ fn bad_requests_are_refused_and_store_nothing() {
     assert_eq!(r.status, 200);
 }
 
+/// A manifest pushed by digest (as oras and skopeo may) must hash to it,
+/// else nothing is stored; once pushed, it and a manifest pushed by tag are
+/// answered by digest (HEAD and GET) byte for byte, under their name only.
+#[test]
+fn manifests_pushed_by_digest_and_by_tag_are_served_by_digest() {
+    let env = Env::new();
+    let srv = Server::start(&env);
+    let (sif, _) = sif_image(512 << 10, 21);
+    let f = env.file("app.sif", &sif);
+    let layer = format!("sha256:{}", sha256(&sif));
+    assert_eq!(upload(&srv, "lab/app", &f, &layer).status, 201);
+    let config = env.file("config.json", b"{}");
+    let config_digest = format!("sha256:{}", sha256(b"{}"));
+    assert_eq!(upload(&srv, "lab/app", &config, &config_digest).status, 201);
+    // Written by hand: spacing and an annotation no derived manifest has.
+    let manifest = |note: &str| {
+        format!(
+            "{{\n  \"schemaVersion\": 2, \"mediaType\": \"{MANIFEST}\",\n  \"config\": {{\"mediaType\": \"{SIF_CONFIG}\", \"digest\": \"{config_digest}\", \"size\": 2}},\n  \"layers\": [{{\"mediaType\": \"{SIF_LAYER}\", \"digest\": \"{layer}\", \"size\": {}}}],\n  \"annotations\": {{\"note\": \"{note}\"}}\n}}\n",
+            sif.len()
+        )
+    };
+    let put = |reference: &str, body: &str| {
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {MANIFEST}"),
+            "--data-binary",
+            body,
+            &srv.url(&format!("/v2/lab/app/manifests/{reference}")),
+        ])
+    };
+    let (by_digest, by_tag) = (manifest("by digest"), manifest("by tag"));
+    let (d1, d2) = (
+        format!("sha256:{}", sha256(by_digest.as_bytes())),
+        format!("sha256:{}", sha256(by_tag.as_bytes())),
+    );
+
+    let r = put(&d2, &by_digest);
+    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    assert!(!env.store().join("refs/lab").exists(), "nothing is stored");
+    assert_eq!(
+        curl(&["-I", &srv.url(&format!("/v2/lab/app/manifests/{d2}"))]).status,
+        404
+    );
+
+    let r = put(&d1, &by_digest);
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("docker-content-digest"), d1);
+    assert_eq!(r.header("location"), format!("/v2/lab/app/manifests/{d1}"));
+    let r = put("v1", &by_tag);
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("docker-content-digest"), d2);
+
+    for (digest, body) in [(&d1, &by_digest), (&d2, &by_tag)] {
+        let url = srv.url(&format!("/v2/lab/app/manifests/{digest}"));
+        let head = curl(&["-I", &url]);
+        assert_eq!(head.status, 200, "{digest}");
+        assert_eq!(head.header("docker-content-digest"), digest.as_str());
+        assert_eq!(head.header("content-length"), body.len().to_string());
+        assert_eq!(head.header("content-type"), MANIFEST);
+        let get = curl(&[&url]);
+        assert_eq!(get.status, 200);
+        assert_eq!(get.header("docker-content-digest"), digest.as_str());
+        assert!(get.body == body.as_bytes(), "kept byte for byte");
+        let other = curl(&[&srv.url(&format!("/v2/lab/other/manifests/{digest}"))]);
+        assert_eq!(
+            (other.status, other.error_code().as_str()),
+            (404, "MANIFEST_UNKNOWN")
+        );
+    }
+    let tags = curl(&[&srv.url("/v2/lab/app/tags/list")]).json();
+    assert_eq!(
+        tags["tags"],
+        serde_json::json!([format!("sha256-{}", &d1["sha256:".len()..]), "v1"])
+    );
+    let blob = curl(&[&srv.url(&format!("/v2/lab/app/blobs/{layer}"))]);
+    assert_eq!(blob.status, 200);
+    assert_eq!(sha256(&blob.body), sha256(&sif));
+}
+
 /// A chunk found corrupt while a blob streams cuts the connection: the
 /// client sees a failed transfer, not a clean end with wrong bytes. And a
 /// client that goes away mid-blob leaves the server serving others.

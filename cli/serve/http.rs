@@ -27,20 +27,28 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// What a producer sends at a time: the byte ranges of one piece of a
+/// blob, sent on in order (shared, not copied: ranges of the reader's
+/// decoded frames).
+pub type Piece = Vec<Bytes>;
+
 /// A body fed by a producer thread through a bounded channel. An `Err`
 /// item makes hyper abort the connection, so the client sees a failed
 /// transfer (short of its Content-Length), never a clean end; when the
 /// client goes away the receiver drops and the producer's next send fails,
 /// which is how the producer learns to stop and free what it holds.
 pub struct ChannelBody {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    rx: mpsc::Receiver<io::Result<Piece>>,
+    /// The rest of the piece being sent.
+    pending: std::collections::VecDeque<Bytes>,
 }
 
 impl ChannelBody {
     /// A body and the sender its producer writes to (`depth` pieces in flight).
-    pub fn channel(depth: usize) -> (mpsc::Sender<io::Result<Bytes>>, Body) {
+    pub fn channel(depth: usize) -> (mpsc::Sender<io::Result<Piece>>, Body) {
         let (tx, rx) = mpsc::channel(depth);
-        (tx, ChannelBody { rx }.boxed())
+        let pending = Default::default();
+        (tx, ChannelBody { rx, pending }.boxed())
     }
 }
 
@@ -52,7 +60,17 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data)))
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(piece))) => self.pending.extend(piece),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use imgstore_store::{Digest, ImageId, TagRef};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use super::http::{empty, full, ChannelBody, Code, OciError, Resp, Result};
+use super::http::{empty, full, ChannelBody, Code, OciError, Piece, Resp, Result};
 use super::route::Reference;
 use super::State;
 
@@ -38,7 +38,7 @@ const SEND_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 /// Sends a piece from a blocking producer; false once the client is gone
 /// or has stalled past [`SEND_IDLE`] (the body then ends short, which cuts
 /// the connection).
-fn send(tx: &tokio::sync::mpsc::Sender<io::Result<Bytes>>, piece: io::Result<Bytes>) -> bool {
+fn send(tx: &tokio::sync::mpsc::Sender<io::Result<Piece>>, piece: io::Result<Piece>) -> bool {
     let handle = tokio::runtime::Handle::current();
     matches!(
         handle.block_on(tokio::time::timeout(SEND_IDLE, tx.send(piece))),
@@ -305,9 +305,11 @@ impl State {
     }
 
     /// A body with bytes `start..end` of image `id`, read by a blocking
-    /// task a piece ahead of the client. A chunk that fails its check ends
-    /// the body with an error (the connection is cut); a client that goes
-    /// away ends the task, which drops the image's reader.
+    /// task a piece ahead of the client. A piece's chunks are decoded and
+    /// checked in parallel on the reader's pool, and sent as ranges of the
+    /// decoded frames (no copy). A chunk that fails its check ends the body
+    /// with an error (the connection is cut); a client that goes away ends
+    /// the task, which drops the image's reader.
     fn stream_image(&self, id: &ImageId, start: u64, end: u64) -> Result<super::http::Body> {
         let img = self.reader.open_id(id)?;
         let (tx, body) = ChannelBody::channel(PIECES_QUEUED);
@@ -316,13 +318,19 @@ impl State {
             let mut off = start;
             while off < end {
                 let n = PIECE.min((end - off) as usize);
-                let mut buf = vec![0u8; n];
-                let piece = match img.read_at(off, &mut buf) {
-                    Ok(k) if k == n => Ok(Bytes::from(buf)),
-                    Ok(k) => Err(io::Error::other(format!(
-                        "image {id} ended at {} bytes",
-                        off + k as u64
-                    ))),
+                let piece = match img.read_parts(off, n) {
+                    Ok(parts) => {
+                        let piece = to_bytes(parts);
+                        let got: usize = piece.iter().map(Bytes::len).sum();
+                        if got == n {
+                            Ok(piece)
+                        } else {
+                            Err(io::Error::other(format!(
+                                "image {id} ended at {} bytes",
+                                off + got as u64
+                            )))
+                        }
+                    }
                     Err(e) => {
                         tracing::error!("serving image {id} at offset {off}: {e}");
                         Err(io::Error::other(e.to_string()))
@@ -369,6 +377,27 @@ impl State {
     }
 }
 
+/// Zeros that zero runs are sent from.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// A piece's parts as bytes for hyper, sharing the decoded frames.
+fn to_bytes(parts: Vec<imgstore_store::Part>) -> Piece {
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part {
+            imgstore_store::Part::Bytes(b) => out.push(Bytes::from_owner(b)),
+            imgstore_store::Part::Zeros(mut n) => {
+                while n > 0 {
+                    let k = n.min(ZEROS.len() as u64);
+                    out.push(Bytes::from_static(&ZEROS[..k as usize]));
+                    n -= k;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A body with bytes `start..end` of a local file (a staged upload).
 fn stream_file(path: std::path::PathBuf, start: u64, end: u64) -> super::http::Body {
     use std::os::unix::fs::FileExt;
@@ -384,7 +413,7 @@ fn stream_file(path: std::path::PathBuf, start: u64, end: u64) -> super::http::B
         let mut off = start;
         while off < end {
             let mut buf = vec![0u8; PIECE.min((end - off) as usize)];
-            let piece = file.read_exact_at(&mut buf, off).map(|()| Bytes::from(buf));
+            let piece = file.read_exact_at(&mut buf, off).map(|()| vec![Bytes::from(buf)]);
             let failed = piece.is_err();
             if !send(&tx, piece) || failed {
                 return;

@@ -94,6 +94,11 @@ fn accepted(name: &str, id: &str, size: u64) -> Resp {
     r
 }
 
+/// The tag a manifest pushed by digest is kept under: `sha256-<hex>`.
+pub fn digest_tag(d: &Digest) -> String {
+    format!("sha256-{d}")
+}
+
 fn created(location: String, digest: &Digest) -> Resp {
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::CREATED;
@@ -261,8 +266,12 @@ impl State {
         Ok(r)
     }
 
-    /// `PUT /v2/<name>/manifests/<tag>`: reads the manifest (at most
-    /// [`MAX_MANIFEST`]), then commits it on a blocking thread.
+    /// `PUT /v2/<name>/manifests/<tag|digest>`: reads the manifest (at
+    /// most [`MAX_MANIFEST`]), then commits it on a blocking thread. A
+    /// manifest pushed by digest must hash to it (checked before anything
+    /// is stored) and is kept under the tag [`digest_tag`] names, as
+    /// cosign and oras name untagged artifacts: an image lives only while
+    /// a tag names it.
     pub async fn put_manifest(
         self: std::sync::Arc<Self>,
         name: String,
@@ -270,11 +279,9 @@ impl State {
         headers: &HeaderMap,
         body: Incoming,
     ) -> Result<Resp> {
-        let Reference::Tag(tag) = reference else {
-            return Err(OciError::new(
-                Code::Unsupported,
-                "push a manifest by tag (name:tag), not by digest",
-            ));
+        let (tag, want) = match reference {
+            Reference::Tag(tag) => (tag, None),
+            Reference::Digest(d) => (digest_tag(&d), Some(d)),
         };
         if let Some(ct) = headers.get(CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or_default();
@@ -299,6 +306,15 @@ impl State {
             Ok(())
         })
         .await?;
+        if let Some(want) = want {
+            let got = Digest(Sha256::digest(&bytes).into());
+            if got != want {
+                return Err(OciError::new(
+                    Code::DigestInvalid,
+                    format!("the manifest's sha256 is {got}, not the digest {want} it was pushed by"),
+                ));
+            }
+        }
         let tag = TagRef { name, tag };
         tokio::task::spawn_blocking(move || self.commit_manifest(&tag, &bytes))
             .await

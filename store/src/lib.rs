@@ -45,7 +45,7 @@ pub use error::{Error, ErrorKind, Object, Result, Wanted};
 pub use id::{ChunkId, Digest, ImageId, PackId};
 pub use ops::get::{GetReport, Output};
 pub use ops::put::{Input, PutOptions, PutReport};
-pub use ops::reader::{ImageReader, ReaderStats, StoreReader};
+pub use ops::reader::{ImageReader, Part, ReaderStats, SharedBytes, StoreReader};
 pub use ops::refs::Resolved;
 pub use progress::{NoProgress, Progress};
 pub use refs::{ImageRef, RefRecord, TagRef};

@@ -105,6 +105,61 @@ impl Frame {
     }
 }
 
+/// Checked bytes of an image, shared with the reader's cache (see
+/// [`ImageReader::read_parts`]).
+pub enum Part {
+    /// A range of a decoded frame, which this part keeps alive.
+    Bytes(SharedBytes),
+    /// This many zero bytes.
+    Zeros(u64),
+}
+
+impl Part {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Part::Bytes(b) => b.range.len(),
+            Part::Zeros(n) => *n as usize,
+        }
+    }
+
+    /// Whether it is empty (never, as [`ImageReader::read_parts`] makes them).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A checked range of a decoded frame; its bytes stay while it lives, even
+/// after the cache dropped the frame.
+pub struct SharedBytes {
+    frame: Arc<Frame>,
+    range: Range<usize>,
+}
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame.bytes[self.range.clone()]
+    }
+}
+
+/// `parts` with each run of adjacent ranges of one frame (the members of a
+/// group, in order) and each run of zeros made one part.
+fn merge(parts: Vec<Part>) -> Vec<Part> {
+    let mut out: Vec<Part> = Vec::with_capacity(parts.len());
+    for part in parts {
+        match (out.last_mut(), part) {
+            (Some(Part::Bytes(a)), Part::Bytes(b))
+                if Arc::ptr_eq(&a.frame, &b.frame) && a.range.end == b.range.start =>
+            {
+                a.range.end = b.range.end;
+            }
+            (Some(Part::Zeros(a)), Part::Zeros(b)) => *a += b,
+            (_, part) => out.push(part),
+        }
+    }
+    out
+}
+
 type FrameKey = (PackId, u64);
 
 /// Decoded frames by pack and offset, least recently used dropped first
@@ -476,10 +531,28 @@ impl ImageReader {
     /// against its id before any of its bytes reach `buf`: damage is an
     /// error naming the image, the chunk and where it is stored.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.size || buf.is_empty() {
-            return Ok(0);
+        let mut at = 0;
+        for part in self.read_parts(offset, buf.len())? {
+            let out = &mut buf[at..at + part.len()];
+            match &part {
+                Part::Bytes(b) => out.copy_from_slice(b.as_ref()),
+                Part::Zeros(_) => out.fill(0),
+            }
+            at += out.len();
         }
-        let end = self.size.min(offset.saturating_add(buf.len() as u64));
+        Ok(at)
+    }
+
+    /// The bytes [`read_at`](Self::read_at) would copy, without the copy:
+    /// up to `len` bytes from `offset` as checked ranges of the decoded
+    /// frames the reader's cache shares, and zero runs. Every chunk in them
+    /// was checked against its id, in parallel on the reader's pool.
+    /// Adjacent ranges of one frame come back as one part.
+    pub fn read_parts(&self, offset: u64, len: usize) -> Result<Vec<Part>> {
+        if offset >= self.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = self.size.min(offset.saturating_add(len as u64));
         let placed = self.entries(offset, end)?;
         let ids: Vec<ChunkId> = placed
             .iter()
@@ -489,42 +562,66 @@ impl ImageReader {
             })
             .collect();
         let (generation, locations) = self.locate(&ids)?;
-        // The frames this read needs that are not cached are decoded in
-        // parallel first (a large read spans many).
-        if ids.len() > 1 {
-            let mut cold: Vec<(ChunkId, Location)> = {
-                let mut cache = self.shared.frames.lock().expect("frame cache");
-                ids.iter()
-                    .zip(&locations)
-                    .filter_map(|(id, loc)| loc.map(|l| (*id, l)))
-                    .filter(|(_, l)| cache.get(&(l.pack, l.offset)).is_none())
-                    .collect()
-            };
-            cold.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
-            cold.dedup_by_key(|(_, l)| (l.pack, l.offset));
-            // Failures are met again below, one chunk at a time, and named there.
+        let mut located = locations.into_iter();
+        let jobs: Vec<(Placed, Option<Option<Location>>)> = placed
+            .into_iter()
+            .map(|p| match p.entry {
+                Entry::Chunk { .. } => (p, Some(located.next().expect("one location per chunk"))),
+                Entry::Zero { .. } => (p, None),
+            })
+            .collect();
+        // One part per entry, clipped to offset..end: a chunk's frame is
+        // decoded (once, whichever job gets there first is
+        // `decode_cold`'s) and the chunk hashed on the pool's threads.
+        let part = |(p, loc): &(Placed, Option<Option<Location>>)| -> Result<Part> {
+            let from = p.at.max(offset);
+            let to = (p.at + p.entry.len()).min(end);
+            match (p.entry, loc) {
+                (Entry::Chunk { id, .. }, Some(loc)) => {
+                    let (frame, range) = self.chunk(&id, *loc, generation, p.at)?;
+                    let start = range.start + (from - p.at) as usize;
+                    Ok(Part::Bytes(SharedBytes {
+                        frame,
+                        range: start..start + (to - from) as usize,
+                    }))
+                }
+                _ => Ok(Part::Zeros(to - from)),
+            }
+        };
+        let parts: Vec<Part> = if ids.len() > 1 {
+            self.decode_cold(&jobs);
+            self.shared
+                .pool
+                .install(|| jobs.par_iter().map(part).collect::<Result<_>>())?
+        } else {
+            jobs.iter().map(part).collect::<Result<_>>()?
+        };
+        Ok(merge(parts))
+    }
+
+    /// Decodes the frames `jobs` need that are not cached, in parallel, so
+    /// that no two threads decode the same frame. Failures are met again
+    /// when each chunk is read, and named there.
+    fn decode_cold(&self, jobs: &[(Placed, Option<Option<Location>>)]) {
+        let mut cold: Vec<(ChunkId, Location)> = {
+            let mut cache = self.shared.frames.lock().expect("frame cache");
+            jobs.iter()
+                .filter_map(|(p, loc)| match (p.entry, loc) {
+                    (Entry::Chunk { id, .. }, Some(Some(l))) => Some((id, *l)),
+                    _ => None,
+                })
+                .filter(|(_, l)| cache.get(&(l.pack, l.offset)).is_none())
+                .collect()
+        };
+        cold.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
+        cold.dedup_by_key(|(_, l)| (l.pack, l.offset));
+        if cold.len() > 1 {
             self.shared.pool.install(|| {
                 cold.par_iter().for_each(|(id, loc)| {
                     let _ = self.shared.frame(id, loc);
                 })
             });
         }
-        let mut located = locations.into_iter();
-        for p in placed {
-            let from = p.at.max(offset);
-            let to = (p.at + p.entry.len()).min(end);
-            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
-            match p.entry {
-                Entry::Zero { .. } => out.fill(0),
-                Entry::Chunk { id, .. } => {
-                    let loc = located.next().expect("one location per chunk");
-                    let (frame, range) = self.chunk(&id, loc, generation, p.at)?;
-                    let skip = (from - p.at) as usize;
-                    out.copy_from_slice(&frame.bytes[range.start + skip..range.start + skip + out.len()]);
-                }
-            }
-        }
-        Ok((end - offset) as usize)
     }
 
     /// Locations of `ids`; when the view lacks any (an image put since it
@@ -672,6 +769,34 @@ mod tests {
             bytes: vec![0; n],
             checked: Mutex::new(Vec::new()),
         })
+    }
+
+    #[test]
+    fn adjacent_ranges_of_one_frame_and_runs_of_zeros_merge() {
+        let (a, b) = (frame(100), frame(100));
+        let part = |f: &Arc<Frame>, r: Range<usize>| {
+            Part::Bytes(SharedBytes {
+                frame: f.clone(),
+                range: r,
+            })
+        };
+        let merged = merge(vec![
+            part(&a, 0..10),
+            part(&a, 10..30),
+            part(&a, 40..50),
+            part(&b, 50..60),
+            Part::Zeros(5),
+            Part::Zeros(7),
+            part(&b, 60..70),
+        ]);
+        let shape: Vec<(bool, usize)> = merged
+            .iter()
+            .map(|p| (matches!(p, Part::Zeros(_)), p.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [(false, 30), (false, 10), (false, 10), (true, 12), (false, 10)]
+        );
     }
 
     #[test]
