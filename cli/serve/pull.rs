@@ -122,29 +122,14 @@ impl State {
 
     /// The record of image `id`, computed unless another thread just did.
     fn compute_digest(&self, id: &ImageId) -> Result<ImageDigest> {
-        Ok(match self.store.oci_image_digest(id)? {
-            Some(rec) => rec,
-            None => {
-                let started = std::time::Instant::now();
-                let img = self.reader.open_id(id)?;
-                let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; PIECE];
-                let mut off = 0u64;
-                while off < img.size() {
-                    let n = PIECE.min((img.size() - off) as usize);
-                    img.read_at(off, &mut buf[..n])?;
-                    hasher.update(&buf[..n]);
-                    off += n as u64;
-                }
-                let sha = Digest(hasher.finalize().into());
-                tracing::info!(
-                    "sha256 of image {id} ({} bytes) computed in {:.2} s",
-                    img.size(),
-                    started.elapsed().as_secs_f64()
-                );
-                self.store.oci_record_image_digest(id, &sha, img.size())?
-            }
-        })
+        let started = std::time::Instant::now();
+        let rec = self.store.image_sha256(id, &imgstore_store::NoProgress)?;
+        tracing::info!(
+            "sha256 of image {id} ({} bytes) known in {:.2} s",
+            rec.size,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(rec)
     }
 
     /// The tags of exactly `name` and the images they name.
