@@ -22,11 +22,7 @@ set -euo pipefail
 bin=$(realpath "$1"); size=${2:-1536}; pulls=${3:-8}; pushes=${4:-2}
 corpus=${CORPUS:-$HOME/.cache/imgstore-corpus/full}
 work=$(mktemp -d -p "${BENCH_TMP:-$HOME/.cache}")
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-pids=(); trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-now() { date +%s.%N; }
+source "$(dirname "$0")/serve_common.sh"
 mib() { echo $(( $1 / 1024 )); }  # kB -> MiB
 images=("$corpus"/c0*.ext3)
 slice() { head -c "${size}M" "${images[$1]}"; }

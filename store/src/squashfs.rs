@@ -31,6 +31,9 @@ const METADATA_MAX: usize = 8192;
 const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
 const BLOCK_UNCOMPRESSED: u32 = 1 << 24;
 const NO_TABLE: u64 = u64::MAX;
+/// Compressed blocks read before they are recompressed together (at most
+/// 256 x 1 MiB blocks in memory; 32 MiB at the default 128 KiB).
+const BATCH_BLOCKS: usize = 256;
 
 /// The fields of the superblock this reader uses.
 #[derive(Debug, Clone, Serialize)]
@@ -396,7 +399,7 @@ impl SquashReport {
     pub fn check(
         offset: u64,
         layout: &Layout,
-        read: &(dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync),
+        read: &dyn Fn(u64, &mut [u8]) -> std::io::Result<()>,
         pool: &rayon::ThreadPool,
         advance: &(dyn Fn(u64) + Sync),
     ) -> Result<SquashReport> {
@@ -417,22 +420,31 @@ impl SquashReport {
                 r.raw_blocks += 1;
             }
         }
+        // Blocks are read here, a batch at a time (the reader decodes in
+        // parallel on its own pool), and recompressed on `pool`: a read
+        // inside a pool job would nest the reader's parallel work in it.
         let compressed: Vec<&Block> = layout.blocks.iter().filter(|b| b.compressed).collect();
-        // Per block: (stored, inflated, reproduced).
-        let results: Vec<Result<(u64, u64, bool)>> = pool.install(|| {
-            compressed
-                .par_iter()
-                .map(|b| {
-                    let mut stored = vec![0u8; b.stored as usize];
-                    read(b.offset, &mut stored)
-                        .map_err(|e| bad(format!("reading a block at {}: {e}", b.offset)))?;
-                    let raw = inflate(&stored, s.block_size as usize)?;
-                    let same = deflate9(&raw) == stored;
-                    advance(u64::from(b.stored));
-                    Ok((u64::from(b.stored), raw.len() as u64, same))
-                })
-                .collect()
-        });
+        let mut results: Vec<Result<(u64, u64, bool)>> = Vec::with_capacity(compressed.len());
+        for batch in compressed.chunks(BATCH_BLOCKS) {
+            let mut stored = Vec::with_capacity(batch.len());
+            for b in batch {
+                let mut bytes = vec![0u8; b.stored as usize];
+                read(b.offset, &mut bytes)
+                    .map_err(|e| bad(format!("reading a block at {}: {e}", b.offset)))?;
+                stored.push(bytes);
+            }
+            results.extend(pool.install(|| {
+                stored
+                    .par_iter()
+                    .map(|bytes| {
+                        let raw = inflate(bytes, s.block_size as usize)?;
+                        let same = deflate9(&raw) == *bytes;
+                        advance(bytes.len() as u64);
+                        Ok((bytes.len() as u64, raw.len() as u64, same))
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
         for res in results {
             let (stored, inflated, same) = res?;
             r.compressed_bytes += stored;
