@@ -4,6 +4,7 @@
 mod admin;
 mod copy;
 mod demo;
+mod find;
 mod gc;
 mod get;
 mod html;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ls(a) => query::ls(g, a),
         Command::Inspect(a) => query::inspect(g, a),
         Command::Deffile(a) => query::deffile(g, a),
+        Command::Find(a) => find::find(g, a),
         Command::Tag(a) => query::tag(g, a),
         Command::Rm(a) => query::rm(g, a),
         Command::Log(a) => query::log(g, a),

@@ -217,12 +217,7 @@ pub fn deffile(g: &Global, a: &RefArg) -> Result<()> {
     let image = ImageRef::parse(&a.reference)?;
     let store = super::open(g)?;
     let resolved = store.resolve(&image)?;
-    let from_ref = resolved.record.as_ref().and_then(|r| r.deffile.clone());
-    let text = match from_ref {
-        Some(t) => Some(t),
-        None => store.manifest(&resolved.id)?.meta.sif.and_then(|s| s.deffile),
-    };
-    let text = text.ok_or_else(|| {
+    let text = store.deffile(&resolved)?.map(|(t, _)| t).ok_or_else(|| {
         imgstore_store::Error::not_found(imgstore_store::Wanted::Deffile(image.to_string()))
     })?;
     if g.json {

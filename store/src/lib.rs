@@ -26,6 +26,7 @@ pub mod pack;
 mod progress;
 pub mod refs;
 mod repair;
+pub mod search;
 mod segment;
 mod session;
 pub mod sif;

@@ -57,6 +57,9 @@ const PAIR: u8 = b'r';
 const PACK: u8 = b'P';
 /// `p` + pack id -> each (chunk id, raw length, framed share) of its footer.
 const PACK_ENTRIES: u8 = b'p';
+/// `m` + image id -> the image's [`ImageMeta`] (JSON): what `find` searches.
+/// Never changes for an id, so kept even after the image leaves.
+const META: u8 = b'm';
 /// `n` + name key -> the name's [`SetTotals`].
 const NAME: u8 = b'n';
 /// The store's [`StoreTotals`].
@@ -91,15 +94,50 @@ fn batch_refs() -> usize {
 
 /// An image's distinct chunks and their raw lengths, from its manifest.
 pub fn image_chunks(store: &Store, id: &ImageId) -> Result<Vec<(ChunkId, u32)>> {
+    Ok(image_parts(store, id)?.0)
+}
+
+/// What the view keeps of an image's own metadata (lifted from a SIF at
+/// put): its definition file and labels. A ref's `--deffile` and
+/// `--label`s live in the ref and are read with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageMeta {
+    /// The SIF's own definition file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deffile: Option<String>,
+    /// The SIF's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ImageMeta {
+    /// The metadata of a manifest.
+    pub fn of(m: &crate::manifest::Manifest) -> ImageMeta {
+        m.meta
+            .sif
+            .as_ref()
+            .map_or_else(ImageMeta::default, |s| ImageMeta {
+                deffile: s.deffile.clone(),
+                labels: s.labels.clone(),
+            })
+    }
+}
+
+/// An image's distinct chunks (with raw lengths) and its metadata, from one
+/// read of its manifest.
+fn image_parts(store: &Store, id: &ImageId) -> Result<(Vec<(ChunkId, u32)>, ImageMeta)> {
     let m = store.manifest(id)?;
+    let meta = ImageMeta::of(&m);
     let mut seen = DigestSet::with_capacity_and_hasher(m.entries.len(), Default::default());
-    Ok(m.entries
+    let chunks = m
+        .entries
         .iter()
         .filter_map(|e| match e {
             Entry::Chunk { id, len } if seen.insert(*id) => Some((*id, *len)),
             _ => None,
         })
-        .collect())
+        .collect();
+    Ok((chunks, meta))
 }
 
 fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -270,6 +308,33 @@ impl View {
             }
         }
         Ok(out)
+    }
+
+    /// The cached metadata of `ids`, in order (`None`: not cached yet).
+    pub fn image_meta(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageMeta>>> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(META, &[&id.0 .0])).collect();
+        self.db
+            .multi_get(&keys)
+            .into_iter()
+            .map(|r| match r.map_err(|e| self.err(e))? {
+                None => Ok(None),
+                Some(b) => ImageMeta::decode(&b)
+                    .map(Some)
+                    .ok_or_else(|| self.err("bad image metadata")),
+            })
+            .collect()
+    }
+
+    /// Caches images' metadata (read from their manifests), in one write.
+    pub fn put_image_meta(&mut self, metas: &[(ImageId, ImageMeta)]) -> Result<()> {
+        if metas.is_empty() {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        for (id, meta) in metas {
+            wb.put(key(META, &[&id.0 .0]), meta.encode());
+        }
+        self.db.write(wb).map_err(|e| self.err(e))
     }
 
     /// The packs the view has applied.
@@ -479,7 +544,11 @@ impl View {
                 // caller builds the view anew, without the image.
                 image_chunks(store, &id).map_err(|e| self.err(format!("image {id} left: {e}")))?
             } else {
-                image_chunks(store, &id)?
+                let (chunks, meta) = image_parts(store, &id)?;
+                if entering {
+                    batch.wb.put(key(META, &[&id.0 .0]), meta.encode());
+                }
+                chunks
             };
             if entering {
                 progress.advance(sizes[&id]);
@@ -595,6 +664,16 @@ impl View {
         self.db.write_opt(batch.wb, &wo).map_err(|e| self.err(e))?;
         self.unflushed = true;
         Ok(())
+    }
+}
+
+impl ImageMeta {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("image metadata serializes")
+    }
+
+    fn decode(b: &[u8]) -> Option<ImageMeta> {
+        serde_json::from_slice(b).ok()
     }
 }
 
