@@ -116,15 +116,14 @@ const H_DATA_LEN: usize = 120;
 const D_DATA_TYPE: usize = 0;
 const D_USED: usize = 4;
 const D_ID: usize = 5;
-#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_GROUP_ID: usize = 9;
+const D_LINKED_ID: usize = 13;
 const D_OFFSET: usize = 17;
 const D_SIZE: usize = 25;
 #[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_SIZE_WITH_PADDING: usize = 33;
 const D_NAME: usize = 73;
 const D_NAME_LEN: usize = 128;
-#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_EXTRA: usize = 201;
 
 /// Header architecture codes and the Go arch names they stand for.
@@ -173,6 +172,65 @@ pub struct SifDescriptor {
     pub offset: u64,
     /// Size of the object's data in bytes.
     pub size: u64,
+    /// The object group it belongs to (`None`: no group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// The object it is linked to (a signature: the object it signs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_object: Option<u32>,
+    /// The group it is linked to (a signature: the group it signs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_group: Option<u32>,
+    /// A signature object's descriptor fields and envelope kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SifSignature>,
+    /// An SBOM object's format (`"cyclonedx-json"`, `"spdx-json"`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sbom_format: Option<String>,
+    /// An OCI blob or root index object's digest (`sha256:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_digest: Option<String>,
+    /// A partition object's file system, partition type and architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<SifPartition>,
+    /// A crypto message object's format and message type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crypto_message: Option<SifCryptoMessage>,
+}
+
+/// What a signature object's descriptor says, and the kind of envelope its
+/// first bytes show. Nothing is verified: this is what is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SifSignature {
+    /// `"pgp"` (an OpenPGP clear-signed message), `"dsse"` (a DSSE JSON
+    /// envelope) or `"unknown"`.
+    pub format: String,
+    /// The hash type field: `"sha256"`, `"sha384"`, `"sha512"`,
+    /// `"blake2s"`, `"blake2b"`, or `"unknown(N)"`.
+    pub hash: String,
+    /// The signing key's fingerprint as stored (the entity field's first
+    /// 20 bytes, upper-case hex); `None` when they are all zero (DSSE).
+    pub fingerprint: Option<String>,
+}
+
+/// A partition object's descriptor fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SifPartition {
+    /// `"squashfs"`, `"ext3"`, `"archive"`, `"raw"`, `"encrypted-squashfs"`.
+    pub fs: String,
+    /// `"system"`, `"primary-system"`, `"data"`, `"overlay"`.
+    pub part_type: String,
+    /// Its architecture as a Go arch name, or `"unknown"`.
+    pub arch: String,
+}
+
+/// A crypto message object's descriptor fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SifCryptoMessage {
+    /// `"openpgp"` or `"pem"`.
+    pub format: String,
+    /// `"clear-signature"` or `"rsa-oaep"`.
+    pub message: String,
 }
 
 /// Why a SIF image could not be parsed.
@@ -412,6 +470,7 @@ pub fn parse(
     // generic JSON object, at data.attributes.labels.
     let mut inspect_at: Option<(usize, u64, u64)> = None;
 
+    let mut signatures: Vec<(usize, u64, u64)> = Vec::new();
     let mut raw = [0u8; DESCRIPTOR_LEN];
     for (index, at) in (table_off..table_end).step_by(DESCRIPTOR_LEN).enumerate() {
         read_checked(read_at, file_len, at, &mut raw, "descriptor table")?;
@@ -445,14 +504,36 @@ pub fn parse(
             }
             _ => {}
         }
-        info.descriptors.push(SifDescriptor {
+        let mut d = SifDescriptor {
             id: u32_at(&raw, D_ID),
             data_type,
             type_name: data_type_name(data_type).to_owned(),
             name,
             offset,
             size,
-        });
+            group: None,
+            linked_object: None,
+            linked_group: None,
+            signature: None,
+            sbom_format: None,
+            oci_digest: None,
+            partition: None,
+            crypto_message: None,
+        };
+        describe_extra(&mut d, &raw);
+        if data_type == DATA_SIGNATURE {
+            signatures.push((info.descriptors.len(), offset, size));
+        }
+        info.descriptors.push(d);
+    }
+
+    // A signature's envelope kind, from its first bytes (never the image's).
+    for (i, offset, size) in signatures {
+        let mut head = vec![0u8; usize::try_from(size.min(SIGNATURE_HEAD)).unwrap_or(0)];
+        read_checked(read_at, file_len, offset, &mut head, "signature object")?;
+        if let Some(sig) = info.descriptors[i].signature.as_mut() {
+            sig.format = signature_format(&head).to_owned();
+        }
     }
 
     if let Some((index, offset, size)) = deffile_at {
@@ -485,6 +566,126 @@ pub fn parse(
     }
 
     Ok(info)
+}
+
+/// Bytes of a signature object read to tell its envelope kind.
+const SIGNATURE_HEAD: u64 = 4096;
+/// Set in a group id or a linked id that names a group.
+const GROUP_MASK: u32 = 0xf000_0000;
+/// Length of the entity (key fingerprint) field of a signature descriptor.
+const ENTITY_LEN: usize = 256;
+
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    u32_at(b, at) as i32
+}
+
+/// Lowercase name of a type-specific code, or `unknown(N)`.
+fn code_name(names: &[&str], first: i32, code: i32) -> String {
+    usize::try_from(code - first)
+        .ok()
+        .and_then(|i| names.get(i))
+        .map_or_else(|| format!("unknown({code})"), |n| (*n).to_owned())
+}
+
+/// Fills the group, link and type-specific fields of `d` from its raw
+/// descriptor, as `github.com/sylabs/sif/v2` lays them out (`pkg/sif`:
+/// `signature`, `sbom`, `ociBlob`, `partition`, `cryptoMessage`).
+fn describe_extra(d: &mut SifDescriptor, raw: &[u8; DESCRIPTOR_LEN]) {
+    let group = u32_at(raw, D_GROUP_ID) & !GROUP_MASK;
+    d.group = (group != 0).then_some(group);
+    let link = u32_at(raw, D_LINKED_ID);
+    let linked = link & !GROUP_MASK;
+    if linked != 0 {
+        if link & GROUP_MASK == GROUP_MASK {
+            d.linked_group = Some(linked);
+        } else {
+            d.linked_object = Some(linked);
+        }
+    }
+    let extra = &raw[D_EXTRA..];
+    match d.data_type {
+        DATA_SIGNATURE => {
+            let hash = code_name(
+                &["sha256", "sha384", "sha512", "blake2s", "blake2b"],
+                1,
+                i32_at(extra, 0),
+            );
+            let entity = &extra[4..4 + ENTITY_LEN];
+            let fp = &entity[..20];
+            d.signature = Some(SifSignature {
+                format: "unknown".to_owned(),
+                hash,
+                fingerprint: fp.iter().any(|&b| b != 0).then(|| hex::encode_upper(fp)),
+            });
+        }
+        DATA_SBOM => {
+            d.sbom_format = Some(code_name(
+                &[
+                    "cyclonedx-json",
+                    "cyclonedx-xml",
+                    "github-json",
+                    "spdx-json",
+                    "spdx-rdf",
+                    "spdx-tag-value",
+                    "spdx-yaml",
+                    "syft-json",
+                ],
+                1,
+                i32_at(extra, 0),
+            ));
+        }
+        DATA_OCI_ROOT_INDEX | DATA_OCI_BLOB => {
+            let end = extra.iter().position(|&b| b == 0).unwrap_or(extra.len());
+            let digest = String::from_utf8_lossy(&extra[..end]).into_owned();
+            d.oci_digest = (!digest.is_empty()).then_some(digest);
+        }
+        DATA_PARTITION => {
+            let arch = &extra[8..11];
+            d.partition = Some(SifPartition {
+                fs: code_name(
+                    &["squashfs", "ext3", "archive", "raw", "encrypted-squashfs"],
+                    1,
+                    i32_at(extra, 0),
+                ),
+                part_type: code_name(
+                    &["system", "primary-system", "data", "overlay"],
+                    1,
+                    i32_at(extra, 4),
+                ),
+                arch: ARCHES
+                    .iter()
+                    .find(|(code, _)| code[..] == *arch)
+                    .map_or("unknown", |(_, name)| name)
+                    .to_owned(),
+            });
+        }
+        DATA_CRYPTO_MESSAGE => {
+            let message = match i32_at(extra, 4) {
+                0x100 => "clear-signature".to_owned(),
+                0x200 => "rsa-oaep".to_owned(),
+                m => format!("unknown({m})"),
+            };
+            d.crypto_message = Some(SifCryptoMessage {
+                format: code_name(&["openpgp", "pem"], 1, i32_at(extra, 0)),
+                message,
+            });
+        }
+        _ => {}
+    }
+}
+
+/// `"pgp"` for an OpenPGP clear-signed message, `"dsse"` for a DSSE JSON
+/// envelope (`payloadType`, `payload`, `signatures`), else `"unknown"`.
+fn signature_format(head: &[u8]) -> &'static str {
+    let text = String::from_utf8_lossy(head);
+    let t = text.trim_start();
+    if t.starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
+        "pgp"
+    } else if t.starts_with('{') && t.contains("\"payloadType\"") {
+        "dsse"
+    } else {
+        "unknown"
+    }
 }
 
 /// Name of the generic JSON object in which apptainer keeps `inspect` data.
@@ -547,33 +748,74 @@ fn label_strings(map: serde_json::Map<String, serde_json::Value>) -> BTreeMap<St
         .collect()
 }
 
+/// One object for [`build_with_for_tests`]: its descriptor's fields and data.
+#[cfg(any(test, feature = "test-hooks"))]
+#[derive(Debug, Clone, Default)]
+pub struct TestObject<'a> {
+    /// Data type (`DATA_*`).
+    pub data_type: u32,
+    /// Object name.
+    pub name: &'a str,
+    /// Its data.
+    pub data: &'a [u8],
+    /// Raw group id field (`0xf000_0000 | n` for group n; 0: none).
+    pub group: u32,
+    /// Raw linked id field (an object id, or `0xf000_0000 | n` for group n).
+    pub link: u32,
+    /// Type-specific extra field (up to 384 bytes); a partition's is
+    /// filled in when left empty.
+    pub extra: Vec<u8>,
+}
+
 /// Build a minimal valid SIF file in memory (header + descriptors + data), for
 /// tests here and in the integration tests: objects are
-/// `(data_type, name, bytes)`.
+/// `(data_type, name, bytes)`, all in group 1.
 ///
 /// The layout mirrors what `sif.CreateContainer` writes with deterministic
 /// options (nil UUID, zero timestamps), except that the descriptor table sits
 /// right after the header, has exactly one slot per object, and data objects
-/// are packed without alignment. Object IDs are 1, 2, ...; every object is in
-/// group 1. A [`DATA_PARTITION`] object is recorded as a primary squashfs
-/// system partition for amd64 and sets the header architecture to `amd64`;
-/// without one the architecture is unknown (`"00"`).
+/// are packed without alignment. Object IDs are 1, 2, .... A
+/// [`DATA_PARTITION`] object is recorded as a primary squashfs system
+/// partition for amd64 and sets the header architecture to `amd64`; without
+/// one the architecture is unknown (`"00"`).
 ///
 /// # Panics
 ///
 /// If a name is longer than 128 bytes.
 #[cfg(any(test, feature = "test-hooks"))]
 pub fn build_for_tests(objects: &[(u32, &str, &[u8])]) -> Vec<u8> {
+    let objects: Vec<TestObject<'_>> = objects
+        .iter()
+        .map(|&(data_type, name, data)| TestObject {
+            data_type,
+            name,
+            data,
+            group: 0xf000_0001,
+            ..TestObject::default()
+        })
+        .collect();
+    build_with_for_tests(&objects)
+}
+
+/// [`build_for_tests`] with each descriptor's group, link and extra field
+/// given: signatures, SBOMs and OCI blobs as `github.com/sylabs/sif/v2`
+/// writes them.
+///
+/// # Panics
+///
+/// If a name is longer than 128 bytes or an extra field longer than 384.
+#[cfg(any(test, feature = "test-hooks"))]
+pub fn build_with_for_tests(objects: &[TestObject<'_>]) -> Vec<u8> {
     const ARCH_AMD64: &[u8; 3] = b"02\0";
     let table_len = objects.len() * DESCRIPTOR_LEN;
     let data_off = HEADER_LEN + table_len;
-    let data_len: usize = objects.iter().map(|(_, _, d)| d.len()).sum();
+    let data_len: usize = objects.iter().map(|o| o.data.len()).sum();
     let mut out = vec![0u8; data_off + data_len];
     let put_i64 = |out: &mut [u8], at: usize, v: usize| {
         out[at..at + 8].copy_from_slice(&(v as i64).to_le_bytes());
     };
 
-    let has_partition = objects.iter().any(|(t, _, _)| *t == DATA_PARTITION);
+    let has_partition = objects.iter().any(|o| o.data_type == DATA_PARTITION);
     out[..LAUNCH_SCRIPT.len()].copy_from_slice(LAUNCH_SCRIPT);
     out[MAGIC_OFFSET..MAGIC_OFFSET + SIF_MAGIC.len()].copy_from_slice(SIF_MAGIC);
     out[H_VERSION..H_VERSION + 3].copy_from_slice(&VERSION_01);
@@ -587,29 +829,34 @@ pub fn build_for_tests(objects: &[(u32, &str, &[u8])]) -> Vec<u8> {
     put_i64(&mut out, H_DATA_LEN, data_len);
 
     let mut at = data_off;
-    for (i, (data_type, name, data)) in objects.iter().enumerate() {
+    for (i, o) in objects.iter().enumerate() {
         assert!(
-            name.len() <= D_NAME_LEN,
-            "SIF object name longer than {D_NAME_LEN} bytes: {name:?}"
+            o.name.len() <= D_NAME_LEN,
+            "SIF object name longer than {D_NAME_LEN} bytes: {:?}",
+            o.name
         );
+        assert!(o.extra.len() <= DESCRIPTOR_LEN - D_EXTRA, "extra field too long");
         let d = HEADER_LEN + i * DESCRIPTOR_LEN;
         let desc = &mut out[d..d + DESCRIPTOR_LEN];
-        desc[D_DATA_TYPE..D_DATA_TYPE + 4].copy_from_slice(&data_type.to_le_bytes());
+        desc[D_DATA_TYPE..D_DATA_TYPE + 4].copy_from_slice(&o.data_type.to_le_bytes());
         desc[D_USED] = 1;
         desc[D_ID..D_ID + 4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
-        desc[D_GROUP_ID..D_GROUP_ID + 4].copy_from_slice(&0xf000_0001u32.to_le_bytes());
+        desc[D_GROUP_ID..D_GROUP_ID + 4].copy_from_slice(&o.group.to_le_bytes());
+        desc[D_LINKED_ID..D_LINKED_ID + 4].copy_from_slice(&o.link.to_le_bytes());
         put_i64(desc, D_OFFSET, at);
-        put_i64(desc, D_SIZE, data.len());
-        put_i64(desc, D_SIZE_WITH_PADDING, data.len());
-        desc[D_NAME..D_NAME + name.len()].copy_from_slice(name.as_bytes());
-        if *data_type == DATA_PARTITION {
+        put_i64(desc, D_SIZE, o.data.len());
+        put_i64(desc, D_SIZE_WITH_PADDING, o.data.len());
+        desc[D_NAME..D_NAME + o.name.len()].copy_from_slice(o.name.as_bytes());
+        if o.data_type == DATA_PARTITION && o.extra.is_empty() {
             // Fstype squashfs (1), parttype primary system (2), arch.
             desc[D_EXTRA..D_EXTRA + 4].copy_from_slice(&1i32.to_le_bytes());
             desc[D_EXTRA + 4..D_EXTRA + 8].copy_from_slice(&2i32.to_le_bytes());
             desc[D_EXTRA + 8..D_EXTRA + 11].copy_from_slice(ARCH_AMD64);
+        } else {
+            desc[D_EXTRA..D_EXTRA + o.extra.len()].copy_from_slice(&o.extra);
         }
-        out[at..at + data.len()].copy_from_slice(data);
-        at += data.len();
+        out[at..at + o.data.len()].copy_from_slice(o.data);
+        at += o.data.len();
     }
     out
 }
