@@ -116,6 +116,14 @@ fn finds_by_deffile_labels_name_and_date(kind: Kind) {
     let other = refs_of(&env.json_host("b", &["find", "--deffile", "numpy"]));
     assert_eq!(other, ["lab/ml:v2"]);
 
+    // Enough refs that they are read on several threads: all seen, in order.
+    let tags: Vec<String> = (0..40).map(|i| format!("many/x:t{i:02}")).collect();
+    for t in &tags {
+        env.cmd().args(["tag", "-q", "lab/ml:v2", t]).assert().success();
+    }
+    assert_eq!(found(&env, &["--name", "many/*", "--deffile", "numpy"]), tags);
+    assert_eq!(env.json(&["ls"])["refs"].as_array().unwrap().len(), 43);
+
     // The table shows the matching lines with their numbers.
     let out = env.cmd().args(["find", "--deffile", "numpy"]).assert().success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();

@@ -182,20 +182,21 @@ impl Store {
     fn image_metas_in(&self, ids: &[ImageId], fresh: bool) -> Result<HashMap<ImageId, ImageMeta>> {
         let mut view = View::open(&self.index_dir, fresh)?;
         let cached = view.image_meta(ids)?;
-        let mut out = HashMap::with_capacity(ids.len());
-        let mut read = Vec::new();
-        for (id, meta) in ids.iter().zip(cached) {
-            let meta = match meta {
-                Some(m) => m,
-                None => {
-                    let m = ImageMeta::of(&self.manifest(id)?);
-                    read.push((*id, m.clone()));
-                    m
-                }
-            };
-            out.insert(*id, meta);
-        }
+        let missing: Vec<ImageId> = ids
+            .iter()
+            .zip(&cached)
+            .filter(|(_, m)| m.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let read: Vec<(ImageId, ImageMeta)> =
+            crate::ops::refs::parallel_map(&missing, |id| Ok((*id, ImageMeta::of(&self.manifest(id)?))))?;
         view.put_image_meta(&read)?;
+        let mut out: HashMap<ImageId, ImageMeta> = ids
+            .iter()
+            .zip(cached)
+            .filter_map(|(id, m)| m.map(|m| (*id, m)))
+            .collect();
+        out.extend(read);
         Ok(out)
     }
 }
