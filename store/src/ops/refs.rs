@@ -392,7 +392,9 @@ mod tests {
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         let err = parallel_map(&items, |&i| {
             if i % 300 == 299 {
-                Err(Error::BadInput { reason: format!("{i}") })
+                Err(Error::BadInput {
+                    reason: format!("{i}"),
+                })
             } else {
                 Ok(i)
             }

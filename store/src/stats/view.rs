@@ -27,6 +27,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use super::counts::{name_key, ChunkState, SetTotals, StoreTotals, Tally};
+pub use super::meta::ImageMeta;
 
 use super::counts::{prefix, Changes, Delta};
 use crate::error::{Error, Object, Result};
@@ -95,32 +96,6 @@ fn batch_refs() -> usize {
 /// An image's distinct chunks and their raw lengths, from its manifest.
 pub fn image_chunks(store: &Store, id: &ImageId) -> Result<Vec<(ChunkId, u32)>> {
     Ok(image_parts(store, id)?.0)
-}
-
-/// What the view keeps of an image's own metadata (lifted from a SIF at
-/// put): its definition file and labels. A ref's `--deffile` and
-/// `--label`s live in the ref and are read with it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ImageMeta {
-    /// The SIF's own definition file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deffile: Option<String>,
-    /// The SIF's labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl ImageMeta {
-    /// The metadata of a manifest.
-    pub fn of(m: &crate::manifest::Manifest) -> ImageMeta {
-        m.meta
-            .sif
-            .as_ref()
-            .map_or_else(ImageMeta::default, |s| ImageMeta {
-                deffile: s.deffile.clone(),
-                labels: s.labels.clone(),
-            })
-    }
 }
 
 /// An image's distinct chunks (with raw lengths) and its metadata, from one
@@ -664,16 +639,6 @@ impl View {
         self.db.write_opt(batch.wb, &wo).map_err(|e| self.err(e))?;
         self.unflushed = true;
         Ok(())
-    }
-}
-
-impl ImageMeta {
-    fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("image metadata serializes")
-    }
-
-    fn decode(b: &[u8]) -> Option<ImageMeta> {
-        serde_json::from_slice(b).ok()
     }
 }
 
