@@ -69,6 +69,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Print an image's definition file, without reading the image.
     Deffile(RefArg),
+    /// Find images by definition file (regex), labels, name and put date.
+    Find(FindArgs),
     /// Give an image another NAME:TAG (moves the tag if it exists).
     Tag(TagArgs),
     /// Remove tags. The data stays until garbage collection frees it.
@@ -481,6 +483,26 @@ pub struct DiffArgs {
     /// Second image: NAME:TAG or image id.
     #[arg(value_name = "REF2")]
     pub b: String,
+    /// Also print a unified diff of the two definition files.
+    #[arg(long)]
+    pub deffile: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Images whose definition file has a line matching this regular
+    /// expression (Rust `regex` syntax; `(?i)` ignores case). Shows the lines.
+    #[arg(long, value_name = "REGEX")]
+    pub deffile: Option<String>,
+    /// Images with this label (repeat: all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Names matching this glob (`lab/*`); with a `:`, NAME:TAG (`lab/app:v1*`).
+    #[arg(long, value_name = "GLOB")]
+    pub name: Option<String>,
+    /// Put or tagged on or after DATE (`2026-12-01`, UTC) or within a duration (`30d`).
+    #[arg(long, value_name = "DATE|DURATION")]
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,8 @@ mod common;
 mod roundtrip;
 // Names, refs and metadata commands: ls, inspect, deffile, tag, rm, log.
 mod refs;
+// find and diff --deffile: search over definition files, labels, names, dates.
+mod find;
 // Bad input and damaged stores: one-line errors and documented exit codes.
 mod errors;
 // Several puts at once, on one host and from "different hosts".

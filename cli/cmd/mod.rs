@@ -5,6 +5,7 @@ mod admin;
 mod copy;
 mod demo;
 mod export;
+mod find;
 mod gc;
 mod get;
 mod html;
@@ -63,6 +64,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ls(a) => query::ls(g, a),
         Command::Inspect(a) => query::inspect(g, a),
         Command::Deffile(a) => query::deffile(g, a),
+        Command::Find(a) => find::find(g, a),
         Command::Tag(a) => query::tag(g, a),
         Command::Pin(a) => pin::pin(g, a),
         Command::Unpin(a) => pin::unpin(g, a),

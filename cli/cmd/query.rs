@@ -215,20 +215,60 @@ pub fn inspect(g: &Global, a: &InspectArgs) -> Result<()> {
     for (k, v) in &report.labels {
         t.add_row(vec![format!("label {k}"), v.clone()]);
     }
+    for d in report.sif_descriptors.iter().flatten() {
+        t.add_row(vec![format!("sif object {}", d.id), describe_sif_object(d)]);
+    }
     crate::out!("{t}");
     Ok(())
+}
+
+/// One line on a SIF object: its type, name, size and what its descriptor
+/// says (a signature's envelope, hash, key and what it signs; an SBOM's
+/// format; an OCI blob's digest).
+fn describe_sif_object(d: &imgstore_store::sif::SifDescriptor) -> String {
+    let mut parts = vec![d.type_name.clone()];
+    if !d.name.is_empty() {
+        parts.push(format!("{:?}", d.name));
+    }
+    parts.push(output::size(d.size));
+    if let Some(s) = &d.signature {
+        parts.push(format!("{} signature", s.format));
+        parts.push(format!("hash {}", s.hash));
+        parts.push(match &s.fingerprint {
+            Some(f) => format!("key {f}"),
+            None => "no key fingerprint".into(),
+        });
+    }
+    match (d.linked_group, d.linked_object) {
+        (Some(g), _) if d.signature.is_some() => parts.push(format!("signs group {g}")),
+        (_, Some(o)) if d.signature.is_some() => parts.push(format!("signs object {o}")),
+        (Some(g), _) => parts.push(format!("linked to group {g}")),
+        (_, Some(o)) => parts.push(format!("linked to object {o}")),
+        _ => {}
+    }
+    if let Some(f) = &d.sbom_format {
+        parts.push(format!("format {f}"));
+    }
+    if let Some(dg) = &d.oci_digest {
+        parts.push(dg.clone());
+    }
+    if let Some(p) = &d.partition {
+        parts.push(format!("{} {} {}", p.fs, p.part_type, p.arch));
+    }
+    if let Some(c) = &d.crypto_message {
+        parts.push(format!("{} {}", c.format, c.message));
+    }
+    if let Some(g) = d.group {
+        parts.push(format!("in group {g}"));
+    }
+    parts.join(", ")
 }
 
 pub fn deffile(g: &Global, a: &RefArg) -> Result<()> {
     let image = ImageRef::parse(&a.reference)?;
     let store = super::open(g)?;
     let resolved = store.resolve(&image)?;
-    let from_ref = resolved.record.as_ref().and_then(|r| r.deffile.clone());
-    let text = match from_ref {
-        Some(t) => Some(t),
-        None => store.manifest(&resolved.id)?.meta.sif.and_then(|s| s.deffile),
-    };
-    let text = text.ok_or_else(|| {
+    let text = store.deffile(&resolved)?.map(|(t, _)| t).ok_or_else(|| {
         imgstore_store::Error::not_found(imgstore_store::Wanted::Deffile(image.to_string()))
     })?;
     if g.json {

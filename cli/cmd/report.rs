@@ -242,14 +242,22 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
     let ra = ImageRef::parse(&a.a)?;
     let rb = ImageRef::parse(&a.b)?;
     let store = super::open(g)?;
-    let ia = store.resolve(&ra)?.id;
-    let ib = store.resolve(&rb)?.id;
+    let (ra, rb) = (store.resolve(&ra)?, store.resolve(&rb)?);
+    let (ia, ib) = (ra.id, rb.id);
+    let defs = a
+        .deffile
+        .then(|| super::find::deffile_diff(&store, (&ra, &a.a), (&rb, &a.b)))
+        .transpose()?;
     let snap = snapshot(&store, g)?;
     let mut r = store.diff(&ia, &ib, &snap)?;
     r.a = a.a.clone();
     r.b = a.b.clone();
     if g.json {
-        return output::json(&r);
+        let mut v = serde_json::to_value(&r)?;
+        if let (Some(d), serde_json::Value::Object(m)) = (&defs, &mut v) {
+            m.insert("deffile".into(), serde_json::to_value(d)?);
+        }
+        return output::json(&v);
     }
     let mut t = output::table(&["", "CHUNKS", "BYTES", "STORED"]);
     for (k, c, b, s) in [
@@ -280,6 +288,9 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<()> {
         ]);
     }
     crate::out!("{t}");
+    if let Some(d) = &defs {
+        super::find::print_deffile_diff(d, &a.a, &a.b)?;
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@ pub mod pins;
 mod progress;
 pub mod refs;
 mod repair;
+pub mod search;
 mod segment;
 mod session;
 pub mod sif;

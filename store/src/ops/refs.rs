@@ -294,8 +294,8 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
         Some(n) => format!("{REFS_DIR}/{n}"),
         None => REFS_DIR.to_string(),
     };
-    let mut out = Vec::new();
-    for key in &backend.list(&start)? {
+    let mut named = Vec::new();
+    for key in backend.list(&start)? {
         let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
         // A ref that cannot be named cannot be marked: refuse, so gc never
         // deletes the chunks of an image it failed to see.
@@ -311,21 +311,62 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
                      before gc and prune can run",
                 )
             })?;
-        let Some(bytes) = backend.get(key)? else {
-            continue;
-        };
-        out.push((
-            t.clone(),
-            RefRecord::parse(
-                &bytes,
-                &Object::Ref {
-                    key: key.to_owned(),
-                    tag: Some(t.to_string()),
-                },
-            )?,
-        ));
+        named.push((key, t));
     }
+    let read = |(key, t): &(String, TagRef)| -> Result<Option<(TagRef, RefRecord)>> {
+        let Some(bytes) = backend.get(key)? else {
+            return Ok(None);
+        };
+        let what = Object::Ref {
+            key: key.to_owned(),
+            tag: Some(t.to_string()),
+        };
+        Ok(Some((t.clone(), RefRecord::parse(&bytes, &what)?)))
+    };
+    let mut out: Vec<(TagRef, RefRecord)> = parallel_map(&named, read)?.into_iter().flatten().collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Threads [`parallel_map`] reads with: object storage answers many small
+/// GETs at once, one after another they cost a round trip each.
+const READERS: usize = 16;
+
+/// `f` over `items` on up to [`READERS`] threads (on this one for a few
+/// items, or when no thread can start), results in order; the first error wins.
+pub(crate) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    if items.len() < 2 * READERS {
+        return items.iter().map(&f).collect();
+    }
+    let part = items.len().div_ceil(READERS);
+    let f = &f;
+    let parts: Vec<Result<Vec<R>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(part)
+            .map(|c| {
+                let run = move || c.iter().map(f).collect::<Result<Vec<R>>>();
+                std::thread::Builder::new()
+                    .name("imgstore-read".into())
+                    .spawn_scoped(s, run)
+                    .map_err(|_| c)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                // No thread: read this part here.
+                Err(c) => c.iter().map(f).collect(),
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for p in parts {
+        out.extend(p?);
+    }
     Ok(out)
 }
 
@@ -338,4 +379,27 @@ fn described(m: ManifestFile, id: &ImageId, key: &str) -> Result<ManifestFile> {
         ));
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_map_keeps_order_and_the_first_error() {
+        let items: Vec<u32> = (0..1000).collect();
+        let out = parallel_map(&items, |i| Ok(i * 2)).unwrap();
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        let err = parallel_map(&items, |&i| {
+            if i % 300 == 299 {
+                Err(Error::BadInput {
+                    reason: format!("{i}"),
+                })
+            } else {
+                Ok(i)
+            }
+        });
+        assert!(matches!(err, Err(Error::BadInput { reason }) if reason == "299"));
+        assert_eq!(parallel_map(&items[..3], |i| Ok(*i)).unwrap(), [0, 1, 2]);
+    }
 }

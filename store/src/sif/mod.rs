@@ -116,15 +116,14 @@ const H_DATA_LEN: usize = 120;
 const D_DATA_TYPE: usize = 0;
 const D_USED: usize = 4;
 const D_ID: usize = 5;
-#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_GROUP_ID: usize = 9;
+const D_LINKED_ID: usize = 13;
 const D_OFFSET: usize = 17;
 const D_SIZE: usize = 25;
 #[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_SIZE_WITH_PADDING: usize = 33;
 const D_NAME: usize = 73;
 const D_NAME_LEN: usize = 128;
-#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 const D_EXTRA: usize = 201;
 
 /// Header architecture codes and the Go arch names they stand for.
@@ -173,6 +172,30 @@ pub struct SifDescriptor {
     pub offset: u64,
     /// Size of the object's data in bytes.
     pub size: u64,
+    /// The object group it belongs to (`None`: no group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// The object it is linked to (a signature: the object it signs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_object: Option<u32>,
+    /// The group it is linked to (a signature: the group it signs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_group: Option<u32>,
+    /// A signature object's descriptor fields and envelope kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SifSignature>,
+    /// An SBOM object's format (`"cyclonedx-json"`, `"spdx-json"`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sbom_format: Option<String>,
+    /// An OCI blob or root index object's digest (`sha256:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_digest: Option<String>,
+    /// A partition object's file system, partition type and architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<SifPartition>,
+    /// A crypto message object's format and message type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crypto_message: Option<SifCryptoMessage>,
 }
 
 /// Why a SIF image could not be parsed.
@@ -412,6 +435,7 @@ pub fn parse(
     // generic JSON object, at data.attributes.labels.
     let mut inspect_at: Option<(usize, u64, u64)> = None;
 
+    let mut signatures: Vec<(usize, u64, u64)> = Vec::new();
     let mut raw = [0u8; DESCRIPTOR_LEN];
     for (index, at) in (table_off..table_end).step_by(DESCRIPTOR_LEN).enumerate() {
         read_checked(read_at, file_len, at, &mut raw, "descriptor table")?;
@@ -445,14 +469,36 @@ pub fn parse(
             }
             _ => {}
         }
-        info.descriptors.push(SifDescriptor {
+        let mut d = SifDescriptor {
             id: u32_at(&raw, D_ID),
             data_type,
             type_name: data_type_name(data_type).to_owned(),
             name,
             offset,
             size,
-        });
+            group: None,
+            linked_object: None,
+            linked_group: None,
+            signature: None,
+            sbom_format: None,
+            oci_digest: None,
+            partition: None,
+            crypto_message: None,
+        };
+        describe_extra(&mut d, &raw);
+        if data_type == DATA_SIGNATURE {
+            signatures.push((info.descriptors.len(), offset, size));
+        }
+        info.descriptors.push(d);
+    }
+
+    // A signature's envelope kind, from its first bytes (never the image's).
+    for (i, offset, size) in signatures {
+        let mut head = vec![0u8; usize::try_from(size.min(SIGNATURE_HEAD)).unwrap_or(0)];
+        read_checked(read_at, file_len, offset, &mut head, "signature object")?;
+        if let Some(sig) = info.descriptors[i].signature.as_mut() {
+            sig.format = signature_format(&head).to_owned();
+        }
     }
 
     if let Some((index, offset, size)) = deffile_at {
@@ -547,72 +593,13 @@ fn label_strings(map: serde_json::Map<String, serde_json::Value>) -> BTreeMap<St
         .collect()
 }
 
-/// Build a minimal valid SIF file in memory (header + descriptors + data), for
-/// tests here and in the integration tests: objects are
-/// `(data_type, name, bytes)`.
-///
-/// The layout mirrors what `sif.CreateContainer` writes with deterministic
-/// options (nil UUID, zero timestamps), except that the descriptor table sits
-/// right after the header, has exactly one slot per object, and data objects
-/// are packed without alignment. Object IDs are 1, 2, ...; every object is in
-/// group 1. A [`DATA_PARTITION`] object is recorded as a primary squashfs
-/// system partition for amd64 and sets the header architecture to `amd64`;
-/// without one the architecture is unknown (`"00"`).
-///
-/// # Panics
-///
-/// If a name is longer than 128 bytes.
 #[cfg(any(test, feature = "test-hooks"))]
-pub fn build_for_tests(objects: &[(u32, &str, &[u8])]) -> Vec<u8> {
-    const ARCH_AMD64: &[u8; 3] = b"02\0";
-    let table_len = objects.len() * DESCRIPTOR_LEN;
-    let data_off = HEADER_LEN + table_len;
-    let data_len: usize = objects.iter().map(|(_, _, d)| d.len()).sum();
-    let mut out = vec![0u8; data_off + data_len];
-    let put_i64 = |out: &mut [u8], at: usize, v: usize| {
-        out[at..at + 8].copy_from_slice(&(v as i64).to_le_bytes());
-    };
-
-    let has_partition = objects.iter().any(|(t, _, _)| *t == DATA_PARTITION);
-    out[..LAUNCH_SCRIPT.len()].copy_from_slice(LAUNCH_SCRIPT);
-    out[MAGIC_OFFSET..MAGIC_OFFSET + SIF_MAGIC.len()].copy_from_slice(SIF_MAGIC);
-    out[H_VERSION..H_VERSION + 3].copy_from_slice(&VERSION_01);
-    out[H_ARCH..H_ARCH + 3].copy_from_slice(if has_partition { ARCH_AMD64 } else { b"00\0" });
-    // UUID and timestamps stay zero.
-    put_i64(&mut out, H_DESCR_FREE, 0);
-    put_i64(&mut out, H_DESCR_TOTAL, objects.len());
-    put_i64(&mut out, H_DESCR_OFFSET, HEADER_LEN);
-    put_i64(&mut out, H_DESCR_LEN, table_len);
-    put_i64(&mut out, H_DATA_OFFSET, data_off);
-    put_i64(&mut out, H_DATA_LEN, data_len);
-
-    let mut at = data_off;
-    for (i, (data_type, name, data)) in objects.iter().enumerate() {
-        assert!(
-            name.len() <= D_NAME_LEN,
-            "SIF object name longer than {D_NAME_LEN} bytes: {name:?}"
-        );
-        let d = HEADER_LEN + i * DESCRIPTOR_LEN;
-        let desc = &mut out[d..d + DESCRIPTOR_LEN];
-        desc[D_DATA_TYPE..D_DATA_TYPE + 4].copy_from_slice(&data_type.to_le_bytes());
-        desc[D_USED] = 1;
-        desc[D_ID..D_ID + 4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
-        desc[D_GROUP_ID..D_GROUP_ID + 4].copy_from_slice(&0xf000_0001u32.to_le_bytes());
-        put_i64(desc, D_OFFSET, at);
-        put_i64(desc, D_SIZE, data.len());
-        put_i64(desc, D_SIZE_WITH_PADDING, data.len());
-        desc[D_NAME..D_NAME + name.len()].copy_from_slice(name.as_bytes());
-        if *data_type == DATA_PARTITION {
-            // Fstype squashfs (1), parttype primary system (2), arch.
-            desc[D_EXTRA..D_EXTRA + 4].copy_from_slice(&1i32.to_le_bytes());
-            desc[D_EXTRA + 4..D_EXTRA + 8].copy_from_slice(&2i32.to_le_bytes());
-            desc[D_EXTRA + 8..D_EXTRA + 11].copy_from_slice(ARCH_AMD64);
-        }
-        out[at..at + data.len()].copy_from_slice(data);
-        at += data.len();
-    }
-    out
-}
-
+mod build;
+mod objects;
 #[cfg(test)]
 mod tests;
+
+#[cfg(any(test, feature = "test-hooks"))]
+pub use build::{build_for_tests, build_with_for_tests, TestObject};
+use objects::{describe_extra, signature_format, SIGNATURE_HEAD};
+pub use objects::{SifCryptoMessage, SifPartition, SifSignature};

@@ -139,6 +139,14 @@ fn go_golden_two_descriptors() {
                 name: String::new(),
                 offset: 32176,
                 size: 2,
+                group: Some(1),
+                linked_object: None,
+                linked_group: None,
+                signature: None,
+                sbom_format: None,
+                oci_digest: None,
+                partition: None,
+                crypto_message: None,
             },
             SifDescriptor {
                 id: 2,
@@ -147,6 +155,18 @@ fn go_golden_two_descriptors() {
                 name: String::new(),
                 offset: 32768,
                 size: 2,
+                group: Some(1),
+                linked_object: None,
+                linked_group: None,
+                signature: None,
+                sbom_format: None,
+                oci_digest: None,
+                partition: Some(SifPartition {
+                    fs: "squashfs".into(),
+                    part_type: "primary-system".into(),
+                    arch: "386".into(),
+                }),
+                crypto_message: None,
             },
         ]
     );
@@ -513,4 +533,94 @@ proptest! {
         }
         let _ = parse_bytes(&bytes);
     }
+}
+
+/// Signature, SBOM and OCI blob descriptors laid out as
+/// `github.com/sylabs/sif/v2` writes them (`pkg/sif/descriptor.go`).
+#[test]
+fn provenance_objects_are_described() {
+    let fp: Vec<u8> = (1..=20).collect();
+    let mut sig_extra = 2i32.to_le_bytes().to_vec(); // SHA384
+    sig_extra.extend_from_slice(&fp);
+    let mut dsse_extra = 1i32.to_le_bytes().to_vec(); // SHA256, no fingerprint
+    dsse_extra.resize(4 + 256, 0);
+    let pgp = b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA384\n\n{}\n";
+    let dsse =
+        br#"{"payloadType":"application/vnd.sylabs.sif-metadata+json","payload":"e30=","signatures":[]}"#;
+    let bytes = build_with_for_tests(&[
+        TestObject {
+            data_type: DATA_PARTITION,
+            name: "rootfs",
+            data: b"squashfs",
+            group: 0xf000_0001,
+            ..TestObject::default()
+        },
+        TestObject {
+            data_type: DATA_SIGNATURE,
+            data: pgp,
+            link: 0xf000_0001,
+            extra: sig_extra,
+            ..TestObject::default()
+        },
+        TestObject {
+            data_type: DATA_SIGNATURE,
+            data: dsse,
+            link: 1,
+            extra: dsse_extra,
+            ..TestObject::default()
+        },
+        TestObject {
+            data_type: DATA_SBOM,
+            data: b"{}",
+            extra: 4i32.to_le_bytes().to_vec(),
+            ..TestObject::default()
+        },
+        TestObject {
+            data_type: DATA_OCI_BLOB,
+            data: b"{}",
+            extra: b"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a".to_vec(),
+            ..TestObject::default()
+        },
+        TestObject {
+            data_type: DATA_CRYPTO_MESSAGE,
+            data: b"x",
+            extra: [1i32.to_le_bytes(), 0x100i32.to_le_bytes()].concat(),
+            ..TestObject::default()
+        },
+    ]);
+    let d = parse_bytes(&bytes).unwrap().descriptors;
+    assert_eq!(d[0].group, Some(1));
+    assert_eq!(d[0].partition.as_ref().unwrap().fs, "squashfs");
+    assert_eq!(
+        d[1].signature,
+        Some(SifSignature {
+            format: "pgp".into(),
+            hash: "sha384".into(),
+            fingerprint: Some("0102030405060708090A0B0C0D0E0F1011121314".into()),
+        })
+    );
+    assert_eq!(
+        (d[1].linked_group, d[1].linked_object, d[1].group),
+        (Some(1), None, None)
+    );
+    let s = d[2].signature.as_ref().unwrap();
+    assert_eq!(
+        (s.format.as_str(), s.hash.as_str(), &s.fingerprint),
+        ("dsse", "sha256", &None)
+    );
+    assert_eq!((d[2].linked_group, d[2].linked_object), (None, Some(1)));
+    assert_eq!(d[3].sbom_format.as_deref(), Some("spdx-json"));
+    assert_eq!(
+        d[4].oci_digest.as_deref(),
+        Some("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+    );
+    let c = d[5].crypto_message.as_ref().unwrap();
+    assert_eq!(
+        (c.format.as_str(), c.message.as_str()),
+        ("openpgp", "clear-signature")
+    );
+    // Manifests written before these fields existed still decode.
+    let old = r#"{"id":1,"data_type":16389,"type_name":"signature","name":"","offset":9,"size":2}"#;
+    let d: SifDescriptor = serde_json::from_str(old).unwrap();
+    assert_eq!((d.signature, d.group), (None, None));
 }

@@ -13,6 +13,7 @@
 //! its chunks, one lookup per distinct chunk.
 
 mod counts;
+mod meta;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -27,6 +27,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use super::counts::{name_key, ChunkState, SetTotals, StoreTotals, Tally};
+pub use super::meta::ImageMeta;
 
 use super::counts::{prefix, Changes, Delta};
 use crate::error::{Error, Object, Result};
@@ -57,6 +58,9 @@ const PAIR: u8 = b'r';
 const PACK: u8 = b'P';
 /// `p` + pack id -> each (chunk id, raw length, framed share) of its footer.
 const PACK_ENTRIES: u8 = b'p';
+/// `m` + image id -> the image's [`ImageMeta`] (JSON): what `find` searches.
+/// Never changes for an id, so kept even after the image leaves.
+const META: u8 = b'm';
 /// `n` + name key -> the name's [`SetTotals`].
 const NAME: u8 = b'n';
 /// The store's [`StoreTotals`].
@@ -91,15 +95,24 @@ fn batch_refs() -> usize {
 
 /// An image's distinct chunks and their raw lengths, from its manifest.
 pub fn image_chunks(store: &Store, id: &ImageId) -> Result<Vec<(ChunkId, u32)>> {
+    Ok(image_parts(store, id)?.0)
+}
+
+/// An image's distinct chunks (with raw lengths) and its metadata, from one
+/// read of its manifest.
+fn image_parts(store: &Store, id: &ImageId) -> Result<(Vec<(ChunkId, u32)>, ImageMeta)> {
     let m = store.manifest(id)?;
+    let meta = ImageMeta::of(&m);
     let mut seen = DigestSet::with_capacity_and_hasher(m.entries.len(), Default::default());
-    Ok(m.entries
+    let chunks = m
+        .entries
         .iter()
         .filter_map(|e| match e {
             Entry::Chunk { id, len } if seen.insert(*id) => Some((*id, *len)),
             _ => None,
         })
-        .collect())
+        .collect();
+    Ok((chunks, meta))
 }
 
 fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -270,6 +283,33 @@ impl View {
             }
         }
         Ok(out)
+    }
+
+    /// The cached metadata of `ids`, in order (`None`: not cached yet).
+    pub fn image_meta(&self, ids: &[ImageId]) -> Result<Vec<Option<ImageMeta>>> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(META, &[&id.0 .0])).collect();
+        self.db
+            .multi_get(&keys)
+            .into_iter()
+            .map(|r| match r.map_err(|e| self.err(e))? {
+                None => Ok(None),
+                Some(b) => ImageMeta::decode(&b)
+                    .map(Some)
+                    .ok_or_else(|| self.err("bad image metadata")),
+            })
+            .collect()
+    }
+
+    /// Caches images' metadata (read from their manifests), in one write.
+    pub fn put_image_meta(&mut self, metas: &[(ImageId, ImageMeta)]) -> Result<()> {
+        if metas.is_empty() {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        for (id, meta) in metas {
+            wb.put(key(META, &[&id.0 .0]), meta.encode());
+        }
+        self.db.write(wb).map_err(|e| self.err(e))
     }
 
     /// The packs the view has applied.
@@ -479,7 +519,11 @@ impl View {
                 // caller builds the view anew, without the image.
                 image_chunks(store, &id).map_err(|e| self.err(format!("image {id} left: {e}")))?
             } else {
-                image_chunks(store, &id)?
+                let (chunks, meta) = image_parts(store, &id)?;
+                if entering {
+                    batch.wb.put(key(META, &[&id.0 .0]), meta.encode());
+                }
+                chunks
             };
             if entering {
                 progress.advance(sizes[&id]);
