@@ -130,3 +130,29 @@ fn moving_a_tag_reports_the_previous_image() {
 }
 
 use predicates::prelude::*;
+
+/// `imgstore deffile REF | head -c 10` ends quietly: a closed pipe is no error.
+#[test]
+fn deffile_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read as _;
+    let env = Env::new();
+    let def = env.file("big.def", &vec![b'x'; 1 << 20]);
+    env.cmd()
+        .args(["put", "lab/app:v1", "--deffile"])
+        .arg(&def)
+        .arg(env.file("a.img", &common::random(64 << 10, 1)))
+        .assert()
+        .success();
+    let mut child = env
+        .process("a")
+        .args(["deffile", "lab/app:v1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

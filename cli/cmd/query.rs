@@ -282,7 +282,8 @@ pub fn deffile(g: &Global, a: &RefArg) -> Result<()> {
             deffile: text,
         });
     }
-    print!("{text}");
+    // A reader that closes the pipe early ends the command quietly (main).
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
     if !text.ends_with('\n') {
         crate::out!();
     }
