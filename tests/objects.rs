@@ -337,3 +337,120 @@ fn a_missing_or_cut_pack_in_object_storage_is_named_not_returned() {
     assert!(err.contains("missing"), "{err}");
     assert!(got.stdout.len() < a.len(), "a damaged image came back whole");
 }
+
+/// `ls` (and find, mount) on object storage reads again only the refs whose
+/// ETag changed: a cached record is used as is (shown by editing the cache),
+/// and a tag moved within the same second, a new tag and a removed one are
+/// each seen by the next listing.
+fn listings_read_only_changed_refs(kind: Kind) {
+    let env = Env::on(kind);
+    let a = env.put("lab/app:a", &env.file("a.img", &common::random(64 << 10, 1)))["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = env.put("lab/app:b", &env.file("b.img", &common::random(64 << 10, 2)))["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let image_of = |tag: &str| -> Option<String> {
+        let v = env.json(&["ls"]);
+        v["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ref"] == tag)
+            .map(|r| r["image"].as_str().unwrap().to_string())
+    };
+    env.cmd()
+        .args(["tag", "lab/app:a", "lab/app:t"])
+        .assert()
+        .success();
+    assert_eq!(image_of("lab/app:t").as_deref(), Some(a.as_str()));
+    // Moved at once (the same second as its first write): seen.
+    env.cmd()
+        .args(["tag", "lab/app:b", "lab/app:t"])
+        .assert()
+        .success();
+    assert_eq!(image_of("lab/app:t").as_deref(), Some(b.as_str()));
+    env.cmd().args(["rm", "lab/app:t"]).assert().success();
+    assert_eq!(image_of("lab/app:t"), None);
+
+    // The cache is what a listing answers from where the ETag is the same.
+    // s3s-fs lists no ETags: there every listing reads every ref, no cache.
+    let cache = env.path("index-a").join("refs-cache.json");
+    if kind == Kind::S3 {
+        assert!(!cache.exists());
+        return;
+    }
+    let text = std::fs::read_to_string(&cache).expect("a ref cache where listings carry ETags");
+    let fake = format!("blake3:{}", "0".repeat(64));
+    std::fs::write(&cache, text.replace(&a, &fake)).unwrap();
+    assert_eq!(image_of("lab/app:a").as_deref(), Some(fake.as_str()));
+    // gc and verify read the store itself.
+    env.cmd().args(["verify"]).assert().success();
+    // A damaged cache is only a cache.
+    std::fs::write(&cache, b"{ not json").unwrap();
+    assert_eq!(image_of("lab/app:a").as_deref(), Some(a.as_str()));
+}
+
+#[test]
+fn listings_read_only_changed_refs_on_s3() {
+    listings_read_only_changed_refs(Kind::S3);
+}
+
+#[test]
+fn listings_read_only_changed_refs_on_azure() {
+    if common::azure::server().is_some() {
+        listings_read_only_changed_refs(Kind::Azure);
+    }
+}
+
+/// Figures for docs/PERFORMANCE.md, not a check: `ls` and `find` of 1,000 refs on
+/// Azurite (whose listings carry ETags) with no ref cache, then warm.
+/// `cargo test --test tests -- --ignored ref_listing_figures --nocapture`
+#[test]
+#[ignore]
+fn ref_listing_figures_on_azure() {
+    if common::azure::server().is_none() {
+        return;
+    }
+    let env = Env::on(Kind::Azure);
+    env.put("lab/app:v0", &env.file("a.img", &common::random(64 << 10, 1)));
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let env = &env;
+            s.spawn(move || {
+                for i in (w..1000).step_by(4) {
+                    env.cmd()
+                        .args(["tag", "lab/app:v0", &format!("lab/app:t{i}")])
+                        .assert()
+                        .success();
+                }
+            });
+        }
+    });
+    let cache = env.path("index-a").join("refs-cache.json");
+    let _ = std::fs::remove_file(&cache);
+    for run in ["no cache", "warm", "warm"] {
+        let t = Instant::now();
+        let v = env.json(&["ls"]);
+        println!(
+            "ls of {} refs on Azurite, {run}: {:.3} s",
+            v["refs"].as_array().unwrap().len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let t = Instant::now();
+    let v = env.json(&["find", "--name", "lab/*", "--label", "none=x"]);
+    println!(
+        "find over 1001 refs on Azurite, warm: {:.3} s ({} found)",
+        t.elapsed().as_secs_f64(),
+        v["matches"].as_array().map_or(0, |a| a.len())
+    );
+    let t = Instant::now();
+    env.json(&["find", "--name", "lab/*"]);
+    println!(
+        "find --name over 1001 refs on Azurite, warm: {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+}

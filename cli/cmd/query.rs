@@ -36,7 +36,7 @@ pub fn ls(g: &Global, a: &ListArgs) -> Result<()> {
         return super::pin::list(g, &store);
     }
     let rows: Vec<LsRow> = store
-        .refs(a.name.as_deref())?
+        .refs_for_display(a.name.as_deref())?
         .into_iter()
         .map(|(t, r)| LsRow {
             reference: t.to_string(),

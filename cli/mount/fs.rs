@@ -100,14 +100,14 @@ impl ImageFs {
 
     fn refs(&self) -> imgstore_store::Result<Vec<(TagRef, RefRecord)>> {
         if self.names.is_empty() {
-            return self.store.refs(None);
+            return self.store.refs_for_display(None);
         }
         let mut out = Vec::new();
         for n in &self.names {
             let below = format!("{n}/");
             out.extend(
                 self.store
-                    .refs(Some(n))?
+                    .refs_for_display(Some(n))?
                     .into_iter()
                     .filter(|(t, _)| t.name == *n || t.name.starts_with(&below)),
             );

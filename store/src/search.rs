@@ -109,7 +109,7 @@ impl Query {
 impl Store {
     /// Searches the store's refs; see [`Query`].
     pub fn find(&self, q: &Query) -> Result<FindReport> {
-        let refs = self.refs(None)?;
+        let refs = self.refs_for_display(None)?;
         let searched = refs.len();
         let candidates: Vec<_> = refs
             .into_iter()

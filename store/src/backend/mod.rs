@@ -316,6 +316,14 @@ pub trait Backend: Send + Sync {
         let _ = prefix;
         Ok(None)
     }
+    /// Every key under `prefix` with its ETag (a different ETag for
+    /// different contents), in order, where a listing carries them (object
+    /// storage); `None` elsewhere, where reading a small object costs about
+    /// what asking for its ETag would.
+    fn list_etags(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        let _ = prefix;
+        Ok(None)
+    }
     /// Every key under `prefix` with its size, in order. A listing of
     /// object storage carries sizes; elsewhere each object is asked.
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>> {

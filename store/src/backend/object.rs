@@ -25,6 +25,9 @@ use super::{
 };
 use crate::error::{Error, Object, Result};
 
+/// One listed object: key, size, last-modified time, ETag (if listed).
+type Listed = (String, u64, SystemTime, Option<String>);
+
 /// How many keys one [`Backend::list_page`] returns: S3's own page size.
 const PAGE: usize = 1000;
 
@@ -544,7 +547,7 @@ impl Backend for ObjectBackend {
         Ok(self
             .list_from(prefix, None, None)?
             .into_iter()
-            .map(|(k, size, _)| (k, size))
+            .map(|(k, size, ..)| (k, size))
             .collect())
     }
 
@@ -554,9 +557,16 @@ impl Backend for ObjectBackend {
         Ok(Some(
             self.list_from(prefix, None, None)?
                 .into_iter()
-                .map(|(k, _, t)| (k, t))
+                .map(|(k, _, t, _)| (k, t))
                 .collect(),
         ))
+    }
+
+    /// ETags come with the listing: a changed object has another.
+    fn list_etags(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        let listed = self.list_from(prefix, None, None)?;
+        // A server that lists no ETag for some key: no ETags at all.
+        Ok(listed.into_iter().map(|(k, _, _, e)| e.map(|e| (k, e))).collect())
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -640,12 +650,7 @@ async fn fetch_range(inner: &Inner, key: String, offset: u64, len: u64) -> Resul
 impl ObjectBackend {
     /// Keys under `prefix` after `after`, sorted, with their sizes and times;
     /// up to `limit` + 1 (so a caller knows whether more follow), or all.
-    fn list_from(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: Option<usize>,
-    ) -> Result<Vec<(String, u64, SystemTime)>> {
+    fn list_from(&self, prefix: &str, after: Option<&str>, limit: Option<usize>) -> Result<Vec<Listed>> {
         let inner = &self.inner;
         let dir = dir_prefix(prefix);
         let base = match dir.trim_end_matches('/') {
@@ -672,7 +677,7 @@ impl ObjectBackend {
                         Counters::add(&inner.counters.list);
                     }
                     if let Some(key) = inner.key_of(&meta.location) {
-                        keys.push((key, meta.size, SystemTime::from(meta.last_modified)));
+                        keys.push((key, meta.size, SystemTime::from(meta.last_modified), meta.e_tag));
                     }
                     if limit.is_some_and(|l| keys.len() > l) {
                         break;

@@ -12,6 +12,7 @@ mod outfile;
 pub mod prune;
 pub mod put;
 pub mod reader;
+mod ref_cache;
 pub mod refs;
 
 /// A thread pool of one operation's own, threads named `prefix0`, `prefix1`,

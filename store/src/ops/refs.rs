@@ -296,36 +296,47 @@ pub fn list_refs(backend: &dyn Backend, name: Option<&str>) -> Result<Vec<(TagRe
     };
     let mut named = Vec::new();
     for key in backend.list(&start)? {
-        let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
-        // A ref that cannot be named cannot be marked: refuse, so gc never
-        // deletes the chunks of an image it failed to see.
-        let t = refs::ref_from_path(&comps)
-            .filter(|t| TagRef::parse(&t.to_string()).is_ok())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    Object::Ref {
-                        key: key.to_owned(),
-                        tag: None,
-                    },
-                    "file name is not a valid name:tag; rename it to one (or move it out of refs/) \
-                     before gc and prune can run",
-                )
-            })?;
+        let t = tag_of_key(&key)?;
         named.push((key, t));
     }
-    let read = |(key, t): &(String, TagRef)| -> Result<Option<(TagRef, RefRecord)>> {
-        let Some(bytes) = backend.get(key)? else {
-            return Ok(None);
-        };
-        let what = Object::Ref {
-            key: key.to_owned(),
-            tag: Some(t.to_string()),
-        };
-        Ok(Some((t.clone(), RefRecord::parse(&bytes, &what)?)))
-    };
+    let read = |(key, t): &(String, TagRef)| read_ref_at(backend, key, t);
     let mut out: Vec<(TagRef, RefRecord)> = parallel_map(&named, read)?.into_iter().flatten().collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The ref a key under `refs/` names. A ref that cannot be named cannot be
+/// marked: refuse, so gc never deletes the chunks of an image it failed to see.
+pub(crate) fn tag_of_key(key: &str) -> Result<TagRef> {
+    let comps: Vec<String> = key.split('/').skip(1).map(str::to_string).collect();
+    refs::ref_from_path(&comps)
+        .filter(|t| TagRef::parse(&t.to_string()).is_ok())
+        .ok_or_else(|| {
+            Error::corrupt(
+                Object::Ref {
+                    key: key.to_owned(),
+                    tag: None,
+                },
+                "file name is not a valid name:tag; rename it to one (or move it out of refs/) \
+                 before gc and prune can run",
+            )
+        })
+}
+
+/// Reads and parses the ref file `key` (of ref `t`); `None` if it is gone.
+pub(crate) fn read_ref_at(
+    backend: &dyn Backend,
+    key: &str,
+    t: &TagRef,
+) -> Result<Option<(TagRef, RefRecord)>> {
+    let Some(bytes) = backend.get(key)? else {
+        return Ok(None);
+    };
+    let what = Object::Ref {
+        key: key.to_owned(),
+        tag: Some(t.to_string()),
+    };
+    Ok(Some((t.clone(), RefRecord::parse(&bytes, &what)?)))
 }
 
 /// Threads [`parallel_map`] reads with: object storage answers many small
