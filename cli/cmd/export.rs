@@ -52,9 +52,7 @@ pub fn export(g: &Global, a: &ExportArgs) -> Result<()> {
     let head = store.manifest_file(&id)?.head;
     let sif = head.meta.sif.as_ref();
     let record = resolved.record.as_ref();
-    let deffile_text = record
-        .and_then(|r| r.deffile.clone())
-        .or_else(|| sif.and_then(|s| s.deffile.clone()));
+    let deffile_text = store.deffile(&resolved)?.map(|(text, _)| text);
     let mut labels = sif.map(|s| s.labels.clone()).unwrap_or_default();
     labels.extend(record.map(|r| r.labels.clone()).unwrap_or_default());
     let format = lock::image_format(&first_bytes(&store, &id)?, sif.is_some());
@@ -233,17 +231,11 @@ fn write_whole(path: &Path, bytes: &[u8], executable: bool) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
-    if executable {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("writing {}", path.display()))?;
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if executable { 0o755 } else { 0o644 };
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path)
         .map_err(|e| anyhow::Error::new(e.error).context(format!("writing {}", path.display())))?;
     Ok(())

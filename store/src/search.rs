@@ -208,7 +208,8 @@ impl Store {
         if let Some(d) = resolved.record.as_ref().and_then(|r| r.deffile.clone()) {
             return Ok(Some((d, DeffileSource::Ref)));
         }
-        let sif = self.manifest(&resolved.id)?.meta.sif;
+        // The header has the SIF's metadata: no need for the entries.
+        let sif = self.manifest_file(&resolved.id)?.head.meta.sif;
         Ok(sif.and_then(|s| s.deffile).map(|d| (d, DeffileSource::Sif)))
     }
 }
