@@ -86,6 +86,17 @@ pub enum Command {
     Log(LsArgs),
     /// Remove tags by a retention policy (space returns with `gc`).
     Prune(PruneArgs),
+    /// Move old SIF images to the archive tier: their squashfs blocks are
+    /// stored inflated, where they dedup across versions, and deflated
+    /// again (exactly) on get. Slower to get; cheaper to keep.
+    ///
+    /// Give images (REF...), or a policy to run from cron: `--keep-hot N`
+    /// keeps each name's newest N images as they are, `--older-than` spares
+    /// recent ones. Before an image's old chunks are let go, its archived
+    /// form is rebuilt once and checked against the image's id. Images
+    /// that are not gzip squashfs (ext3, xz) stay as they are, with the
+    /// reason. The space returns with `gc`. See docs/OPERATIONS.md.
+    Archive(ArchiveArgs),
     /// Tie an experiment folder to an image: writes imgstore.lock (the
     /// image's id, sha256, size, format, labels, where the store is),
     /// the definition file, and run.sh (fetches the image by id, checks it,
@@ -392,6 +403,23 @@ pub struct PruneArgs {
     #[arg(long, value_name = "PATTERN")]
     pub keep_tag: Vec<String>,
     /// Show what would be kept and removed; remove nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Images to archive (NAME:TAG or image id); with --keep-hot or
+    /// --older-than, names to apply the policy to (default: every name).
+    #[arg(value_name = "REF|NAME")]
+    pub targets: Vec<String>,
+    /// Policy: keep the newest N images of each name hot.
+    #[arg(long, value_name = "N")]
+    pub keep_hot: Option<usize>,
+    /// Policy: keep images put within this long hot (e.g. 30d).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Show which images would be archived; change nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
 }

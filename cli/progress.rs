@@ -24,6 +24,7 @@ impl Bar {
 impl Progress for Bar {
     fn start(&self, what: &str, total: Option<u64>) {
         let Some(bar) = &self.bar else { return };
+        bar.reset();
         let style = match total {
             Some(t) => {
                 bar.set_length(t);

@@ -49,5 +49,7 @@ mod mount;
 mod pins;
 // The squashfs reader on mksquashfs's output: blocks found, gzip blocks reproduced.
 mod squashfs;
+// The archive tier: squashfs blocks kept inflated, rebuilt exactly at get.
+mod archive;
 // Lock files: export, get --lock after tags, prune, gc, copy and index rebuild; run.sh.
 mod lock;

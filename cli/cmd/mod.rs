@@ -2,6 +2,7 @@
 //! library calls and output.
 
 mod admin;
+mod archive;
 mod copy;
 mod demo;
 mod export;
@@ -71,6 +72,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rm(a) => query::rm(g, a),
         Command::Log(a) => query::log(g, a),
         Command::Prune(a) => gc::prune(g, a),
+        Command::Archive(a) => archive::run(g, a),
         Command::Export(a) => export::export(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Gc(a) => gc::gc(g, a),

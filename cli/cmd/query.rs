@@ -74,6 +74,15 @@ pub fn ls(g: &Global, a: &ListArgs) -> Result<()> {
 }
 
 #[derive(Serialize)]
+struct ArchiveFacts {
+    inflated_blocks: usize,
+    shared_blocks: u64,
+    other_blocks: u64,
+    stream_size: u64,
+    archived: u64,
+}
+
+#[derive(Serialize)]
 struct InspectReport {
     image: ImageId,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -83,6 +92,11 @@ struct InspectReport {
     unique_chunks: usize,
     unique_chunk_bytes: u64,
     zero_bytes: u64,
+    /// `bytes` (as put) or `archive` (see `imgstore archive`).
+    tier: &'static str,
+    /// For an archived image: blocks kept inflated, and its stream's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive: Option<ArchiveFacts>,
     labels: BTreeMap<String, String>,
     has_deffile: bool,
     sif: bool,
@@ -119,6 +133,13 @@ pub fn inspect(g: &Global, a: &InspectArgs) -> Result<()> {
     if let Some(r) = rec {
         labels.extend(r.labels.clone());
     }
+    let archive = store.recipe(&resolved.id)?.map(|r| ArchiveFacts {
+        inflated_blocks: r.blocks.len(),
+        shared_blocks: r.meta.shared_blocks,
+        other_blocks: r.meta.other_blocks,
+        stream_size: r.stream_size,
+        archived: r.meta.created,
+    });
     let report = InspectReport {
         image: m.id,
         reference: resolved.tag.as_ref().map(|t| t.to_string()),
@@ -136,6 +157,8 @@ pub fn inspect(g: &Global, a: &InspectArgs) -> Result<()> {
             .filter(|e| matches!(e, Entry::Zero { .. }))
             .map(|e| e.len())
             .sum(),
+        tier: if archive.is_some() { "archive" } else { "bytes" },
+        archive,
         labels,
         has_deffile: rec.is_some_and(|r| r.deffile.is_some()) || sif.is_some_and(|s| s.deffile.is_some()),
         sif: sif.is_some(),
@@ -169,6 +192,20 @@ pub fn inspect(g: &Global, a: &InspectArgs) -> Result<()> {
         ),
     ]);
     t.add_row(vec!["zero runs".to_string(), output::size(report.zero_bytes)]);
+    t.add_row(vec![
+        "tier".to_string(),
+        match &report.archive {
+            None => "bytes (as put)".into(),
+            Some(a) => format!(
+                "archive since {}: {} squashfs blocks kept inflated ({} shared with hot images, {} not reproduced, kept as stored); stream {}",
+                output::date(a.archived),
+                a.inflated_blocks,
+                a.shared_blocks,
+                a.other_blocks,
+                output::size(a.stream_size)
+            ),
+        },
+    ]);
     t.add_row(vec![
         "format".to_string(),
         if report.sif {

@@ -86,6 +86,11 @@ pub fn stats_rows(r: &StatsReport) -> Vec<(&'static str, String, &'static str)> 
             s(r.pinned_only_stored_bytes),
             "stored bytes only pinned images use",
         ),
+        (
+            "archived",
+            format!("{} ({})", r.archived_images, s(r.archived_logical_bytes)),
+            "images in the archive tier (`imgstore archive`): rebuilt at get",
+        ),
         ("names", r.names.to_string(), "distinct names"),
         ("chunks", r.chunks.to_string(), "distinct chunks live images use"),
         ("packs", r.packs.to_string(), "pack files"),

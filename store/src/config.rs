@@ -45,8 +45,29 @@ pub const DELTA_KEYS: &str = "delta-keys";
 /// refuses such a store: its gc would delete pinned images.
 pub const PINS: &str = "pins";
 
+/// Archived images (`archives/`): gc marks an archived image's stream
+/// instead of its manifest's chunks. Added by the first `archive`; a build
+/// that predates it refuses the store, since its gc would delete the chunks
+/// of every archived image.
+pub const ARCHIVE: &str = "archive";
+
 /// Format features this build understands; a store listing any other is refused.
-const KNOWN_FEATURES: &[&str] = &[MANIFEST_DELTAS, CHUNK_GROUPS, DELTA_KEYS, PINS];
+const KNOWN_FEATURES: &[&str] = &[MANIFEST_DELTAS, CHUNK_GROUPS, DELTA_KEYS, PINS, ARCHIVE];
+
+/// Adds feature `name` to the store's config unless it is there: so that
+/// builds that do not know it refuse the store instead of misreading it.
+/// Re-reads the config first: another host may have added it.
+pub(crate) fn add_feature(backend: &dyn Backend, name: &str) -> Result<()> {
+    let bytes = backend.get(CONFIG_KEY)?.ok_or_else(|| Error::CorruptConfig {
+        detail: "the config file is gone".into(),
+    })?;
+    let mut current = Config::parse(&bytes)?;
+    if !current.has(name) {
+        current.features.push(name.into());
+        backend.put(CONFIG_KEY, &current.to_bytes())?;
+    }
+    Ok(())
+}
 
 /// The contents of `STORE/config` (JSON, so an admin can read it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! The library never prints and never exits: it returns values and
 //! [`Error`]s with hints, and emits `tracing` events.
 
+pub mod archive;
 pub mod backend;
 pub mod chunker;
 pub mod codec;
@@ -78,7 +79,8 @@ impl Default for InitOptions {
     }
 }
 
-/// An open store.
+/// An open store. Cloning shares its backend.
+#[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
     config: Config,

@@ -103,12 +103,14 @@ impl Store {
         // bound the number of distinct live chunks from above.
         let mut upper = 0u64;
         for id in &images {
-            upper += self.manifest_entry_count(id)?;
+            upper += self.held_entry_count(id)?;
         }
         let mut live = LiveSet::with_capacity(upper);
         let mut entries = 0;
+        // An archived image is held by its archive stream's chunks; its
+        // manifest's are what archiving lets go.
         for id in &images {
-            let m = self.manifest(id)?;
+            let m = self.held(id)?;
             for e in &m.entries {
                 if let Entry::Chunk { id, .. } = e {
                     live.insert(id);

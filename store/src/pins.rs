@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, Config};
+use crate::config;
 use crate::error::{Error, Object, Result, Wanted};
 use crate::eventlog::{self, Event};
 use crate::id::{Digest, ImageId};
@@ -104,7 +104,9 @@ impl Store {
         if resolved.record.is_none() {
             self.check_restorable(&manifest)?;
         }
-        self.mark_store_as_pinning()?;
+        // A build that would not honour pins must refuse the store rather
+        // than let its gc delete pinned images.
+        config::add_feature(self.backend.as_ref(), config::PINS)?;
         let record = PinRecord {
             format: FORMAT.into(),
             version: 1,
@@ -146,25 +148,6 @@ impl Store {
             &Event::now("unpin", image.to_string(), Some(id)),
         )?;
         Ok(record)
-    }
-
-    /// Adds the `pins` feature to a store made before it, so that builds
-    /// that would not honour pins refuse the store instead of letting
-    /// their gc delete pinned images. Re-read first: another host may have
-    /// added it.
-    fn mark_store_as_pinning(&self) -> Result<()> {
-        let bytes = self
-            .backend
-            .get(config::CONFIG_KEY)?
-            .ok_or_else(|| Error::CorruptConfig {
-                detail: "the config file is gone".into(),
-            })?;
-        let mut current = Config::parse(&bytes)?;
-        if !current.has(config::PINS) {
-            current.features.push(config::PINS.into());
-            self.backend.put(config::CONFIG_KEY, &current.to_bytes())?;
-        }
-        Ok(())
     }
 
     /// The pin of image `id`, if it is pinned.

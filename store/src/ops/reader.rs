@@ -323,6 +323,18 @@ impl StoreReader {
             return Err(Error::not_found(Wanted::Image(id.to_string())));
         }
         let (key, file) = store.open_manifest(id)?;
+        self.open_manifest(&key, file, id)
+    }
+
+    /// Opens the bytes the manifest at `key` (in `file`) lists, which must
+    /// describe `id`: an image, or an archived image's stream.
+    pub(crate) fn open_manifest(
+        &self,
+        key: &str,
+        file: Box<dyn ReadAt>,
+        id: &ImageId,
+    ) -> Result<ImageReader> {
+        let store = &self.shared.store;
         let (mut at, mut n, mut starts) = (0u64, 0u64, Vec::new());
         let manifest = ManifestFile::open_each(
             file,

@@ -89,6 +89,10 @@ pub struct StatsReport {
     /// Stored bytes only pinned images use: what unpinning every image
     /// (and a gc) would free.
     pub pinned_only_stored_bytes: u64,
+    /// Live images in the archive tier (`imgstore archive`).
+    pub archived_images: u64,
+    /// Their sizes, summed: what gets rebuilt at get instead of read.
+    pub archived_logical_bytes: u64,
     /// Distinct names.
     pub names: u64,
     /// Distinct chunks live images use.
@@ -492,6 +496,16 @@ impl Snapshot<'_> {
         // A live chunk whose only copy is condemned (rescued by the next
         // gc): its stored bytes are inside condemned_bytes.
         r.garbage_bytes = r.condemned_bytes + r.unreferenced_bytes;
+        let archived = self.store.archived_images()?;
+        let mut sizes: HashMap<ImageId, u64> =
+            self.refs.iter().map(|(_, rec)| (rec.image, rec.size)).collect();
+        sizes.extend(self.pins.iter().map(|p| (p.image, p.size)));
+        for (id, size) in &sizes {
+            if archived.contains(id) {
+                r.archived_images += 1;
+                r.archived_logical_bytes += size;
+            }
+        }
         r.dedup_ratio = ratio(r.logical_bytes, r.unique_bytes);
         r.compression_ratio = ratio(r.unique_bytes, r.live_stored_bytes);
         r.total_ratio = ratio(r.logical_bytes, r.stored_bytes);

@@ -61,6 +61,9 @@ const PACK_ENTRIES: u8 = b'p';
 /// `m` + image id -> the image's [`ImageMeta`] (JSON): what `find` searches.
 /// Never changes for an id, so kept even after the image leaves.
 const META: u8 = b'm';
+/// `A` + image id -> nothing: the image's chunks were applied as its
+/// archive stream's (see [`crate::archive`]), not its manifest's.
+const ARCHIVED: u8 = b'A';
 /// `n` + name key -> the name's [`SetTotals`].
 const NAME: u8 = b'n';
 /// The store's [`StoreTotals`].
@@ -93,16 +96,25 @@ fn batch_refs() -> usize {
     BATCH_REFS
 }
 
-/// An image's distinct chunks and their raw lengths, from its manifest.
+/// The distinct chunks (and raw lengths) the store holds an image by: its
+/// archive stream's if it is archived, else its manifest's.
 pub fn image_chunks(store: &Store, id: &ImageId) -> Result<Vec<(ChunkId, u32)>> {
-    Ok(image_parts(store, id)?.0)
+    distinct(&store.held(id)?)
 }
 
-/// An image's distinct chunks (with raw lengths) and its metadata, from one
-/// read of its manifest.
-fn image_parts(store: &Store, id: &ImageId) -> Result<(Vec<(ChunkId, u32)>, ImageMeta)> {
+/// An image's distinct chunks, in the tier given, and its metadata.
+fn image_parts(store: &Store, id: &ImageId, archived: bool) -> Result<(Vec<(ChunkId, u32)>, ImageMeta)> {
     let m = store.manifest(id)?;
     let meta = ImageMeta::of(&m);
+    let chunks = if archived {
+        distinct(&store.held(id)?)?
+    } else {
+        distinct(&m)?
+    };
+    Ok((chunks, meta))
+}
+
+fn distinct(m: &crate::manifest::Manifest) -> Result<Vec<(ChunkId, u32)>> {
     let mut seen = DigestSet::with_capacity_and_hasher(m.entries.len(), Default::default());
     let chunks = m
         .entries
@@ -112,7 +124,7 @@ fn image_parts(store: &Store, id: &ImageId) -> Result<(Vec<(ChunkId, u32)>, Imag
             _ => None,
         })
         .collect();
-    Ok((chunks, meta))
+    Ok(chunks)
 }
 
 fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -509,63 +521,139 @@ impl View {
             progress.start("report index", Some(entering_bytes));
             Finish(progress)
         });
+        // An image archived (or whose archive is gone) since it was applied
+        // holds other chunks now: it leaves with the old ones, in a batch
+        // of its own, and enters again with the new.
+        let archived = store.archived_images()?;
+        let applied_archived: BTreeSet<ImageId> = self
+            .scan(ARCHIVED)?
+            .into_iter()
+            .map(|(k, _)| Digest(k[..32].try_into().expect("32 bytes")))
+            .map(ImageId)
+            .collect();
+        let retiered: Vec<ImageId> = live
+            .keys()
+            .filter(|id| applied.contains_key(id) && archived.contains(*id) != applied_archived.contains(*id))
+            .copied()
+            .collect();
         let limit = batch_refs();
         let mut batch = Batch::default();
-        for id in changed {
+        for id in &retiered {
+            let old = &applied[id];
+            self.step(
+                store,
+                &mut batch,
+                id,
+                old,
+                &none,
+                applied_archived.contains(id),
+                progress,
+                &sizes,
+            )?;
+            self.apply(std::mem::take(&mut batch))?;
+            let new = &live[id];
+            self.step(
+                store,
+                &mut batch,
+                id,
+                &none,
+                new,
+                archived.contains(id),
+                progress,
+                &sizes,
+            )?;
+            self.apply(std::mem::take(&mut batch))?;
+        }
+        for id in changed.into_iter().filter(|id| !retiered.contains(id)) {
             let (old, new) = (applied.get(&id).unwrap_or(&none), live.get(&id).unwrap_or(&none));
-            let (entering, leaving) = (old.is_empty(), new.is_empty());
-            let chunks = if leaving {
-                // gc keeps manifests, so this holds; if one went, the
-                // caller builds the view anew, without the image.
-                image_chunks(store, &id).map_err(|e| self.err(format!("image {id} left: {e}")))?
+            // Chunks as applied; an image entering, as it is held now.
+            let tier = if old.is_empty() {
+                archived.contains(&id)
             } else {
-                let (chunks, meta) = image_parts(store, &id)?;
-                if entering {
-                    batch.wb.put(key(META, &[&id.0 .0]), meta.encode());
-                }
-                chunks
+                applied_archived.contains(&id)
             };
-            if entering {
-                progress.advance(sizes[&id]);
-            }
-            batch.refs += chunks.len();
-            let p = prefix(&id.0);
-            let names: Vec<(u64, i64)> = new
-                .difference(old)
-                .map(|k| (*k, 1))
-                .chain(old.difference(new).map(|k| (*k, -1)))
-                .collect();
-            let mut positions = Vec::with_capacity(if entering { chunks.len() } else { 0 });
-            for (c, len) in &chunks {
-                let (i, d) = batch.delta(*c);
-                d.raw = *len;
-                if entering || leaving {
-                    d.images += if entering { 1 } else { -1 };
-                    d.xor ^= p;
-                }
-                for (k, by) in &names {
-                    d.name(*k, *by);
-                }
-                if entering {
-                    positions.push(i);
-                }
-            }
-            for k in new.difference(old) {
-                batch.wb.put(key(PAIR, &[&id.0 .0, &k.to_le_bytes()]), b"");
-            }
-            for k in old.difference(new) {
-                batch.wb.delete(key(PAIR, &[&id.0 .0, &k.to_le_bytes()]));
-            }
-            if leaving {
-                batch.leaving.push(p);
-            } else if entering {
-                batch.entering.push((p, positions));
-            }
+            self.step(store, &mut batch, &id, old, new, tier, progress, &sizes)?;
             if batch.full(limit) {
                 self.apply(std::mem::take(&mut batch))?;
             }
         }
         self.apply(batch)
+    }
+
+    /// Adds to `batch` the image `id` going from the names `old` to `new`,
+    /// its chunks those of its archive stream if `archived`, else of its
+    /// manifest.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        store: &Store,
+        batch: &mut Batch,
+        id: &ImageId,
+        old: &BTreeSet<u64>,
+        new: &BTreeSet<u64>,
+        archived: bool,
+        progress: &dyn Progress,
+        sizes: &HashMap<ImageId, u64>,
+    ) -> Result<()> {
+        let (entering, leaving) = (old.is_empty(), new.is_empty());
+        let chunks = if leaving {
+            // gc keeps manifests and archive streams, so this holds; if
+            // one went, the caller builds the view anew, without the image.
+            image_parts(store, id, archived)
+                .map_err(|e| self.err(format!("image {id} left: {e}")))?
+                .0
+        } else {
+            let (chunks, meta) = image_parts(store, id, archived)?;
+            if entering {
+                batch.wb.put(key(META, &[&id.0 .0]), meta.encode());
+                if archived {
+                    batch.wb.put(key(ARCHIVED, &[&id.0 .0]), b"");
+                } else {
+                    batch.wb.delete(key(ARCHIVED, &[&id.0 .0]));
+                }
+            }
+            chunks
+        };
+        if leaving {
+            batch.wb.delete(key(ARCHIVED, &[&id.0 .0]));
+        }
+        if entering {
+            progress.advance(sizes.get(id).copied().unwrap_or(0));
+        }
+        batch.refs += chunks.len();
+        let p = prefix(&id.0);
+        let names: Vec<(u64, i64)> = new
+            .difference(old)
+            .map(|k| (*k, 1))
+            .chain(old.difference(new).map(|k| (*k, -1)))
+            .collect();
+        let mut positions = Vec::with_capacity(if entering { chunks.len() } else { 0 });
+        for (c, len) in &chunks {
+            let (i, d) = batch.delta(*c);
+            d.raw = *len;
+            if entering || leaving {
+                d.images += if entering { 1 } else { -1 };
+                d.xor ^= p;
+            }
+            for (k, by) in &names {
+                d.name(*k, *by);
+            }
+            if entering {
+                positions.push(i);
+            }
+        }
+        for k in new.difference(old) {
+            batch.wb.put(key(PAIR, &[&id.0 .0, &k.to_le_bytes()]), b"");
+        }
+        for k in old.difference(new) {
+            batch.wb.delete(key(PAIR, &[&id.0 .0, &k.to_le_bytes()]));
+        }
+        if leaving {
+            batch.leaving.push(p);
+        } else if entering {
+            batch.entering.push((p, positions));
+        }
+        Ok(())
     }
 
     /// Applies one batch's chunk changes and moves the totals, in one write.

@@ -383,7 +383,13 @@ impl Store {
                     .push(format!("manifest {key} is missing"));
                 continue;
             }
-            let m = match self.manifest(id) {
+            // An archived image's manifest must still read (it is the
+            // image's metadata); its chunks are its archive stream's.
+            let held = self.manifest(id).and_then(|m| match self.recipe(id)? {
+                None => Ok(m),
+                Some(_) => self.held(id),
+            });
+            let m = match held {
                 Ok(m) => m,
                 Err(e) => {
                     problems.push(Problem::of(key, &e));

@@ -81,6 +81,17 @@ fn classify(key: &str, w: &mut Walk) -> Option<&'static str> {
             None
         }
         ["log" | "sessions", ..] => Some("that is not a .json record"),
+        // archives/<xx>/<image hex>[.stream]: an archived image's recipe
+        // and stream manifest (read through the images that have them).
+        [crate::archive::ARCHIVES_DIR, shard, name] => {
+            let id = name.strip_suffix(crate::archive::STREAM_SUFFIX).unwrap_or(name);
+            if is_hex_id(id) && id.starts_with(shard) && shard.len() == 2 {
+                None
+            } else {
+                Some("that is not named by an image id")
+            }
+        }
+        [crate::archive::ARCHIVES_DIR, ..] => Some("where only shard directories belong"),
         // gc/ and quarantine/ belong to their commands, oci/ to `serve`
         // (records named by content: never wrong, at most unused).
         ["gc" | QUARANTINE_DIR | crate::oci::OCI_DIR, _, ..] => None,

@@ -36,6 +36,7 @@ use crate::segment::TOMBSTONES_DIR;
 use crate::session::Session;
 use crate::Store;
 
+mod archived;
 mod spans;
 use spans::{wait_spans, ReadAhead, Spanned, Spans, Started};
 
@@ -61,8 +62,11 @@ pub struct GetReport {
     pub image: ImageId,
     /// Its size.
     pub size: u64,
-    /// Chunks read.
+    /// Chunks read (0 for an archived image, rebuilt from its stream).
     pub chunks: u64,
+    /// The image was archived and rebuilt (see [`crate::archive`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
     /// Wall time in seconds.
     pub seconds: f64,
     /// Requests made to object storage, by kind (absent for a directory).
@@ -363,6 +367,9 @@ impl Store {
         let started = Instant::now();
         let requests_before = self.backend.requests();
         let resolved = self.resolve(image)?;
+        if let Some(recipe) = self.recipe(&resolved.id)? {
+            return self.get_archived(recipe, out, progress, started, requests_before);
+        }
         let manifest = self.manifest_file(&resolved.id)?;
         let (size, id) = (manifest.head.size, manifest.head.id);
         // A get's lease only spares it a "retry" error if GC removes packs
@@ -543,6 +550,7 @@ impl Store {
             image: id,
             size,
             chunks,
+            archived: false,
             seconds: started.elapsed().as_secs_f64(),
             requests: self.requests_since(requests_before),
         })

@@ -128,6 +128,27 @@ pub struct PutReport {
     pub requests: Option<crate::backend::Requests>,
 }
 
+/// An image's bytes stored as chunks, not yet published: see
+/// [`Store::ingest`].
+pub(crate) struct Ingested {
+    /// Keeps gc off the new chunks until the caller publishes; ended by it.
+    pub session: Session,
+    /// BLAKE3 of the bytes.
+    pub id: ImageId,
+    /// Bytes read.
+    pub size: u64,
+    /// The chunk list, in order.
+    pub entries: manifest::Spooled,
+    /// What was added to the store.
+    pub added: Added,
+    /// Chunks (zero runs excluded).
+    pub chunks: u64,
+    /// Bytes in zero runs.
+    pub zero_bytes: u64,
+    /// Packs written.
+    pub packs: u64,
+}
+
 /// The cutter's own threads, as many as there are cores (or
 /// `RAYON_NUM_THREADS`). Cutting and hashing on the pool that compresses
 /// queued each block's cut behind the blocks being compressed (rayon takes
@@ -221,51 +242,18 @@ impl Store {
         self.full_manifest_file(&base).ok()
     }
 
-    /// Stores an image under `reference`. The ref is written last: until
-    /// then no reader can see any part of this put.
-    pub fn put(
+    /// The first stage of a put: the image's bytes become chunks in packs
+    /// and index segments, durable but not yet referred to by anything,
+    /// under a session that keeps gc off them until they are. The caller
+    /// publishes (a manifest and a ref; or an archive's stream and recipe).
+    fn ingest(
         &self,
-        reference: &TagRef,
-        input: Input,
-        opts: &PutOptions,
+        reader: Source,
+        total: Option<u64>,
+        input_name: PathBuf,
+        file_check: Option<&(PathBuf, File, FileStat)>,
         progress: &dyn Progress,
-    ) -> Result<PutReport> {
-        self.put_as(reference, input, opts, None, progress)
-    }
-
-    /// [`Store::put`], or with `copied` the put of an image read from
-    /// another store: its manifest metadata and its ref's provenance
-    /// (created, user, host, message, labels, deffile) are kept, and
-    /// nothing is published unless the bytes hash to the source's id.
-    pub(crate) fn put_as(
-        &self,
-        reference: &TagRef,
-        input: Input,
-        opts: &PutOptions,
-        copied: Option<&Copied>,
-        progress: &dyn Progress,
-    ) -> Result<PutReport> {
-        let started = Instant::now();
-        let requests_before = self.backend.requests();
-        let (reader, total, file_check, sif_info): (Source, Option<u64>, _, _) = match input {
-            Input::File(path) => {
-                let (f, st) = open_input(&path)?;
-                let sif_info = read_sif(&path, &f, st.len)?;
-                let total = st.len;
-                let check = f.try_clone().map_err(|e| Error::io(&path, e))?;
-                (
-                    Source::File(FileReader::new(f), st.len),
-                    Some(total),
-                    Some((path, check, st)),
-                    sif_info,
-                )
-            }
-            Input::Stream(r) => (Source::Stream(r), None, None, None),
-        };
-        let input_name = file_check
-            .as_ref()
-            .map_or_else(|| PathBuf::from("<stdin>"), |(p, _, _)| p.clone());
-
+    ) -> Result<Ingested> {
         // The session is written before the GC plan is read: a GC that
         // condemns after this point lists the session and waits for it.
         let session = Session::start(self.backend.clone(), "put")?;
@@ -405,7 +393,7 @@ impl Store {
         hold::point("put-after-lookup");
         hold::point("put-after-pack");
 
-        if let Some((path, f, before)) = &file_check {
+        if let Some((path, f, before)) = file_check {
             let after = stat(path, f)?;
             if after != *before || size != before.len {
                 return Err(Error::InputChanged { path: path.clone() });
@@ -418,7 +406,83 @@ impl Store {
         // cost of a put").
         hold::point("put-after-segment");
 
-        let id = ImageId(Digest::from(image.finalize()));
+        Ok(Ingested {
+            session,
+            id: ImageId(Digest::from(image.finalize())),
+            size,
+            entries: entries.finish()?,
+            added,
+            chunks,
+            zero_bytes,
+            packs: pack_count,
+        })
+    }
+
+    /// [`Store::ingest`] of a stream that is not a user's image (an
+    /// archive's stream), named `what` in errors.
+    pub(crate) fn ingest_stream(
+        &self,
+        stream: Box<dyn Read + Send>,
+        what: &str,
+        progress: &dyn Progress,
+    ) -> Result<Ingested> {
+        self.ingest(Source::Stream(stream), None, PathBuf::from(what), None, progress)
+    }
+
+    /// Stores an image under `reference`. The ref is written last: until
+    /// then no reader can see any part of this put.
+    pub fn put(
+        &self,
+        reference: &TagRef,
+        input: Input,
+        opts: &PutOptions,
+        progress: &dyn Progress,
+    ) -> Result<PutReport> {
+        self.put_as(reference, input, opts, None, progress)
+    }
+
+    /// [`Store::put`], or with `copied` the put of an image read from
+    /// another store: its manifest metadata and its ref's provenance
+    /// (created, user, host, message, labels, deffile) are kept, and
+    /// nothing is published unless the bytes hash to the source's id.
+    pub(crate) fn put_as(
+        &self,
+        reference: &TagRef,
+        input: Input,
+        opts: &PutOptions,
+        copied: Option<&Copied>,
+        progress: &dyn Progress,
+    ) -> Result<PutReport> {
+        let started = Instant::now();
+        let requests_before = self.backend.requests();
+        let (reader, total, file_check, sif_info): (Source, Option<u64>, _, _) = match input {
+            Input::File(path) => {
+                let (f, st) = open_input(&path)?;
+                let sif_info = read_sif(&path, &f, st.len)?;
+                let total = st.len;
+                let check = f.try_clone().map_err(|e| Error::io(&path, e))?;
+                (
+                    Source::File(FileReader::new(f), st.len),
+                    Some(total),
+                    Some((path, check, st)),
+                    sif_info,
+                )
+            }
+            Input::Stream(r) => (Source::Stream(r), None, None, None),
+        };
+        let input_name = file_check
+            .as_ref()
+            .map_or_else(|| PathBuf::from("<stdin>"), |(p, _, _)| p.clone());
+        let Ingested {
+            session,
+            id,
+            size,
+            entries,
+            added,
+            chunks,
+            zero_bytes,
+            packs: pack_count,
+        } = self.ingest(reader, total, input_name, file_check.as_ref(), progress)?;
         if let Some(c) = copied {
             if c.record.image != id || c.record.size != size {
                 return Err(Error::corrupt(
@@ -432,7 +496,6 @@ impl Store {
             None => ManifestMeta { sif: sif_info },
         };
         let is_sif = meta.sif.is_some();
-        let entries = entries.finish()?;
         self.store_manifest(reference, size, &id, &meta, &entries)?;
         hold::point("put-after-manifest");
 
