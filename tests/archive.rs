@@ -330,3 +330,45 @@ fn gc_while_archiving_loses_nothing() {
     assert!(env.get("lab/fs:v1") == std::fs::read(&v1).unwrap());
     assert_clean(&env, "after the archive");
 }
+
+/// mount and serve read an archived image through the random-access reader:
+/// random ranges through the library, and a pull of the whole blob (the
+/// curl replay of Apptainer's client), every byte right.
+#[test]
+fn archived_images_read_at_random_and_pull_whole() {
+    if !have_mksquashfs() {
+        return;
+    }
+    let env = Env::new();
+    let v1 = sif_of(
+        &env,
+        &squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]),
+        "v1.sif",
+    );
+    env.put("lab/fs:v1", &v1);
+    archive(&env, &["lab/fs:v1"]);
+    gc_twice(&env);
+    let want = std::fs::read(&v1).unwrap();
+
+    let store =
+        std::sync::Arc::new(imgstore_store::Store::open(&env.store(), Some(env.path("index-a"))).unwrap());
+    let reader = store.reader().unwrap();
+    let image = imgstore_store::ImageRef::parse("lab/fs:v1").unwrap();
+    let r = reader.open(&image).unwrap();
+    assert_eq!(r.size(), want.len() as u64);
+    crate::reader::random_reads(&r, &want, 300, 7);
+    assert!(
+        crate::reader::read_all(&r, 1 << 20) == want,
+        "read whole in 1 MiB pieces"
+    );
+    drop((r, reader));
+
+    let srv = crate::serve::Server::start(&env);
+    let m = crate::serve::curl(&[&srv.url("/v2/lab/fs/manifests/v1")]);
+    assert_eq!(m.status, 200);
+    let layer = m.json()["layers"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(layer, format!("sha256:{}", crate::serve::sha256(&want)));
+    let blob = crate::serve::curl(&[&srv.url(&format!("/v2/lab/fs/blobs/{layer}"))]);
+    assert_eq!((blob.exit, blob.status), (0, 200));
+    assert!(blob.body == want, "pulled blob differs");
+}

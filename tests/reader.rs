@@ -33,7 +33,7 @@ fn image_id(report: &serde_json::Value) -> ImageId {
 
 /// `n` reads at random offsets (some past the end) of random lengths,
 /// mostly small, each checked against `data`.
-fn random_reads(r: &ImageReader, data: &[u8], n: usize, seed: u64) {
+pub(crate) fn random_reads(r: &ImageReader, data: &[u8], n: usize, seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut buf = vec![0u8; 300_000];
     for i in 0..n {
@@ -52,7 +52,7 @@ fn random_reads(r: &ImageReader, data: &[u8], n: usize, seed: u64) {
 }
 
 /// The image read whole in `step`-byte pieces.
-fn read_all(r: &ImageReader, step: usize) -> Vec<u8> {
+pub(crate) fn read_all(r: &ImageReader, step: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(r.size() as usize);
     let mut buf = vec![0u8; step];
     loop {

@@ -30,7 +30,7 @@ application/vnd.docker.distribution.manifest.v1+prettyjws,\
 application/json";
 
 /// A running `imgstore serve`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     /// `127.0.0.1:PORT`.
     addr: String,
@@ -38,7 +38,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(env: &Env) -> Server {
+    pub(crate) fn start(env: &Env) -> Server {
         Self::start_with(env, &[])
     }
 
@@ -71,7 +71,7 @@ impl Server {
         Server { child, addr, spool }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -89,11 +89,11 @@ impl Drop for Server {
 }
 
 /// One curl request: its exit code, status, headers (lowercase names) and body.
-struct Reply {
-    exit: i32,
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) exit: i32,
+    pub(crate) status: u16,
     headers: HashMap<String, String>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
@@ -104,7 +104,7 @@ impl Reply {
             .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
@@ -118,7 +118,7 @@ impl Reply {
     }
 }
 
-fn curl(args: &[&str]) -> Reply {
+pub(crate) fn curl(args: &[&str]) -> Reply {
     let dir = tempfile::tempdir().unwrap();
     let (h, b) = (dir.path().join("h"), dir.path().join("b"));
     let out = Command::new("curl")
@@ -148,7 +148,7 @@ fn curl(args: &[&str]) -> Reply {
     }
 }
 
-fn sha256(data: &[u8]) -> String {
+pub(crate) fn sha256(data: &[u8]) -> String {
     format!("{:x}", Sha256::digest(data))
 }
 

@@ -27,6 +27,7 @@
 //! manifest's, so the byte tier's chunks are condemned only once the
 //! archive is whole. A get that opened the image before holds its lease.
 
+mod reader;
 mod rebuild;
 pub mod recipe;
 
@@ -52,6 +53,7 @@ use crate::session;
 use crate::sif::DATA_PARTITION;
 use crate::squashfs;
 use crate::Store;
+pub(crate) use reader::ArchivedView;
 use rebuild::{Candidate, Encoder};
 pub use recipe::{ArchiveMeta, Recipe, RecipeBlock};
 
@@ -197,7 +199,7 @@ impl Store {
     }
 
     /// The archive stream's manifest file of `recipe`.
-    fn open_stream_manifest(&self, recipe: &Recipe) -> Result<(String, Box<dyn ReadAt>)> {
+    pub(crate) fn open_stream_manifest(&self, recipe: &Recipe) -> Result<(String, Box<dyn ReadAt>)> {
         let key = stream_key(&recipe.image);
         let file = self.backend.open(&key).map_err(|e| match e {
             Error::Missing { .. } => Error::corrupt(

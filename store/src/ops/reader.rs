@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rayon::prelude::*;
 
+use crate::archive::ArchivedView;
 use crate::backend::{Backend, ReadAt};
 use crate::error::{Error, Object, Result, Wanted};
 use crate::id::{ChunkId, ImageId, PackId};
@@ -134,6 +135,30 @@ impl Part {
 pub struct SharedBytes {
     frame: Arc<Frame>,
     range: Range<usize>,
+}
+
+impl SharedBytes {
+    /// Bytes made outside any pack (an archived image's rebuilt block),
+    /// checked by whoever made them.
+    pub(crate) fn owned(bytes: Vec<u8>) -> SharedBytes {
+        let range = 0..bytes.len();
+        SharedBytes {
+            frame: Arc::new(Frame {
+                bytes,
+                checked: Mutex::new(Vec::new()),
+            }),
+            range,
+        }
+    }
+
+    /// `range` of these bytes, sharing them.
+    pub(crate) fn slice(&self, range: Range<usize>) -> SharedBytes {
+        let start = self.range.start + range.start;
+        SharedBytes {
+            frame: self.frame.clone(),
+            range: start..start + range.len(),
+        }
+    }
 }
 
 impl AsRef<[u8]> for SharedBytes {
@@ -323,7 +348,15 @@ impl StoreReader {
             return Err(Error::not_found(Wanted::Image(id.to_string())));
         }
         let (key, file) = store.open_manifest(id)?;
-        self.open_manifest(&key, file, id)
+        let mut reader = self.open_manifest(&key, file, id)?;
+        // An archived image is read from its stream, blocks deflated again
+        // as reads need them; its manifest still gives its size.
+        if let Some(recipe) = store.recipe(id)? {
+            let (key, file) = store.open_stream_manifest(&recipe)?;
+            let stream = self.open_manifest(&key, file, &ImageId(recipe.stream))?;
+            reader.archived = Some(Box::new(ArchivedView::new(recipe, stream)));
+        }
+        Ok(reader)
     }
 
     /// Opens the bytes the manifest at `key` (in `file`) lists, which must
@@ -363,6 +396,7 @@ impl StoreReader {
             manifest,
             starts,
             windows: Mutex::new(Vec::with_capacity(WINDOWS_KEPT)),
+            archived: None,
         })
     }
 
@@ -508,6 +542,8 @@ pub struct ImageReader {
     starts: Vec<u64>,
     /// Recently used windows, most recent last.
     windows: Mutex<Vec<(u64, Arc<Window>)>>,
+    /// Set for an archived image: reads go through its stream.
+    archived: Option<Box<ArchivedView>>,
 }
 
 impl ImageReader {
@@ -563,6 +599,9 @@ impl ImageReader {
     pub fn read_parts(&self, offset: u64, len: usize) -> Result<Vec<Part>> {
         if offset >= self.size || len == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(a) = &self.archived {
+            return a.read_parts(offset, len, &self.shared.pool);
         }
         let end = self.size.min(offset.saturating_add(len as u64));
         let placed = self.entries(offset, end)?;
