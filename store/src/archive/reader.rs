@@ -46,7 +46,7 @@ impl ArchivedView {
         for (k, bytes) in (first..last).zip(rebuilt) {
             let b = &r.blocks[k];
             if at < b.image_offset {
-                parts.extend(self.from_stream(at, b.image_offset, k)?);
+                parts.extend(self.stream_bytes(at, b.image_offset, k)?);
                 at = b.image_offset;
             }
             let to = end.min(b.image_end());
@@ -56,13 +56,13 @@ impl ArchivedView {
             at = to;
         }
         if at < end {
-            parts.extend(self.from_stream(at, end, last)?);
+            parts.extend(self.stream_bytes(at, end, last)?);
         }
         Ok(parts)
     }
 
     /// Image bytes `from..to`, outside every block, after `after` blocks.
-    fn from_stream(&self, from: u64, to: u64, after: usize) -> Result<Vec<Part>> {
+    fn stream_bytes(&self, from: u64, to: u64, after: usize) -> Result<Vec<Part>> {
         let want = (to - from) as usize;
         let parts = self
             .stream
