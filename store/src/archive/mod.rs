@@ -57,6 +57,10 @@ pub(crate) use reader::ArchivedView;
 use rebuild::{Candidate, Encoder};
 pub use recipe::{ArchiveMeta, Recipe, RecipeBlock};
 
+/// Decoded frames the archive's reader keeps (the default is for many
+/// readers at random).
+const ARCHIVE_CACHE_BYTES: usize = 8 << 20;
+
 /// Top-level store directory of archived images.
 pub const ARCHIVES_DIR: &str = "archives";
 /// Suffix of an archive stream's manifest.
@@ -393,7 +397,9 @@ impl Store {
             .as_ref()
             .and_then(|s| s.descriptors.iter().find(|d| d.data_type == DATA_PARTITION))
             .map_or((0, manifest.size), |d| (d.offset, d.size));
-        let reader = self.reader()?;
+        // Read once, front to back: a small frame cache is enough, and
+        // keeps the archive inside a put's memory.
+        let reader = self.reader_with(ARCHIVE_CACHE_BYTES)?;
         let img = Arc::new(reader.open_id(&id)?);
         let read =
             |o: u64, buf: &mut [u8]| read_exact(&img, sq_offset + o, buf).map_err(std::io::Error::other);
