@@ -146,6 +146,16 @@ fn archived_images_come_back_byte_for_byte_after_gc() {
     let inspect = env.json(&["inspect", "lab/fs:v1"]);
     assert_eq!(inspect["tier"], "archive", "{inspect}");
     assert_eq!(env.json(&["inspect", "lab/fs:v2"])["tier"], "bytes");
+    let ls = env.json(&["ls"]);
+    let tiers: Vec<&str> = ls["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tier"].as_str().unwrap())
+        .collect();
+    assert_eq!(tiers, ["archive", "bytes"], "{ls}");
+    let out = env.cmd().arg("ls").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TIER"));
 
     // The byte tier's chunks only v1 used are garbage now; after gc the
     // image still comes back, also as a stream, and the store checks out.

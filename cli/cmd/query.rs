@@ -23,6 +23,8 @@ struct LsRow {
     user: String,
     host: String,
     added: Added,
+    /// `bytes` or `archive` (see `imgstore archive`).
+    tier: &'static str,
 }
 
 #[derive(Serialize)]
@@ -35,10 +37,16 @@ pub fn ls(g: &Global, a: &ListArgs) -> Result<()> {
     if a.pins {
         return super::pin::list(g, &store);
     }
+    let archived = store.archived_images()?;
     let rows: Vec<LsRow> = store
         .refs_for_display(a.name.as_deref())?
         .into_iter()
         .map(|(t, r)| LsRow {
+            tier: if archived.contains(&r.image) {
+                "archive"
+            } else {
+                "bytes"
+            },
             reference: t.to_string(),
             name: t.name,
             tag: t.tag,
@@ -53,9 +61,15 @@ pub fn ls(g: &Global, a: &ListArgs) -> Result<()> {
     if g.json {
         return output::json(&LsReport { refs: rows });
     }
-    let mut t = output::table(&["NAME", "TAG", "IMAGE", "SIZE", "ADDED", "CREATED", "BY"]);
+    // The tier column only where some image is archived.
+    let tiers = rows.iter().any(|r| r.tier != "bytes");
+    let mut head = vec!["NAME", "TAG", "IMAGE", "SIZE", "ADDED", "CREATED", "BY"];
+    if tiers {
+        head.push("TIER");
+    }
+    let mut t = output::table(&head);
     for r in &rows {
-        t.add_row(vec![
+        let mut row = vec![
             r.name.clone(),
             r.tag.clone(),
             output::short_id(&r.image),
@@ -63,7 +77,11 @@ pub fn ls(g: &Global, a: &ListArgs) -> Result<()> {
             output::size(r.added.stored_bytes),
             output::date(r.created),
             format!("{}@{}", r.user, r.host),
-        ]);
+        ];
+        if tiers {
+            row.push(r.tier.to_string());
+        }
+        t.add_row(row);
     }
     if !rows.is_empty() {
         crate::out!("{t}");
