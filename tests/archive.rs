@@ -9,7 +9,7 @@ use std::process::Command;
 
 use imgstore_store::sif;
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Kind};
 
 fn have_mksquashfs() -> bool {
     let ok = Command::new("mksquashfs").arg("-version").output().is_ok();
@@ -106,12 +106,11 @@ fn gc_twice(env: &Env) -> u64 {
     freed
 }
 
-#[test]
-fn archived_images_come_back_byte_for_byte_after_gc() {
+fn archived_images_come_back_byte_for_byte_after_gc(kind: Kind) {
     if !have_mksquashfs() {
         return;
     }
-    let env = Env::new();
+    let env = Env::on(kind);
     let v1 = sif_of(
         &env,
         &squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]),
@@ -182,6 +181,8 @@ fn archived_images_come_back_byte_for_byte_after_gc() {
     );
     assert_clean(&env, "after the last gc");
 }
+
+crate::on_both_backends!(archived_images_come_back_byte_for_byte_after_gc);
 
 /// Blocks zlib -9 does not give back (here: damaged ones, and a whole
 /// file system made at gzip level 1) stay as stored and still round-trip.
