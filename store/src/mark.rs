@@ -99,18 +99,30 @@ impl Store {
             .map(|(_, r)| r.image)
             .chain(pins.iter().map(|p| p.image))
             .collect();
+        // An archived image is held by its archive stream's chunks; its
+        // manifest's are what archiving lets go. Listed once, after the
+        // roots: an image archived since is marked by its manifest (more
+        // than it needs), and its stream's new chunks are the archive's
+        // session's until a later mark sees the recipe.
+        let archived = self.archived_images()?;
         // Size the filter from the manifests' headers: their entry counts
         // bound the number of distinct live chunks from above.
         let mut upper = 0u64;
         for id in &images {
-            upper += self.held_entry_count(id)?;
+            upper += if archived.contains(id) {
+                self.held_entry_count(id)?
+            } else {
+                self.manifest_entry_count(id)?
+            };
         }
         let mut live = LiveSet::with_capacity(upper);
         let mut entries = 0;
-        // An archived image is held by its archive stream's chunks; its
-        // manifest's are what archiving lets go.
         for id in &images {
-            let m = self.held(id)?;
+            let m = if archived.contains(id) {
+                self.held(id)?
+            } else {
+                self.manifest(id)?
+            };
             for e in &m.entries {
                 if let Entry::Chunk { id, .. } = e {
                     live.insert(id);
