@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if matches!(
         cli.command,
-        args::Command::Copy(_) | args::Command::Serve(_) | args::Command::Mount(_)
+        args::Command::Copy(_)
+            | args::Command::Serve(_)
+            | args::Command::Mount(_)
+            | args::Command::Archive(_)
     ) {
         keep_large_buffers_out_of_the_heap();
     }

@@ -252,6 +252,7 @@ impl Store {
         total: Option<u64>,
         input_name: PathBuf,
         file_check: Option<&(PathBuf, File, FileStat)>,
+        zstd_level: Option<i32>,
         progress: &dyn Progress,
     ) -> Result<Ingested> {
         // The session is written before the GC plan is read: a GC that
@@ -306,7 +307,7 @@ impl Store {
             waits: Waits::default(),
             lookup,
             condemned: &condemned,
-            zstd_level: self.config.compression.zstd_level,
+            zstd_level: zstd_level.unwrap_or(self.config.compression.zstd_level),
             group_bytes: if self.config.has(CHUNK_GROUPS) {
                 GROUP_BYTES
             } else {
@@ -419,14 +420,23 @@ impl Store {
     }
 
     /// [`Store::ingest`] of a stream that is not a user's image (an
-    /// archive's stream), named `what` in errors.
+    /// archive's stream), named `what` in errors, its new chunks compressed
+    /// at `zstd_level`.
     pub(crate) fn ingest_stream(
         &self,
         stream: Box<dyn Read + Send>,
         what: &str,
+        zstd_level: i32,
         progress: &dyn Progress,
     ) -> Result<Ingested> {
-        self.ingest(Source::Stream(stream), None, PathBuf::from(what), None, progress)
+        self.ingest(
+            Source::Stream(stream),
+            None,
+            PathBuf::from(what),
+            None,
+            Some(zstd_level),
+            progress,
+        )
     }
 
     /// Stores an image under `reference`. The ref is written last: until
@@ -482,7 +492,7 @@ impl Store {
             chunks,
             zero_bytes,
             packs: pack_count,
-        } = self.ingest(reader, total, input_name, file_check.as_ref(), progress)?;
+        } = self.ingest(reader, total, input_name, file_check.as_ref(), None, progress)?;
         if let Some(c) = copied {
             if c.record.image != id || c.record.size != size {
                 return Err(Error::corrupt(
