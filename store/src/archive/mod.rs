@@ -415,50 +415,10 @@ impl Store {
             Err(e) => return Ok(report.stays(format!("no squashfs this can read: {e}"))),
         };
 
-        // Which compressed blocks to keep inflated: those no hot image
-        // holds as the same chunks.
         let mut not_hot = going.clone();
         not_hot.insert(id);
         let hot = self.hot_chunks(&not_hot)?;
-        let mut starts = Vec::with_capacity(manifest.entries.len());
-        let mut at = 0;
-        for e in &manifest.entries {
-            starts.push(at);
-            at += e.len();
-        }
-        let held_hot = |from: u64, to: u64| {
-            let first = starts.partition_point(|&s| s <= from).saturating_sub(1);
-            (first..manifest.entries.len())
-                .take_while(|&i| starts[i] < to)
-                .all(|i| match &manifest.entries[i] {
-                    Entry::Chunk { id, .. } => hot.contains(id),
-                    Entry::Zero { .. } => true,
-                })
-        };
-        let mut candidates = Vec::new();
-        let mut end = 0;
-        for b in &layout.blocks {
-            let offset = sq_offset + b.offset;
-            if !b.compressed {
-                report.raw_blocks += 1;
-                continue;
-            }
-            report.compressed_blocks += 1;
-            // A block the layout places oddly is left as it is.
-            if offset < end || offset + u64::from(b.stored) > sq_offset + sq_len {
-                report.other_blocks += 1;
-                continue;
-            }
-            end = offset + u64::from(b.stored);
-            if !hot.is_empty() && held_hot(offset, end) {
-                report.shared_blocks += 1;
-            } else {
-                candidates.push(Candidate {
-                    offset,
-                    stored: b.stored,
-                });
-            }
-        }
+        let candidates = candidates(&manifest, &layout, (sq_offset, sq_len), &hot, &mut report);
         drop(hot);
         if candidates.is_empty() {
             let why = if report.compressed_blocks == 0 {
@@ -574,6 +534,58 @@ impl Store {
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
+}
+
+/// The compressed blocks of `layout` (a squashfs at `at` = (offset, length)
+/// in the image `manifest` describes) to keep inflated: those whose chunks
+/// no hot image holds. Counts every block in `report`.
+fn candidates(
+    manifest: &Manifest,
+    layout: &squashfs::Layout,
+    (sq_offset, sq_len): (u64, u64),
+    hot: &HashSet<ChunkId>,
+    report: &mut ArchiveReport,
+) -> Vec<Candidate> {
+    let mut starts = Vec::with_capacity(manifest.entries.len());
+    let mut at = 0;
+    for e in &manifest.entries {
+        starts.push(at);
+        at += e.len();
+    }
+    let held_hot = |from: u64, to: u64| {
+        let first = starts.partition_point(|&s| s <= from).saturating_sub(1);
+        (first..manifest.entries.len())
+            .take_while(|&i| starts[i] < to)
+            .all(|i| match &manifest.entries[i] {
+                Entry::Chunk { id, .. } => hot.contains(id),
+                Entry::Zero { .. } => true,
+            })
+    };
+    let mut candidates = Vec::new();
+    let mut end = 0;
+    for b in &layout.blocks {
+        let offset = sq_offset + b.offset;
+        if !b.compressed {
+            report.raw_blocks += 1;
+            continue;
+        }
+        report.compressed_blocks += 1;
+        // A block the layout places oddly is left as it is.
+        if offset < end || offset + u64::from(b.stored) > sq_offset + sq_len {
+            report.other_blocks += 1;
+            continue;
+        }
+        end = offset + u64::from(b.stored);
+        if !hot.is_empty() && held_hot(offset, end) {
+            report.shared_blocks += 1;
+        } else {
+            candidates.push(Candidate {
+                offset,
+                stored: b.stored,
+            });
+        }
+    }
+    candidates
 }
 
 /// Progress of an archive: image bytes the encoder has read, not the
