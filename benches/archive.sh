@@ -67,7 +67,15 @@ for f in "$corpus"/c*.sqfs; do
         RAYON_NUM_THREADS=$threads rss "$bin" -q get "lab/app:$n" -o "$work/out"
         e=$(date +%s.%N)
         cmp "$work/out" "$f"
-        python3 -c 'import sys; s,e,b=float(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]); print("get %-14s %d threads: %.2f s, %.1f MiB/s, peak RSS %s KiB, bytes identical" % (sys.argv[4], int(sys.argv[5]), e-s, b/2**20/(e-s), sys.argv[6]))' "$s" "$e" "$(stat -c %s "$f")" "$n" "$threads" "$(cat "$work/rss")"
+        python3 -c 'import sys; s,e,b=float(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]); print("get %-14s %d threads: %.2f s, %.1f MiB/s, peak RSS %s KiB, bytes identical" % (sys.argv[4], int(sys.argv[5]), e-s, b/2**20/(e-s), sys.argv[6]))' "$s" "$e" "$(stat -L -c %s "$f")" "$n" "$threads" "$(cat "$work/rss")"
     done
 done
+# The newest image, hot, for comparison.
+newest=$(ls "$corpus"/c*.sqfs | tail -1)
+rm -f "$work/out"
+s=$(date +%s.%N)
+rss "$bin" -q get "lab/app:$(basename "$newest" .sqfs)" -o "$work/out"
+e=$(date +%s.%N)
+cmp "$work/out" "$newest"
+python3 -c 'import sys; s,e,b=float(sys.argv[1]),float(sys.argv[2]),int(sys.argv[3]); print("get %s (hot): %.2f s, %.1f MiB/s, peak RSS %s KiB, bytes identical" % (sys.argv[4], e-s, b/2**20/(e-s), sys.argv[5]))' "$s" "$e" "$(stat -L -c %s "$newest")" "$(basename "$newest" .sqfs)" "$(cat "$work/rss")"
 "$bin" -q verify --read-data && echo "verify --read-data: clean"
