@@ -135,6 +135,11 @@ fn archived_images_come_back_byte_for_byte_after_gc(kind: Kind) {
         one["stream_size"].as_u64().unwrap() > one["size"].as_u64().unwrap(),
         "{r}"
     );
+    let (before, after) = (
+        r["live_stored_bytes_before"].as_u64().unwrap(),
+        r["live_stored_bytes_after"].as_u64().unwrap(),
+    );
+    assert!(before > 0 && after > 0 && after != before, "{r}");
     let again = archive(&env, &["lab/fs:v1"]);
     assert_eq!(again["images"][0]["already"], true, "{again}");
 
