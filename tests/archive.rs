@@ -388,3 +388,64 @@ fn archived_images_read_at_random_and_pull_whole() {
     assert_eq!((blob.exit, blob.status), (0, 200));
     assert!(blob.body == want, "pulled blob differs");
 }
+
+/// Damage to an archived image's recipe or stream is found and named:
+/// `get` fails without writing the output, gc refuses to mark past it,
+/// `verify` reports it.
+#[test]
+fn a_damaged_recipe_or_stream_is_named_never_returned() {
+    if !have_mksquashfs() {
+        return;
+    }
+    let env = Env::new();
+    let v1 = squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]);
+    let id = env.put("lab/fs:v1", &v1)["image"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("blake3:")
+        .to_string();
+    archive(&env, &["lab/fs:v1"]);
+    gc_twice(&env);
+    let recipe = env.store().join("archives").join(&id[..2]).join(&id);
+    let good = std::fs::read(&recipe).unwrap();
+    let mut bad = good.clone();
+    bad[150] ^= 0x01;
+    std::fs::write(&recipe, &bad).unwrap();
+    let out_file = env.path("never.sqfs");
+    let out = env
+        .cmd()
+        .args(["get", "lab/fs:v1", "-o"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(common::code(&out), 4, "{err}");
+    assert!(err.contains("archives/"), "{err}");
+    assert!(!out_file.exists(), "a damaged archive left an output file");
+    let gc = env.cmd().args(["gc", "--grace", "0s"]).output().unwrap();
+    assert_ne!(common::code(&gc), 0, "gc marked past a damaged recipe");
+    let v = env.cmd().arg("verify").output().unwrap();
+    assert_eq!(common::code(&v), 4, "{}", String::from_utf8_lossy(&v.stdout));
+
+    // The recipe mended, a byte flipped in the stream's pack instead.
+    std::fs::write(&recipe, &good).unwrap();
+    assert!(env.get("lab/fs:v1") == std::fs::read(&v1).unwrap());
+    // Every live chunk is the stream's now: a byte in the middle of each pack.
+    for p in common::list_files(&env.store().join("packs")) {
+        let pack = env.store().join("packs").join(p);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&pack, &bytes).unwrap();
+    }
+    let out = env
+        .cmd()
+        .args(["get", "lab/fs:v1", "-o"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(common::code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out_file.exists(), "a damaged stream left an output file");
+    let v = env.cmd().args(["verify", "--read-data"]).output().unwrap();
+    assert_eq!(common::code(&v), 4, "{}", String::from_utf8_lossy(&v.stdout));
+}
