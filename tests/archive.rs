@@ -11,12 +11,14 @@ use imgstore_store::sif;
 
 use crate::common::{self, Env, Kind};
 
-fn have_mksquashfs() -> bool {
-    let ok = Command::new("mksquashfs").arg("-version").output().is_ok();
-    if !ok {
+/// A fresh env from `make`, or `None` (the test skips, saying why)
+/// without mksquashfs.
+fn env_with_mksquashfs(make: impl FnOnce() -> Env) -> Option<Env> {
+    if Command::new("mksquashfs").arg("-version").output().is_err() {
         println!("skipped: mksquashfs not installed (Debian squashfs-tools)");
+        return None;
     }
-    ok
+    Some(make())
 }
 
 /// A tree with every kind of block: big files (data blocks), small ones
@@ -74,6 +76,12 @@ fn squash(env: &Env, tree: &Path, name: &str, args: &[&str]) -> PathBuf {
     out
 }
 
+/// [`tree`] `version` as a gzip squashfs, `v{version}.sqfs`.
+fn gzip_fs(env: &Env, version: u32) -> PathBuf {
+    let t = tree(env, &format!("t{version}"), version);
+    squash(env, &t, &format!("v{version}.sqfs"), &["-comp", "gzip"])
+}
+
 /// The squashfs as a SIF's partition, behind a deffile object.
 fn sif_of(env: &Env, fs: &Path, name: &str) -> PathBuf {
     let image = sif::build_for_tests(&[
@@ -107,16 +115,11 @@ fn gc_twice(env: &Env) -> u64 {
 }
 
 fn archived_images_come_back_byte_for_byte_after_gc(kind: Kind) {
-    if !have_mksquashfs() {
+    let Some(env) = env_with_mksquashfs(|| Env::on(kind)) else {
         return;
-    }
-    let env = Env::on(kind);
-    let v1 = sif_of(
-        &env,
-        &squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]),
-        "v1.sif",
-    );
-    let v2 = squash(&env, &tree(&env, "t2", 2), "v2.sqfs", &["-comp", "gzip"]);
+    };
+    let v1 = sif_of(&env, &gzip_fs(&env, 1), "v1.sif");
+    let v2 = gzip_fs(&env, 2);
     env.put("lab/fs:v1", &v1);
     env.put("lab/fs:v2", &v2);
 
@@ -193,10 +196,9 @@ crate::on_both_backends!(archived_images_come_back_byte_for_byte_after_gc);
 /// file system made at gzip level 1) stay as stored and still round-trip.
 #[test]
 fn blocks_zlib_does_not_give_back_stay_as_stored() {
-    if !have_mksquashfs() {
+    let Some(env) = env_with_mksquashfs(Env::new) else {
         return;
-    }
-    let env = Env::new();
+    };
     let t = tree(&env, "t", 1);
     let fs = squash(&env, &t, "v1.sqfs", &["-comp", "gzip"]);
     // Bytes flipped inside the first compressed data block (right after the
@@ -230,10 +232,9 @@ fn blocks_zlib_does_not_give_back_stay_as_stored() {
 
 #[test]
 fn images_that_are_not_gzip_squashfs_stay_with_a_reason() {
-    if !have_mksquashfs() {
+    let Some(env) = env_with_mksquashfs(Env::new) else {
         return;
-    }
-    let env = Env::new();
+    };
     let t = tree(&env, "t", 1);
     env.put("lab/xz:v1", &squash(&env, &t, "xz.sqfs", &["-comp", "xz"]));
     env.put("lab/raw:v1", &env.file("raw.img", &common::image(2 << 20, 3)));
@@ -253,12 +254,11 @@ fn images_that_are_not_gzip_squashfs_stay_with_a_reason() {
 
 #[test]
 fn the_policy_keeps_each_names_newest_images_hot() {
-    if !have_mksquashfs() {
+    let Some(env) = env_with_mksquashfs(Env::new) else {
         return;
-    }
-    let env = Env::new();
-    let v1 = squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]);
-    let v2 = squash(&env, &tree(&env, "t2", 2), "v2.sqfs", &["-comp", "gzip"]);
+    };
+    let v1 = gzip_fs(&env, 1);
+    let v2 = gzip_fs(&env, 2);
     env.put("lab/fs:v1", &v1);
     // Ref times have one-second resolution.
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -291,17 +291,16 @@ fn the_policy_keeps_each_names_newest_images_hot() {
 /// either tier), gc loses nothing of it, and a second run finishes.
 #[test]
 fn an_archive_killed_at_any_step_loses_nothing() {
-    if !have_mksquashfs() {
-        return;
-    }
     for step in [
         "archive-after-stream",
         "archive-after-stream-manifest",
         "archive-before-recipe",
         "archive-after-recipe",
     ] {
-        let env = Env::new();
-        let v1 = squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]);
+        let Some(env) = env_with_mksquashfs(Env::new) else {
+            return;
+        };
+        let v1 = gzip_fs(&env, 1);
         env.put("lab/fs:v1", &v1);
         let want = std::fs::read(&v1).unwrap();
         let mut child = common::spawn_held(
@@ -331,11 +330,10 @@ fn an_archive_killed_at_any_step_loses_nothing() {
 /// archive's new chunks are in no image yet, but its lease keeps them.
 #[test]
 fn gc_while_archiving_loses_nothing() {
-    if !have_mksquashfs() {
+    let Some(env) = env_with_mksquashfs(Env::new) else {
         return;
-    }
-    let env = Env::new();
-    let v1 = squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]);
+    };
+    let v1 = gzip_fs(&env, 1);
     env.put("lab/fs:v1", &v1);
     let child = common::spawn_held(&env, "archive-before-recipe", &["archive", "lab/fs:v1"], &[]);
     gc_twice(&env);
@@ -352,15 +350,10 @@ fn gc_while_archiving_loses_nothing() {
 /// curl replay of Apptainer's client), every byte right.
 #[test]
 fn archived_images_read_at_random_and_pull_whole() {
-    if !have_mksquashfs() {
+    let Some(env) = env_with_mksquashfs(Env::new) else {
         return;
-    }
-    let env = Env::new();
-    let v1 = sif_of(
-        &env,
-        &squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]),
-        "v1.sif",
-    );
+    };
+    let v1 = sif_of(&env, &gzip_fs(&env, 1), "v1.sif");
     env.put("lab/fs:v1", &v1);
     archive(&env, &["lab/fs:v1"]);
     gc_twice(&env);
@@ -389,16 +382,30 @@ fn archived_images_read_at_random_and_pull_whole() {
     assert!(blob.body == want, "pulled blob differs");
 }
 
+/// `get lab/fs:v1` exits 4 (corrupt) without an output file; its stderr.
+fn get_fails_as_corrupt(env: &Env, what: &str) -> String {
+    let out_file = env.path("never.sqfs");
+    let out = env
+        .cmd()
+        .args(["get", "lab/fs:v1", "-o"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(common::code(&out), 4, "{what}: {err}");
+    assert!(!out_file.exists(), "{what} left an output file");
+    err
+}
+
 /// Damage to an archived image's recipe or stream is found and named:
 /// `get` fails without writing the output, gc refuses to mark past it,
 /// `verify` reports it.
 #[test]
 fn a_damaged_recipe_or_stream_is_named_never_returned() {
-    if !have_mksquashfs() {
+    let Some(env) = env_with_mksquashfs(Env::new) else {
         return;
-    }
-    let env = Env::new();
-    let v1 = squash(&env, &tree(&env, "t1", 1), "v1.sqfs", &["-comp", "gzip"]);
+    };
+    let v1 = gzip_fs(&env, 1);
     let id = env.put("lab/fs:v1", &v1)["image"]
         .as_str()
         .unwrap()
@@ -411,17 +418,8 @@ fn a_damaged_recipe_or_stream_is_named_never_returned() {
     let mut bad = good.clone();
     bad[150] ^= 0x01;
     std::fs::write(&recipe, &bad).unwrap();
-    let out_file = env.path("never.sqfs");
-    let out = env
-        .cmd()
-        .args(["get", "lab/fs:v1", "-o"])
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(common::code(&out), 4, "{err}");
+    let err = get_fails_as_corrupt(&env, "a damaged recipe");
     assert!(err.contains("archives/"), "{err}");
-    assert!(!out_file.exists(), "a damaged archive left an output file");
     let gc = env.cmd().args(["gc", "--grace", "0s"]).output().unwrap();
     assert_ne!(common::code(&gc), 0, "gc marked past a damaged recipe");
     let v = env.cmd().arg("verify").output().unwrap();
@@ -438,14 +436,7 @@ fn a_damaged_recipe_or_stream_is_named_never_returned() {
         bytes[at] ^= 0x5a;
         std::fs::write(&pack, &bytes).unwrap();
     }
-    let out = env
-        .cmd()
-        .args(["get", "lab/fs:v1", "-o"])
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    assert_eq!(common::code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!out_file.exists(), "a damaged stream left an output file");
+    get_fails_as_corrupt(&env, "a damaged stream");
     let v = env.cmd().args(["verify", "--read-data"]).output().unwrap();
     assert_eq!(common::code(&v), 4, "{}", String::from_utf8_lossy(&v.stdout));
 }
