@@ -163,6 +163,14 @@ fn archived_images_come_back_byte_for_byte_after_gc(kind: Kind) {
     assert_eq!(tiers, ["archive", "bytes"], "{ls}");
     let out = env.cmd().arg("ls").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("TIER"));
+    let h = env.json(&["history", "lab/fs"]);
+    let tiers: Vec<&str> = h["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["tier"].as_str().unwrap())
+        .collect();
+    assert_eq!(tiers, ["archive", "bytes"], "{h}");
 
     // The byte tier's chunks only v1 used are garbage now; after gc the
     // image still comes back, also as a stream, and the store checks out.

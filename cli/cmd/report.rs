@@ -229,16 +229,26 @@ pub fn history(g: &Global, a: &HistoryArgs) -> Result<()> {
 }
 
 fn history_table(r: &HistoryReport) -> comfy_table::Table {
-    let mut t = output::table(&["DATE", "TAG", "IMAGE", "SIZE", "ADDED", "EXCLUSIVE NOW"]);
+    // The tier column only where some commit is archived.
+    let tiers = r.commits.iter().any(|c| c.tier != "bytes");
+    let mut head = vec!["DATE", "TAG", "IMAGE", "SIZE", "ADDED", "EXCLUSIVE NOW"];
+    if tiers {
+        head.push("TIER");
+    }
+    let mut t = output::table(&head);
     for c in &r.commits {
-        t.add_row(vec![
+        let mut row = vec![
             output::date(c.created),
             c.tag.clone(),
             output::short_id(&c.image),
             output::size(c.size),
             output::size(c.added_stored_bytes),
             output::size(c.exclusive_stored_bytes),
-        ]);
+        ];
+        if tiers {
+            row.push(c.tier.to_string());
+        }
+        t.add_row(row);
     }
     t
 }

@@ -199,6 +199,9 @@ pub struct HistoryRow {
     pub exclusive_stored_bytes: u64,
     /// Raw bytes of the same.
     pub exclusive_bytes: u64,
+    /// `bytes`, or `archive` when the image is archived: then the bytes
+    /// it holds alone are its archive stream's (`imgstore archive`).
+    pub tier: &'static str,
 }
 
 /// `imgstore history NAME`.
@@ -658,6 +661,7 @@ impl Snapshot<'_> {
 
     /// `imgstore history NAME`: the name's refs, oldest first.
     pub fn history(&self, name: &str) -> Result<HistoryReport> {
+        let archived = self.store.archived_images()?;
         let mut commits = Vec::new();
         for (i, (t, rec)) in self.refs.iter().enumerate().filter(|(_, (t, _))| t.name == name) {
             let one = self.set_row(String::new(), &[i])?;
@@ -671,6 +675,11 @@ impl Snapshot<'_> {
                 added_stored_bytes: rec.added.stored_bytes,
                 exclusive_stored_bytes: one.exclusive_stored_bytes,
                 exclusive_bytes: one.exclusive_bytes,
+                tier: if archived.contains(&rec.image) {
+                    "archive"
+                } else {
+                    "bytes"
+                },
             });
         }
         if commits.is_empty() {
