@@ -22,7 +22,12 @@ fn sif_image(seed: u64) -> Vec<u8> {
 
 /// `export lab/app:v1` into the env's folder `exp`, which it returns.
 fn export(env: &Env) -> PathBuf {
-    let exp = env.path("exp");
+    export_to(env, "exp")
+}
+
+/// `export lab/app:v1` into the env's folder `name`, which it returns.
+fn export_to(env: &Env, name: &str) -> PathBuf {
+    let exp = env.path(name);
     env.cmd()
         .args(["export", "lab/app:v1"])
         .arg(&exp)
@@ -310,12 +315,7 @@ fn run_sh_fetches_checks_and_runs_the_image_with_quoted_arguments() {
         .trim_start_matches("blake3:")
         .to_string();
     // A folder name a careless script would split or expand.
-    let exp = env.path("exp $HOME 'q' dir");
-    env.cmd()
-        .args(["export", "lab/app:v1"])
-        .arg(&exp)
-        .assert()
-        .success();
+    let exp = export_to(&env, "exp $HOME 'q' dir");
     let bin = stub_apptainer(env.dir.path());
     let log = env.path("apptainer.log");
     let cache = env.path("cache");

@@ -329,6 +329,19 @@ fn the_oras_client_pushes_and_pulls_a_sif(kind: Kind) {
 }
 
 /// An upload: POST, then PUT of `body` with `?digest=`; returns the PUT's reply.
+/// `PUT /v2/lab/app/manifests/REFERENCE` with `body` as an OCI manifest.
+fn put_manifest(srv: &Server, reference: &str, body: &str) -> Reply {
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {MANIFEST}"),
+        "--data-binary",
+        body,
+        &srv.url(&format!("/v2/lab/app/manifests/{reference}")),
+    ])
+}
+
 fn upload(srv: &Server, name: &str, body: &Path, digest: &str) -> Reply {
     let post = curl(&["-X", "POST", &srv.url(&format!("/v2/{name}/blobs/uploads/"))]);
     assert_eq!(post.status, 202);
@@ -395,17 +408,7 @@ fn bad_requests_are_refused_and_store_nothing() {
     );
 
     // Manifests: not JSON, not a manifest, a layer never pushed.
-    let put_manifest = |body: &str| {
-        curl(&[
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Content-Type: {MANIFEST}"),
-            "--data-binary",
-            body,
-            &srv.url("/v2/lab/app/manifests/v1"),
-        ])
-    };
+    let put_manifest = |body: &str| put_manifest(&srv, "v1", body);
     for body in [
         "{not json",
         r#"{"schemaVersion":2}"#,
@@ -467,17 +470,7 @@ fn manifests_pushed_by_digest_and_by_tag_are_served_by_digest() {
             sif.len()
         )
     };
-    let put = |reference: &str, body: &str| {
-        curl(&[
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Content-Type: {MANIFEST}"),
-            "--data-binary",
-            body,
-            &srv.url(&format!("/v2/lab/app/manifests/{reference}")),
-        ])
-    };
+    let put = |reference: &str, body: &str| put_manifest(&srv, reference, body);
     let (by_digest, by_tag) = (manifest("by digest"), manifest("by tag"));
     let (d1, d2) = (
         format!("sha256:{}", sha256(by_digest.as_bytes())),

@@ -158,7 +158,7 @@ pub struct SifInfo {
 }
 
 /// One in-use data object descriptor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SifDescriptor {
     /// Object ID (unique within the image, starts at 1).
     pub id: u32,
@@ -476,14 +476,7 @@ pub fn parse(
             name,
             offset,
             size,
-            group: None,
-            linked_object: None,
-            linked_group: None,
-            signature: None,
-            sbom_format: None,
-            oci_digest: None,
-            partition: None,
-            crypto_message: None,
+            ..SifDescriptor::default()
         };
         describe_extra(&mut d, &raw);
         if data_type == DATA_SIGNATURE {

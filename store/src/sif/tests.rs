@@ -140,13 +140,7 @@ fn go_golden_two_descriptors() {
                 offset: 32176,
                 size: 2,
                 group: Some(1),
-                linked_object: None,
-                linked_group: None,
-                signature: None,
-                sbom_format: None,
-                oci_digest: None,
-                partition: None,
-                crypto_message: None,
+                ..SifDescriptor::default()
             },
             SifDescriptor {
                 id: 2,
@@ -156,17 +150,12 @@ fn go_golden_two_descriptors() {
                 offset: 32768,
                 size: 2,
                 group: Some(1),
-                linked_object: None,
-                linked_group: None,
-                signature: None,
-                sbom_format: None,
-                oci_digest: None,
                 partition: Some(SifPartition {
                     fs: "squashfs".into(),
                     part_type: "primary-system".into(),
                     arch: "386".into(),
                 }),
-                crypto_message: None,
+                ..SifDescriptor::default()
             },
         ]
     );
