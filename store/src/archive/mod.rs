@@ -355,11 +355,9 @@ impl Store {
             .chain(self.pins()?.into_iter().map(|p| p.image))
             .filter(|id| !except.contains(id))
             .collect();
+        let archived = self.archived_images()?;
         let mut hot = HashSet::new();
-        for id in &images {
-            if self.recipe(id)?.is_some() {
-                continue;
-            }
+        for id in images.difference(&archived.into_iter().collect()) {
             for e in self.manifest(id)?.entries {
                 if let Entry::Chunk { id, .. } = e {
                     hot.insert(id);

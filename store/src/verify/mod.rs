@@ -367,6 +367,7 @@ impl Store {
 
         // Manifests: one at a time; each chunk must be in a sound pack.
         let listed: HashSet<&str> = walk.manifests.iter().map(String::as_str).collect();
+        let archived = self.archived_images()?;
         let mut missing_packs: HashMap<PackId, DamagedPack> = HashMap::new();
         for id in images.keys() {
             report.images += 1;
@@ -385,9 +386,12 @@ impl Store {
             }
             // An archived image's manifest must still read (it is the
             // image's metadata); its chunks are its archive stream's.
-            let held = self.manifest(id).and_then(|m| match self.recipe(id)? {
-                None => Ok(m),
-                Some(_) => self.held(id),
+            let held = self.manifest(id).and_then(|m| {
+                if archived.contains(id) {
+                    self.held(id)
+                } else {
+                    Ok(m)
+                }
             });
             let m = match held {
                 Ok(m) => m,
